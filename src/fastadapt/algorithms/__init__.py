@@ -1,0 +1,7 @@
+"""How to learn: one file per meta-learning method, all on the ``MetaLearner`` interface."""
+from fastadapt.algorithms.base import MetaLearner, per_task_loss, per_task_metric
+from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.metasgd import MetaSGD
+from fastadapt.algorithms.reptile import Reptile
+
+__all__ = ["MetaLearner", "MAML", "MetaSGD", "Reptile", "per_task_loss", "per_task_metric"]

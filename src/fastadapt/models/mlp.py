@@ -1,0 +1,17 @@
+"""Fully connected networks (the MAML paper's 1-40-40-1 ReLU regressor by default)."""
+from __future__ import annotations
+
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    def __init__(self, input_size: int = 1, output_size: int = 1, hidden_sizes: tuple[int, ...] = (40, 40)) -> None:
+        if input_size < 1 or output_size < 1 or any(h < 1 for h in hidden_sizes):
+            raise ValueError(f"MLP sizes must be positive, got {input_size}, {hidden_sizes}, {output_size}")
+        layers: list[nn.Module] = []
+        width = input_size
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, output_size))
+        super().__init__(*layers)

@@ -1,0 +1,85 @@
+"""What a task is: a support set to adapt on and a query set to be judged on.
+
+Every task distribution p(T) hands out *batches* of tasks as stacked tensors
+(tasks x examples x ...), so algorithms can process a meta-batch in one
+vectorised call instead of a Python loop over tasks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class TaskBatch:
+    """A batch of tasks. Shapes: x is (tasks, examples, *features); y is (tasks, examples, ...)."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("support_x", "support_y", "query_x", "query_y"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"TaskBatch.{name} must be a torch.Tensor, got {type(value).__name__}")
+            if value.dim() < 2:
+                raise ValueError(
+                    f"TaskBatch.{name} must have shape (tasks, examples, ...), got {tuple(value.shape)}"
+                )
+        tasks = {getattr(self, f.name).shape[0] for f in fields(self)}
+        if len(tasks) != 1:
+            raise ValueError(f"TaskBatch tensors disagree on the number of tasks: {sorted(tasks)}")
+        for side in ("support", "query"):
+            x, y = getattr(self, f"{side}_x"), getattr(self, f"{side}_y")
+            if x.shape[:2] != y.shape[:2]:
+                raise ValueError(
+                    f"TaskBatch {side}_x {tuple(x.shape)} and {side}_y {tuple(y.shape)} "
+                    "disagree on (tasks, examples)"
+                )
+        if self.support_x.shape[2:] != self.query_x.shape[2:]:
+            raise ValueError(
+                f"support_x features {tuple(self.support_x.shape[2:])} differ from "
+                f"query_x features {tuple(self.query_x.shape[2:])}"
+            )
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    def to(self, device: torch.device | str) -> "TaskBatch":
+        return TaskBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+
+    def __getitem__(self, index: slice | torch.Tensor) -> "TaskBatch":
+        """Select tasks (a slice or index tensor over the first dimension)."""
+        return TaskBatch(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+    def split(self, chunk_size: int) -> list["TaskBatch"]:
+        return [self[i : i + chunk_size] for i in range(0, self.num_tasks, chunk_size)]
+
+    @staticmethod
+    def cat(batches: list["TaskBatch"]) -> "TaskBatch":
+        return TaskBatch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)))
+
+
+class TaskDistribution(Protocol):
+    """p(T): samples batches of tasks from a seeded generator.
+
+    ``loss`` names the per-task loss ("mse" for regression, "cross_entropy" for
+    classification); ``output_size`` is what a model's head must produce.
+    """
+
+    loss: str
+    output_size: int
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch: ...
+
+    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> TaskBatch:
+        """A reproducible set of evaluation tasks: the same arguments give the same tasks."""
+        ...
