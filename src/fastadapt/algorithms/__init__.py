@@ -2,6 +2,7 @@
 from fastadapt.algorithms.base import MetaLearner, per_task_loss, per_task_metric
 from fastadapt.algorithms.maml import MAML
 from fastadapt.algorithms.metasgd import MetaSGD
+from fastadapt.algorithms.pretrained import Pretrained
 from fastadapt.algorithms.reptile import Reptile
 
-__all__ = ["MetaLearner", "MAML", "MetaSGD", "Reptile", "per_task_loss", "per_task_metric"]
+__all__ = ["MetaLearner", "MAML", "MetaSGD", "Pretrained", "Reptile", "per_task_loss", "per_task_metric"]

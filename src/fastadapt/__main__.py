@@ -1,0 +1,5 @@
+import sys
+
+from fastadapt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""Evaluation by the field's protocol: a metric per fixed test task, reported as
+mean and 95% confidence interval (1.96 standard errors) over the tasks."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from fastadapt.algorithms.base import MetaLearner, per_task_metric
+from fastadapt.tasks.base import TaskBatch
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    ci95: float
+    num_tasks: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.ci95:.4f}"
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def mean_and_ci95(values: torch.Tensor) -> Estimate:
+    values = values.double().flatten()
+    n = values.numel()
+    if n == 0:
+        raise ValueError("cannot summarise an empty set of task results")
+    std = values.std(unbiased=True).item() if n > 1 else 0.0
+    return Estimate(values.mean().item(), 1.96 * std / math.sqrt(n), n)
+
+
+def metric_name(learner: MetaLearner) -> str:
+    return "accuracy" if learner.loss == "cross_entropy" else "mse"
+
+
+@torch.no_grad()
+def per_task_results(
+    learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu"
+) -> dict[int | None, torch.Tensor]:
+    """The metric of every task after each number of adaptation steps (None = the learner's default)."""
+    was_training = learner.training
+    learner.eval()
+    results: dict[int | None, list[torch.Tensor]] = {s: [] for s in steps}
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            for s in steps:
+                adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
+                outputs = learner.predict(adapted, batch.query_x)
+                results[s].append(per_task_metric(outputs, batch.query_y, learner.loss).cpu())
+    finally:
+        learner.train(was_training)
+    return {s: torch.cat(r) for s, r in results.items()}
+
+
+def evaluate(
+    learner: MetaLearner,
+    batches: Iterable[TaskBatch],
+    steps: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[int | None, Estimate]:
+    """Mean ± 95% CI of the metric. ``steps`` sweeps adaptation steps for gradient-based learners."""
+    sweep: Sequence[int | None] = list(steps) if (steps and learner.uses_adaptation_steps) else [None]
+    return {s: mean_and_ci95(v) for s, v in per_task_results(learner, batches, sweep, device).items()}
+
+
+def step_label(steps: int | None) -> str:
+    return "adapted" if steps is None else f"{steps} step{'' if steps == 1 else 's'}"
+
+
+def format_table(columns: dict[str, dict[str, Estimate]], title: str) -> str:
+    """A text table: one column per learner, one row per setting (e.g. adaptation steps)."""
+    row_names = list(dict.fromkeys(r for column in columns.values() for r in column))
+    rows = [["", *columns]]
+    rows += [[r, *(str(c[r]) if r in c else "-" for c in columns.values())] for r in row_names]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [title] + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""A run is a directory: config.yaml, metrics.jsonl, last.pt and best.pt.
+
+These functions are the Python API behind ``fastadapt train`` and ``fastadapt eval``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.tasks.base import TaskBatch, TaskDistribution
+from fastadapt.training.builders import build_learner, build_tasks, resolve_device
+from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.config import Config
+from fastadapt.training.evaluation import Estimate, evaluate, step_label
+from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
+
+EVAL_CHUNK = 200
+
+
+def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK) -> Iterable[TaskBatch]:
+    """The fixed evaluation tasks of a split, in chunks (the same tasks every call)."""
+    return tasks.fixed_tasks(num_tasks, split=split).split(chunk)
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> tuple[TrainResult, MetaLearner]:
+    """Meta-train as ``cfg`` says; with ``resume`` continue the run in ``cfg.output_dir``."""
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / LAST).exists() and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
+        )
+    if resume and (run_dir / "config.yaml").exists():
+        saved = Config.load(run_dir / "config.yaml")
+        if saved.replace(iterations=cfg.iterations) != cfg.replace(iterations=cfg.iterations):
+            raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from the requested settings "
+                             "(only iterations may change when resuming)")
+    device = resolve_device(cfg.device)
+    tasks = build_tasks(cfg, "train")
+    learner = build_learner(cfg, tasks)
+    val_tasks = build_tasks(cfg, "val")
+    trainer = Trainer(cfg, learner, tasks, val_batches=lambda: fixed_batches(val_tasks, cfg.val_tasks, "val"),
+                      device=device, progress=progress)
+    if resume:
+        trainer.resume()
+    return trainer.fit(), learner
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, MetaLearner]:
+    """The config and trained learner of a run (``checkpoint`` is 'best' or 'last')."""
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    payload = load_checkpoint(run_dir / (BEST if checkpoint == "best" else LAST))
+    cfg = Config.from_dict(payload["config"])
+    learner = build_learner(cfg, build_tasks(cfg, "test"))
+    learner.load_state_dict(payload["learner"])
+    return cfg, learner
+
+
+def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = None,
+                     steps: list[int] | None = None) -> dict[str, Estimate]:
+    """Mean ± 95% CI on the fixed test tasks, keyed by the number of adaptation steps."""
+    device = resolve_device(cfg.device)
+    learner.to(device)
+    tasks = build_tasks(cfg, "test")
+    results = evaluate(learner, fixed_batches(tasks, num_tasks or cfg.test_tasks, "test"),
+                       steps=steps if steps is not None else cfg.eval_steps, device=device)
+    return {step_label(s): e for s, e in results.items()}
+
+
+def load_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a fastadapt run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
