@@ -26,8 +26,8 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(Config):
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint)
+        optional = type(None) in typing.get_args(hint)  # "X | None" -> X
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
         if hint is bool:
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(base) is list:

@@ -1,6 +1,7 @@
 """Fully connected networks (the MAML paper's 1-40-40-1 ReLU regressor by default)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -15,3 +16,9 @@ class MLP(nn.Sequential):
             width = hidden
         layers.append(nn.Linear(width, output_size))
         super().__init__(*layers)
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"MLP expects inputs whose last dimension is {self.input_size}, got shape {tuple(x.shape)}")
+        return super().forward(x)

@@ -17,6 +17,10 @@ from fastadapt.training.evaluation import Estimate, evaluate, step_label
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 EVAL_CHUNK = 200
+#: settings that do not change the trained weights, so a resumed run may change them
+RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "data_root", "log_every", "val_every",
+                               "val_tasks", "checkpoint_every", "test_tasks", "eval_steps", "eval_shots",
+                               "eval_ways", "eval_inner_steps"})
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK) -> Iterable[TaskBatch]:
@@ -32,10 +36,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> tuple[Tra
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
         )
     if resume and (run_dir / "config.yaml").exists():
-        saved = Config.load(run_dir / "config.yaml")
-        if saved.replace(iterations=cfg.iterations) != cfg.replace(iterations=cfg.iterations):
-            raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from the requested settings "
-                             "(only iterations may change when resuming)")
+        saved = Config.load(run_dir / "config.yaml").to_dict()
+        changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v)
+        if changed:
+            raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from the requested settings in "
+                             f"{changed}; only {sorted(RESUMABLE_CHANGES)} may change when resuming")
     device = resolve_device(cfg.device)
     tasks = build_tasks(cfg, "train")
     learner = build_learner(cfg, tasks)
