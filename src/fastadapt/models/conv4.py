@@ -1,0 +1,102 @@
+"""The four-block convolutional network of the few-shot literature (Vinyals et al.
+2016; Finn et al. 2017; Snell et al. 2017).
+
+Each block is a 3x3 convolution (padding 1), a normalisation layer, ReLU and
+2x2 max-pooling; a 28x28 image leaves the fourth block as 64 x 1 x 1 features.
+With ``output_size`` a linear head turns them into N-way logits (MAML-style
+classifiers); without it the network is an embedding function (metric-based
+learners).
+
+Normalisation decides where statistics may come from:
+
+* ``"transductive"``: batch normalisation with the statistics of the current
+  batch, always, and no running averages (``track_running_stats=False``). Under
+  MAML each task is one vmapped call, so each task is normalised with its own
+  statistics: support images with the support set's during adaptation, query
+  images with the query set's at prediction. That is the MAML paper's choice,
+  and it is transductive: a query prediction depends on the other queries of
+  its batch. Nothing is carried from one episode to the next.
+* ``"layer"``: per-example normalisation over (channels, height, width)
+  (``GroupNorm`` with one group), with a learned per-channel scale and shift.
+  No statistic is shared between examples, so a prediction depends on its own
+  image only: the non-transductive option. Normalising queries with their
+  task's *support* statistics would also avoid the leak, but the model would
+  then need to see the support set whenever it sees a query, which ``MAML.predict``
+  (one call on the query set alone) does not offer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+NORMS = ("transductive", "layer")
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "transductive":
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels)
+    raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+
+
+class Conv4(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        output_size: int | None = None,
+        norm: str = "transductive",
+        image_size: int | tuple[int, int] = 28,
+    ) -> None:
+        """``image_size`` (height, width) only matters with ``output_size``: it fixes the head's input size."""
+        super().__init__()
+        if in_channels < 1 or hidden < 1 or (output_size is not None and output_size < 1):
+            raise ValueError(
+                f"Conv4 sizes must be positive, got in_channels={in_channels}, hidden={hidden}, output_size={output_size}"
+            )
+        self.in_channels, self.hidden, self.norm = in_channels, hidden, norm
+        blocks = []
+        for i in range(4):
+            blocks.append(nn.Sequential(
+                nn.Conv2d(in_channels if i == 0 else hidden, hidden, kernel_size=3, padding=1),
+                _norm_layer(norm, hidden),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ))
+        self.blocks = nn.Sequential(*blocks)
+        self.head = None
+        if output_size is not None:
+            size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            self.head = nn.Linear(self.feature_size(size), output_size)
+
+    def feature_size(self, image_shape: Sequence[int]) -> int:
+        """How many features the four blocks give for an image of shape (height, width) or (channels, height, width)."""
+        if len(image_shape) == 3:
+            if image_shape[0] != self.in_channels:
+                raise ValueError(f"Conv4 has {self.in_channels} input channels, image shape {tuple(image_shape)} has {image_shape[0]}")
+            image_shape = image_shape[1:]
+        if len(image_shape) != 2:
+            raise ValueError(f"image_shape must be (height, width) or (channels, height, width), got {tuple(image_shape)}")
+        height, width = (side // 16 for side in image_shape)  # four 2x2 poolings, each rounding down
+        if height < 1 or width < 1:
+            raise ValueError(f"Conv4 needs images of at least 16x16 pixels, got {tuple(image_shape)}")
+        return self.hidden * height * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, height, width) -> (batch, features), or (batch, output_size) logits with a head."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Conv4 expects images (batch, {self.in_channels}, height, width), got shape {tuple(x.shape)}"
+            )
+        features = self.blocks(x).flatten(1)
+        if self.head is None:
+            return features
+        if features.shape[1] != self.head.in_features:
+            raise ValueError(
+                f"Conv4's head was built for {self.head.in_features} features, but images of shape "
+                f"{tuple(x.shape[1:])} give {features.shape[1]}: pass the image_size the images have"
+            )
+        return self.head(features)
