@@ -14,6 +14,7 @@ COMMANDS_HELP = """examples:
   fastadapt demo                                   # MAML on sinusoid, table + figure, ~3 min on CPU
   fastadapt train sinusoid-maml --iterations 5000  # a shipped preset, with an override
   fastadapt train --algorithm metasgd --k-shot 5 --output-dir runs/msgd
+  fastadapt train sinusoid-maml --nproc 2          # meta-batch split over 2 processes, same result
   fastadapt eval runs/msgd --json results.json
   fastadapt presets
 """
@@ -54,10 +55,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.evaluation import format_table
+    from fastadapt.training.distributed import is_main_process
     from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
 
     cfg = _config_from_args(args)
-    result, _ = train(cfg, resume=args.resume, progress=not args.no_progress)
+    result, _ = train(cfg, resume=args.resume, progress=not args.no_progress, nproc=args.nproc)
+    if not is_main_process():  # under torchrun, rank 0 alone reports
+        return
     figure = plot_learning_curves(load_metrics(result.run_dir), result.run_dir / "learning_curves.png",
                                   title=f"{cfg.algorithm} on {cfg.tasks}")
     print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
@@ -124,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
     train.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="split each meta-batch over N local processes (torch.distributed; gloo on CPU, "
+                            "NCCL with one GPU each); or launch with `torchrun --nproc-per-node N -m fastadapt train`")
     _config_flags(train)
     train.set_defaults(func=cmd_train)
 

@@ -5,11 +5,13 @@ These functions are the Python API behind ``fastadapt train`` and ``fastadapt ev
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Iterable
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
+from fastadapt.training import distributed
 from fastadapt.training.builders import build_learner, build_tasks, resolve_device
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
@@ -28,8 +30,13 @@ def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: in
     return tasks.fixed_tasks(num_tasks, split=split).split(chunk)
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> tuple[TrainResult, MetaLearner]:
-    """Meta-train as ``cfg`` says; with ``resume`` continue the run in ``cfg.output_dir``."""
+def train(cfg: Config, resume: bool = False, progress: bool = True,
+          nproc: int | None = None) -> tuple[TrainResult, MetaLearner]:
+    """Meta-train as ``cfg`` says; with ``resume`` continue the run in ``cfg.output_dir``.
+
+    ``nproc`` > 1 splits every meta-batch over that many local processes (see
+    ``training.distributed``); under torchrun each process runs this function.
+    """
     run_dir = Path(cfg.output_dir)
     if (run_dir / LAST).exists() and not resume:
         raise FileExistsError(
@@ -41,15 +48,26 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> tuple[Tra
         if changed:
             raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from the requested settings in "
                              f"{changed}; only {sorted(RESUMABLE_CHANGES)} may change when resuming")
-    device = resolve_device(cfg.device)
-    tasks = build_tasks(cfg, "train")
-    learner = build_learner(cfg, tasks)
-    val_tasks = build_tasks(cfg, "val")
-    trainer = Trainer(cfg, learner, tasks, val_batches=lambda: fixed_batches(val_tasks, cfg.val_tasks, "val"),
-                      device=device, progress=progress)
-    if resume:
-        trainer.resume()
-    return trainer.fit(), learner
+    if nproc is not None:
+        distributed.check_split(cfg.meta_batch_size, nproc)
+    if nproc is not None and nproc > 1 and distributed.launched_world_size() is None:
+        distributed.spawn(train, nproc, cfg, resume=resume, progress=progress)
+        payload = load_checkpoint(run_dir / (LAST if (run_dir / LAST).exists() else BEST))
+        learner = build_learner(cfg, build_tasks(cfg, "train"))
+        learner.load_state_dict(payload["learner"])
+        return TrainResult(payload["iteration"], payload["best_score"], run_dir), learner
+    with distributed.process_group(cfg.device, nproc) as group:  # None in a single process
+        tasks = build_tasks(cfg, "train")
+        learner = build_learner(cfg, tasks)
+        val_tasks = build_tasks(cfg, "val")
+        val_batches = partial(fixed_batches, val_tasks, cfg.val_tasks, "val")
+        if group is None:
+            trainer = Trainer(cfg, learner, tasks, val_batches, device=resolve_device(cfg.device), progress=progress)
+        else:
+            trainer = distributed.DistributedTrainer(group, cfg, learner, tasks, val_batches, progress=progress)
+        if resume:
+            trainer.resume()
+        return trainer.fit(), learner
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, MetaLearner]:

@@ -88,15 +88,18 @@ class Trainer:
         path = self.run_dir / LAST
         if not path.exists():
             return False
-        payload = load_checkpoint(path)
+        self.load_state(load_checkpoint(path))
+        self._truncate_log(self.iteration)
+        return True
+
+    def load_state(self, payload: dict) -> None:
+        """The inverse of ``state``."""
         self.learner.load_state_dict(payload["learner"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.scheduler and payload["scheduler"]:
             self.scheduler.load_state_dict(payload["scheduler"])
         self.iteration, self.best_score = payload["iteration"], payload["best_score"]
         restore_rng_state(payload["rng"], self.generator)
-        self._truncate_log(self.iteration)
-        return True
 
     def _truncate_log(self, iteration: int) -> None:
         """Drop log lines written after the checkpoint we resume from, so the log matches the run."""
@@ -104,6 +107,12 @@ class Trainer:
         if log.exists():
             kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
             log.write_text("".join(line + "\n" for line in kept))
+
+    def _save(self, name: str, is_writer: bool) -> None:
+        """Every process builds the state (a distributed one gathers all ranks' RNG states); the writer saves it."""
+        state = self.state()
+        if is_writer:
+            save_checkpoint(self.run_dir / name, state)
 
     def _log(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
@@ -170,13 +179,12 @@ class Trainer:
                             record[f"val_{metric_name(self.learner)}"] = score
                             if not math.isnan(score) and self.is_better(score):
                                 self.best_score = score
-                                if is_writer:
-                                    save_checkpoint(self.run_dir / BEST, self.state())
+                                self._save(BEST, is_writer)
                     if is_writer:
                         self._log(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("iteration", "seconds")})
-                if is_writer and (self.iteration % cfg.checkpoint_every == 0 or done):
-                    save_checkpoint(self.run_dir / LAST, self.state())
-        if is_writer and self.best_score is None:
-            save_checkpoint(self.run_dir / BEST, self.state())
+                if self.iteration % cfg.checkpoint_every == 0 or done:
+                    self._save(LAST, is_writer)
+        if self.best_score is None:
+            self._save(BEST, is_writer)
         return TrainResult(self.iteration, self.best_score, self.run_dir)

@@ -1,0 +1,72 @@
+"""Distributed meta-training: 2 gloo processes with meta-batch 4 each equal 1 process with meta-batch 8."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastadapt.cli import main
+from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.config import Config
+from fastadapt.training.runs import train
+
+ARGS = ["--algorithm", "maml", "--tasks", "sinusoid", "--k-shot", "5", "--meta-batch-size", "8",
+        "--log-every", "5", "--val-every", "10", "--checkpoint-every", "10", "--val-tasks", "20",
+        "--test-tasks", "20", "--device", "cpu", "--no-progress", "--no-eval"]
+
+
+def _cfg(run_dir, iterations):
+    return Config(algorithm="maml", tasks="sinusoid", k_shot=5, meta_batch_size=8, iterations=iterations,
+                  log_every=5, val_every=10, checkpoint_every=10, val_tasks=20, test_tasks=20, device="cpu",
+                  output_dir=str(run_dir))
+
+
+def _max_difference(learner, checkpoint):
+    """Largest difference between a learner's weights and those saved in a checkpoint."""
+    a, b = learner.state_dict(), load_checkpoint(checkpoint)["learner"]
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_equal_one_process_and_resume(tmp_path, capsys):
+    _, single = train(_cfg(tmp_path / "single", 20), progress=False)
+
+    # 10 iterations launched the documented way (torchrun, no --nproc) ...
+    run = tmp_path / "dist"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "fastadapt", "train", *ARGS, "--iterations", "10", "--output-dir", str(run)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 10 iterations") == 1  # rank 0 alone reports
+    assert len(load_checkpoint(run / "last.pt")["rng_per_rank"]) == 2
+
+    # ... then resumed to 20 with processes spawned by --nproc 2.
+    assert main(["train", *ARGS, "--iterations", "20", "--output-dir", str(run), "--resume", "--nproc", "2"]) == 0
+    assert "trained 20 iterations" in capsys.readouterr().out
+    assert load_checkpoint(run / "last.pt")["iteration"] == 20
+    assert _max_difference(single, run / "last.pt") < 1e-6
+
+    # rank 0 alone writes the log, and the logged losses are means over all 8 tasks
+    ours, theirs = _log(tmp_path / "single"), _log(run)
+    assert [r["iteration"] for r in theirs] == [r["iteration"] for r in ours] == [5, 10, 15, 20]
+    for a, b in zip(ours, theirs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a.get("val_mse") == pytest.approx(b.get("val_mse"), rel=1e-5)
+
+
+def test_uneven_split_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", *ARGS, "--meta-batch-size", "5", "--nproc", "2", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "meta_batch_size 5 does not split evenly over 2 processes" in err and "Traceback" not in err
+
+
+def test_nproc_must_agree_with_the_launcher(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="disagrees with the launcher's WORLD_SIZE=3"):
+        train(_cfg(tmp_path, 1).replace(meta_batch_size=4), nproc=2)
