@@ -1,5 +1,6 @@
 """Task distributions p(T): what a task is, independent of how one learns it."""
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.tasks.sinusoid import SinusoidTasks
+from fastadapt.tasks.episodes import EpisodeTasks
 
-__all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks"]
+__all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks"]

@@ -1,0 +1,125 @@
+"""N-way K-shot classification episodes drawn from a ClassDataset (Vinyals et al., 2016).
+
+An episode picks N classes, labels them 0..N-1 in a random order, and takes K
+support and Q query images of each, all different. Sampling a batch of
+episodes is a few tensor ops whatever its size: every class and every image
+slot of every task gets a uniform random key and the smallest keys win, then
+one indexing call gathers the uint8 images, which become float only at the end.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from fastadapt.datasets.base import ClassDataset
+from fastadapt.tasks.base import TaskBatch
+from fastadapt.tasks.sinusoid import SPLIT_SEED_OFFSETS
+
+# Tasks whose random keys are drawn at once by fixed_tasks; bounds its scratch memory, not the result.
+_KEY_BLOCK = 512
+
+
+class EpisodeTasks:
+    """p(T) over N-way K-shot episodes of ``dataset``; x is (C, H, W) float in [0, 1], y an int64 label.
+
+    Within a task the examples come class by class: support_y is
+    [0]*K + [1]*K + ... and query_y likewise with Q of each. ``input_shape``
+    is the (C, H, W) a model reads. Since the dataset is itself one split,
+    ``fixed_tasks``'s ``split`` only picks the seed stream.
+    """
+
+    loss = "cross_entropy"
+
+    def __init__(self, dataset: ClassDataset, n_way: int = 5, k_shot: int = 1, num_query: int = 15) -> None:
+        if not isinstance(dataset, ClassDataset):
+            raise TypeError(f"dataset must be a ClassDataset, got {type(dataset).__name__}")
+        if n_way < 2:
+            raise ValueError(f"n_way must be at least 2 classes per episode, got {n_way}")
+        if k_shot < 1:
+            raise ValueError(f"k_shot must be at least 1 support image per class, got {k_shot}")
+        if num_query < 1:
+            raise ValueError(f"num_query must be at least 1 query image per class, got {num_query}")
+        if n_way > dataset.num_classes:
+            raise ValueError(f"asked for {n_way}-way episodes but the dataset has only {dataset.num_classes} classes")
+        counts = dataset.images_per_class
+        smallest = int(counts.argmin())
+        if counts[smallest] < k_shot + num_query:
+            raise ValueError(
+                f"{k_shot}-shot episodes with {num_query} queries need {k_shot + num_query} images of every class, "
+                f"but class {dataset.class_names[smallest]!r} has only {int(counts[smallest])}"
+            )
+        self.dataset = dataset
+        self.n_way, self.k_shot, self.num_query = n_way, k_shot, num_query
+        self.output_size = n_way
+        self.input_shape = dataset.image_shape
+        self._table, self._counts = dataset.class_index_table()
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
+        return self._materialize(self.sample_indices(num_tasks, generator))
+
+    def sample_indices(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """Dataset indices (tasks, n_way, k_shot + num_query): row j is label j's support, then query images.
+
+        Each task uses one row of a single torch.rand call, so a task depends
+        only on how many tasks came before it from the same generator.
+        """
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
+        num_classes, max_count = self._table.shape
+        keys = torch.rand(num_tasks, num_classes + self.n_way * max_count, generator=generator)
+        # The n_way smallest keys pick the classes; their rank is the label, a uniform random assignment.
+        classes = keys[:, :num_classes].topk(self.n_way, dim=1, largest=False).indices
+        image_keys = keys[:, num_classes:].view(num_tasks, self.n_way, max_count)
+        padding = torch.arange(max_count) >= self._counts[classes].unsqueeze(-1)
+        image_keys = image_keys.masked_fill(padding, float("inf"))
+        slots = image_keys.topk(self.k_shot + self.num_query, dim=2, largest=False).indices
+        return self._table[classes.unsqueeze(-1), slots]
+
+    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> TaskBatch:
+        """A reproducible set of tasks: the same arguments give the same tasks (and more tasks extend fewer)."""
+        return self._materialize(self._fixed_indices(num_tasks, split, seed))
+
+    def iter_fixed_tasks(
+        self, num_tasks: int, chunk_size: int, split: str = "test", seed: int = 0
+    ) -> Iterator[TaskBatch]:
+        """``fixed_tasks(num_tasks, split, seed)`` in chunks of ``chunk_size`` tasks, materialised one at a time.
+
+        600 20-way 5-shot tasks with 15 queries of 28x28 images are 750 MB as
+        float; their indices are 2 MB, so only those are held for all tasks.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        indices = self._fixed_indices(num_tasks, split, seed)
+        for start in range(0, num_tasks, chunk_size):
+            yield self._materialize(indices[start : start + chunk_size])
+
+    def _fixed_indices(self, num_tasks: int, split: str, seed: int) -> torch.Tensor:
+        if split not in SPLIT_SEED_OFFSETS:
+            raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_SEED_OFFSETS)}")
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
+        generator = torch.Generator().manual_seed(seed + SPLIT_SEED_OFFSETS[split])
+        blocks = [
+            self.sample_indices(min(_KEY_BLOCK, num_tasks - start), generator)
+            for start in range(0, num_tasks, _KEY_BLOCK)
+        ]
+        return torch.cat(blocks)
+
+    def _materialize(self, indices: torch.Tensor) -> TaskBatch:
+        num_tasks, k = indices.shape[0], self.k_shot
+        support, query = indices[:, :, :k].reshape(num_tasks, -1), indices[:, :, k:].reshape(num_tasks, -1)
+        labels = torch.arange(self.n_way)
+        images = self.dataset.images
+        return TaskBatch(
+            images[support].float().div_(255),
+            labels.repeat_interleave(k).repeat(num_tasks, 1),
+            images[query].float().div_(255),
+            labels.repeat_interleave(self.num_query).repeat(num_tasks, 1),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"EpisodeTasks({self.n_way}-way {self.k_shot}-shot, {self.num_query} queries, "
+            f"{self.dataset.num_classes} classes)"
+        )
