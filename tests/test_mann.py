@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastadapt.algorithms.mann import MANN, accuracy_by_instance, content_read, least_used, lrua_write
+from fastadapt.algorithms.mann import MANN, accuracy_by_instance, content_read, least_used, lrua_write, shuffle_sequence
 from fastadapt.tasks.base import TaskBatch
 
 N_WAY, SIDE = 3, 6
@@ -102,6 +102,17 @@ def test_accuracy_by_instance_counts_presentations_per_class():
     assert math.isnan(result[5]) and math.isnan(result[10])
     with pytest.raises(ValueError, match="logits"):
         accuracy_by_instance(logits[:, :-1], labels)
+
+
+def test_sequence_protocol_on_a_shuffled_episode():
+    torch.manual_seed(0)
+    model, tasks = tiny_mann(), fixed_episodes(tasks=2, queries=4)  # 3 classes x 5 instances in all
+    x_seq, y_seq = shuffle_sequence(torch.cat([tasks.support_x, tasks.query_x], 1),
+                                    torch.cat([tasks.support_y, tasks.query_y], 1))
+    assert sorted(y_seq[0].tolist()) == sorted(torch.cat([tasks.support_y, tasks.query_y], 1)[0].tolist())
+    result = accuracy_by_instance(model.sequence_logits(x_seq, y_seq), y_seq, instances=(1, 2, 5, 6))
+    assert list(result) == [1, 2, 5, 6]
+    assert all(0 <= result[k] <= 1 for k in (1, 2, 5)) and math.isnan(result[6])
 
 
 def test_meta_loss_goes_down():

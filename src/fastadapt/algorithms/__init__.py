@@ -6,3 +6,9 @@ from fastadapt.algorithms.pretrained import Pretrained
 from fastadapt.algorithms.reptile import Reptile
 
 __all__ = ["MetaLearner", "MAML", "MetaSGD", "Pretrained", "Reptile", "per_task_loss", "per_task_metric"]
+
+from fastadapt.algorithms.mann import MANN  # noqa: E402
+from fastadapt.algorithms.metanet import MetaNet  # noqa: E402
+from fastadapt.algorithms.snail import SNAIL  # noqa: E402
+
+__all__ += ["MANN", "MetaNet", "SNAIL"]

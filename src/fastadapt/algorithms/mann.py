@@ -28,8 +28,10 @@ paper's way, with a loss at every step: each support step (predicted from the
 steps before it) and each query; the support order is shuffled per task so
 that the sequence is as random as the paper's episodes.
 
-The module-level episode helpers at the bottom are shared with the other
-embedding-based learners (SNAIL, Meta Networks).
+x_t is the encoder's embedding of the image (the paper fed raw pixels), so
+MANN runs on the same encoder and episodes as the other methods. The episode
+helpers at the bottom of this module are shared by the learners built on an
+encoder.
 """
 from __future__ import annotations
 
@@ -136,12 +138,15 @@ class MANN(MetaLearner):
 
     def initial_state(self, batch: int, like: torch.Tensor) -> MemoryState:
         """An empty memory: zero state, zero usage, no previous reads (``like`` gives device and dtype)."""
-        shapes = [(self.controller.hidden_size,), (self.controller.hidden_size,), (self.memory_slots, self.memory_width),
-                  (self.memory_slots,), (self.num_reads, self.memory_slots), (self.num_reads, self.memory_width)]
+        size = self.controller.hidden_size
+        shapes = [(size,), (size,), (self.memory_slots, self.memory_width), (self.memory_slots,),
+                  (self.num_reads, self.memory_slots), (self.num_reads, self.memory_width)]
         return MemoryState(*(like.new_zeros(batch, *shape) for shape in shapes))
 
-    def step(self, features: torch.Tensor, last_label: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
-        """One time step: features (B, D) and the previous one-hot label (B, n_way) -> (logits (B, n_way), new state)."""
+    def step(
+        self, features: torch.Tensor, last_label: torch.Tensor, state: MemoryState
+    ) -> tuple[torch.Tensor, MemoryState]:
+        """One time step: features (B, D), the previous one-hot label (B, n_way) -> (logits (B, n_way), new state)."""
         batch = features.shape[0]
         hidden, cell = self.controller(torch.cat([features, last_label, state.reads.flatten(1)], -1),
                                        (state.hidden, state.cell))
@@ -152,58 +157,56 @@ class MANN(MetaLearner):
         logits = self.output(torch.cat([hidden, reads.flatten(1)], -1))
         return logits, MemoryState(hidden, cell, memory, usage, read_weights, reads)
 
-    def _read_sequence(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
-        """Run (tasks, steps, D) features with their (tasks, steps) labels shown one step late.
+    def _read(self, x: torch.Tensor, y: torch.Tensor, names: tuple[str, str] = ("support_x", "support_y")
+              ) -> tuple[torch.Tensor, Adapted]:
+        """Read examples x (tasks, steps, *features) with labels y (tasks, steps) shown one step late.
 
-        Returns the logits of every step (tasks, steps, n_way) and the state after the last step.
+        Returns the logits of every step (tasks, steps, n_way) and what the sequence leaves:
+        the state after its last step, and its last label.
         """
-        tasks, steps = labels.shape
-        shown = F.one_hot(labels, self.n_way).to(features.dtype)
-        shown = torch.cat([shown.new_zeros(tasks, 1, self.n_way), shown[:, :-1]], 1)
-        state = self.initial_state(tasks, features)
+        check_labels(x, y, self.n_way, "MANN", *names)
+        features = embed_images(self.encoder, self.encoder_dim, x, "MANN")
+        labels = F.one_hot(y, self.n_way).to(features.dtype)
+        shown = torch.cat([labels.new_zeros(y.shape[0], 1, self.n_way), labels[:, :-1]], 1)
+        state = self.initial_state(y.shape[0], features)
         logits = []
-        for t in range(steps):
+        for t in range(y.shape[1]):
             step_logits, state = self.step(features[:, t], shown[:, t], state)
             logits.append(step_logits)
-        return torch.stack(logits, 1), state
+        return torch.stack(logits, 1), Adapted(state, labels[:, -1])
 
-    def _answer_queries(self, adapted: Adapted, query_features: torch.Tensor) -> torch.Tensor:
-        """Each query (tasks, queries, D) as its own next step from the support state -> (tasks, queries, n_way)."""
-        tasks, queries = query_features.shape[:2]
+    def sequence_logits(self, x_seq: torch.Tensor, y_seq: torch.Tensor) -> torch.Tensor:
+        """The paper's protocol: logits (tasks, steps, n_way) at every step of an episode sequence
+        x_seq (tasks, steps, *features), y_seq (tasks, steps), each label shown at the next step."""
+        return self._read(x_seq, y_seq, ("x_seq", "y_seq"))[0]
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Adapted:
+        check_no_steps(steps, "MANN")
+        return self._read(support_x, support_y)[1]
+
+    def predict(self, adapted: Adapted, query_x: torch.Tensor) -> torch.Tensor:
+        """Each query as its own next step from the support state: (tasks, queries, n_way)."""
+        check_queries(query_x, adapted.state.hidden.shape[0], "MANN")
+        tasks, queries = query_x.shape[:2]
+        features = embed_images(self.encoder, self.encoder_dim, query_x, "MANN")
         logits, _ = self.step(
-            query_features.flatten(0, 1),
+            features.flatten(0, 1),
             adapted.last_label.repeat_interleave(queries, dim=0),
             adapted.state.repeat_each(queries),
         )
         return logits.view(tasks, queries, self.n_way)
 
-    def sequence_logits(self, x_seq: torch.Tensor, y_seq: torch.Tensor) -> torch.Tensor:
-        """The paper's protocol: logits (tasks, steps, n_way) at every step of an episode sequence
-        x_seq (tasks, steps, *features), y_seq (tasks, steps), each label shown at the next step."""
-        check_labels(x_seq, y_seq, self.n_way, "MANN", "x_seq", "y_seq")
-        logits, _ = self._read_sequence(embed_images(self.encoder, self.encoder_dim, x_seq, "MANN"), y_seq)
-        return logits
-
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Adapted:
-        check_no_steps(steps, "MANN")
-        check_labels(support_x, support_y, self.n_way, "MANN")
-        _, state = self._read_sequence(embed_images(self.encoder, self.encoder_dim, support_x, "MANN"), support_y)
-        return Adapted(state, F.one_hot(support_y[:, -1], self.n_way).to(state.memory.dtype))
-
-    def predict(self, adapted: Adapted, query_x: torch.Tensor) -> torch.Tensor:
-        check_queries(query_x, adapted.state.hidden.shape[0], "MANN")
-        return self._answer_queries(adapted, embed_images(self.encoder, self.encoder_dim, query_x, "MANN"))
-
     def meta_loss(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy at every step: each shuffled support step, then each query from the support state."""
-        check_labels(tasks.support_x, tasks.support_y, self.n_way, "MANN")
+        """Cross-entropy at every step: each support step (in a shuffled order), then each query.
+
+        Support and query images go through the encoder in separate calls, exactly as in
+        ``adapt`` and ``predict``, so batch-statistics normalisation sees the same batches
+        in training as in evaluation.
+        """
         check_labels(tasks.query_x, tasks.query_y, self.n_way, "MANN", "query_x", "query_y")
         support_x, support_y = shuffle_sequence(tasks.support_x, tasks.support_y)
-        support = support_x.shape[1]
-        features = embed_images(self.encoder, self.encoder_dim, torch.cat([support_x, tasks.query_x], 1), "MANN")
-        support_logits, state = self._read_sequence(features[:, :support], support_y)
-        last_label = F.one_hot(support_y[:, -1], self.n_way).to(features.dtype)
-        query_logits = self._answer_queries(Adapted(state, last_label), features[:, support:])
+        support_logits, adapted = self._read(support_x, support_y)
+        query_logits = self.predict(adapted, tasks.query_x)
         logits = torch.cat([support_logits, query_logits], 1)
         loss = self.task_losses(logits, torch.cat([support_y, tasks.query_y], 1)).mean()
         return loss, self.metrics(query_logits, tasks.query_y, loss)

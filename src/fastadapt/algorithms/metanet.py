@@ -57,7 +57,7 @@ class FastWeightGenerator(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def preprocess(self, gradient: torch.Tensor) -> torch.Tensor:
-        """(log|g| / p, sign g) if |g| >= e^-p, else (-1, e^p g): scale-free features of each coordinate."""
+        """(log|g| / p, sign g) if |g| >= e^-p, else (-1, e^p g), with p = ``scale``: scale-free coordinates."""
         threshold = math.exp(-self.scale)
         large = gradient.abs() >= threshold
         magnitude = torch.where(large, gradient.abs().clamp_min(threshold).log() / self.scale, -1.0)
@@ -108,8 +108,10 @@ class MetaNet(MetaLearner):
         self.representation_generator = FastWeightGenerator(generator_hidden)  # m
         self.base_generator = FastWeightGenerator(generator_hidden)  # d
 
-    # -- u and b; every function takes features with any leading dimensions --
-    def _represent(self, features: torch.Tensor, weight: torch.Tensor, fast: torch.Tensor | None = None) -> torch.Tensor:
+    # -- u and b on features (..., D); fast weights bring their own task and example dimensions --
+    def _represent(
+        self, features: torch.Tensor, weight: torch.Tensor, fast: torch.Tensor | None = None
+    ) -> torch.Tensor:
         r = F.relu(F.linear(features, weight, self.representation.bias))
         if fast is not None:  # fast: (tasks, R, D), features: (tasks, examples, D)
             r = r + F.relu(torch.einsum("trd,ted->ter", fast, features))
@@ -155,7 +157,8 @@ class MetaNet(MetaLearner):
         example_gradients = vmap(grad(self._example_loss), in_dims=(None, 0, 0))(
             self._slow_base(), features.flatten(0, 1), support_y.flatten()
         )
-        values = {name: self.base_generator(g).view(tasks, support, *g.shape[1:]) for name, g in example_gradients.items()}
+        values = {name: self.base_generator(g).view(tasks, support, *g.shape[1:])
+                  for name, g in example_gradients.items()}
         keys = self._represent(features, self.representation.weight, representation_fast)
         return Adapted(representation_fast, keys, values)
 

@@ -148,7 +148,10 @@ class SNAIL(MetaLearner):
         return self.classifier(sequence)
 
     def query_logits(self, prefix: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Logits (B, Q, n_way) of each query (B, Q, C) as the step after ``prefix`` (B, L, C), queries unseen by each other."""
+        """Logits (B, Q, n_way) of each query (B, Q, C) as the step right after ``prefix`` (B, L, C).
+
+        Each query sees the prefix and itself, never the other queries.
+        """
         for block in self.blocks:
             prefix, queries = block.extend(prefix, queries)
         return self.classifier(queries)
