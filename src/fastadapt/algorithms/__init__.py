@@ -7,6 +7,12 @@ from fastadapt.algorithms.reptile import Reptile
 
 __all__ = ["MetaLearner", "MAML", "MetaSGD", "Pretrained", "Reptile", "per_task_loss", "per_task_metric"]
 
+from fastadapt.algorithms.knn import NearestNeighbours  # noqa: E402
+from fastadapt.algorithms.matching import MatchingNetworks  # noqa: E402
+from fastadapt.algorithms.protonet import PrototypicalNetworks  # noqa: E402
+
+__all__ += ["MatchingNetworks", "NearestNeighbours", "PrototypicalNetworks"]
+
 from fastadapt.algorithms.mann import MANN  # noqa: E402
 from fastadapt.algorithms.metanet import MetaNet  # noqa: E402
 from fastadapt.algorithms.snail import SNAIL  # noqa: E402

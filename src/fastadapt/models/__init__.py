@@ -2,3 +2,7 @@
 from fastadapt.models.mlp import MLP
 
 __all__ = ["MLP"]
+
+from fastadapt.models.conv4 import Conv4  # noqa: E402
+
+__all__ += ["Conv4"]

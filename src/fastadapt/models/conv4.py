@@ -10,12 +10,14 @@ learners).
 Normalisation decides where statistics may come from:
 
 * ``"transductive"``: batch normalisation with the statistics of the current
-  batch, always, and no running averages (``track_running_stats=False``). Under
+  batch, always, and no running averages (``BatchStatisticsNorm2d``). Under
   MAML each task is one vmapped call, so each task is normalised with its own
   statistics: support images with the support set's during adaptation, query
   images with the query set's at prediction. That is the MAML paper's choice,
   and it is transductive: a query prediction depends on the other queries of
-  its batch. Nothing is carried from one episode to the next.
+  its batch. Metric learners embed many tasks in one call, so there the
+  statistics span every task of the call. Nothing is carried from one call to
+  the next, and a convolution feeding this norm has no bias (it would cancel).
 * ``"layer"``: per-example normalisation over (channels, height, width)
   (``GroupNorm`` with one group), with a learned per-channel scale and shift.
   No statistic is shared between examples, so a prediction depends on its own
@@ -29,14 +31,40 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("transductive", "layer")
 
 
+class BatchStatisticsNorm2d(nn.Module):
+    """Batch normalisation that always uses the current batch's per-channel mean and (biased) variance,
+    then a learned per-channel scale and shift; it keeps no running statistics.
+
+    Why not ``nn.BatchNorm2d(track_running_stats=False)``, which computes the same thing: under
+    ``torch.func.vmap`` its fused kernel gives wrong second-order gradients (MAML's meta-gradient was off
+    by about 1% against a per-task loop; cf. functorch issue #534 on its backward's batching rule).
+    Instead the batch is viewed as one example with C channels of (batch, height, width) values, which
+    group normalisation with one group per channel normalises exactly as batch normalisation would; its
+    gradients are exact to second order under vmap and it costs little more than the fused kernel
+    (a version from elementary tensor operations was about three times slower).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        as_one_example = x.transpose(0, 1).unsqueeze(0)  # (1, C, batch, H, W)
+        normalised = F.group_norm(as_one_example, x.shape[1], self.weight, self.bias, self.eps)
+        return normalised.squeeze(0).transpose(0, 1).contiguous()
+
+
 def _norm_layer(norm: str, channels: int) -> nn.Module:
     if norm == "transductive":
-        return nn.BatchNorm2d(channels, track_running_stats=False)
+        return BatchStatisticsNorm2d(channels)
     if norm == "layer":
         return nn.GroupNorm(1, channels)
     raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
@@ -55,13 +83,15 @@ class Conv4(nn.Module):
         super().__init__()
         if in_channels < 1 or hidden < 1 or (output_size is not None and output_size < 1):
             raise ValueError(
-                f"Conv4 sizes must be positive, got in_channels={in_channels}, hidden={hidden}, output_size={output_size}"
+                f"Conv4 sizes must be positive, got in_channels={in_channels}, hidden={hidden}, "
+                f"output_size={output_size}"
             )
-        self.in_channels, self.hidden, self.norm = in_channels, hidden, norm
+        self.in_channels, self.hidden = in_channels, hidden
+        conv_bias = norm != "transductive"
         blocks = []
         for i in range(4):
             blocks.append(nn.Sequential(
-                nn.Conv2d(in_channels if i == 0 else hidden, hidden, kernel_size=3, padding=1),
+                nn.Conv2d(in_channels if i == 0 else hidden, hidden, kernel_size=3, padding=1, bias=conv_bias),
                 _norm_layer(norm, hidden),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
@@ -73,13 +103,17 @@ class Conv4(nn.Module):
             self.head = nn.Linear(self.feature_size(size), output_size)
 
     def feature_size(self, image_shape: Sequence[int]) -> int:
-        """How many features the four blocks give for an image of shape (height, width) or (channels, height, width)."""
+        """How many features the four blocks give for an image shaped (height, width) or (channels, height, width)."""
         if len(image_shape) == 3:
             if image_shape[0] != self.in_channels:
-                raise ValueError(f"Conv4 has {self.in_channels} input channels, image shape {tuple(image_shape)} has {image_shape[0]}")
+                raise ValueError(
+                    f"Conv4 has {self.in_channels} input channels, image shape {tuple(image_shape)} has {image_shape[0]}"
+                )
             image_shape = image_shape[1:]
         if len(image_shape) != 2:
-            raise ValueError(f"image_shape must be (height, width) or (channels, height, width), got {tuple(image_shape)}")
+            raise ValueError(
+                f"image_shape must be (height, width) or (channels, height, width), got {tuple(image_shape)}"
+            )
         height, width = (side // 16 for side in image_shape)  # four 2x2 poolings, each rounding down
         if height < 1 or width < 1:
             raise ValueError(f"Conv4 needs images of at least 16x16 pixels, got {tuple(image_shape)}")

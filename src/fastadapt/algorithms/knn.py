@@ -1,0 +1,50 @@
+"""k-nearest-neighbour classification: the baseline without meta-learning.
+
+Each query takes the majority label of its k nearest support examples in
+Euclidean distance, measured on raw pixels (``encoder=None``) or on the
+embeddings of a given encoder, e.g. the encoder of a trained Prototypical
+Network. Ties between classes with equally many votes go to the class whose
+closest neighbour is nearest. Outputs are scores (tasks, queries, classes):
+the vote count plus a tie-break bonus below 1, so argmax is the prediction;
+they are not log-probabilities.
+
+There is nothing to meta-train (a given encoder is trained elsewhere), so
+``meta_loss`` raises: k-NN is for evaluation only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastadapt.algorithms.protonet import EmbeddedSupport, MetricLearner, squared_distances
+from fastadapt.tasks.base import TaskBatch
+
+
+class NearestNeighbours(MetricLearner):
+    def __init__(self, encoder: nn.Module | None = None, k: int = 1) -> None:
+        super().__init__(nn.Identity() if encoder is None else encoder)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.k = k
+
+    def adapt_embedded(self, support: torch.Tensor, one_hot: torch.Tensor) -> EmbeddedSupport:
+        if self.k > support.shape[1]:
+            raise ValueError(
+                f"k={self.k} neighbours asked for, but the support set has only {support.shape[1]} examples"
+            )
+        return EmbeddedSupport(support, one_hot)
+
+    def predict_embedded(self, adapted: EmbeddedSupport, queries: torch.Tensor) -> torch.Tensor:
+        nearest = squared_distances(queries, adapted.features).topk(self.k, dim=-1, largest=False).indices
+        tasks, num_queries, _ = nearest.shape
+        one_hot = adapted.one_hot.unsqueeze(1).expand(-1, num_queries, -1, -1)
+        labels = one_hot.gather(2, nearest.unsqueeze(-1).expand(-1, -1, -1, one_hot.shape[-1]))  # (T, Q, k, N)
+        # The j-th nearest neighbour (j = 0..k-1) earns its class (k - j) / (k + 1) < 1: the class met first wins ties.
+        rank_bonus = torch.arange(self.k, 0, -1, dtype=labels.dtype, device=labels.device) / (self.k + 1)
+        return labels.sum(2) + (labels * rank_bonus[:, None]).amax(2)
+
+    def meta_loss(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise RuntimeError(
+            "NearestNeighbours has nothing to meta-train: it is evaluation-only (adapt + predict). To use a learned "
+            "embedding, train an encoder with another method (e.g. PrototypicalNetworks) and pass it as encoder"
+        )

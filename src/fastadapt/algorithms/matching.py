@@ -1,0 +1,89 @@
+"""Matching Networks (Vinyals, Blundell, Lillicrap, Kavukcuoglu and Wierstra, 2016).
+
+A query x^ is labelled by attending over the support set S = {(x_i, y_i)}:
+
+    P(y^ | x^, S) = sum_i a(x^, x_i) y_i,      a(x^, x_i) = softmax_i c(f(x^), g(x_i)),
+
+with y_i one-hot and c the cosine similarity. The outputs are log P(y^ | x^, S):
+since P already sums to 1 over classes, softmax(log P) = P, so the shared
+cross-entropy on these "logits" is exactly the paper's negative log-likelihood.
+
+Without full context embeddings, f = g = the encoder. With them:
+
+* g embeds each support example in the context of the whole (ordered) support
+  set with a bidirectional LSTM, g(x_i) = h->_i + h<-_i + g'(x_i);
+* f reads the embedded support set for K processing steps with an attention LSTM
+  that starts from zero state and, at step k,
+
+      r_{k-1} = sum_i softmax_i(h_{k-1} . g(x_i)) g(x_i)
+      h^_k, c_k = LSTM(f'(x^), [h_{k-1}, r_{k-1}], c_{k-1})
+      h_k = h^_k + f'(x^)
+
+  and f(x^) = h_K. An LSTM cell with input [f'(x^), r_{k-1}] and hidden state
+  h_{k-1} has exactly these gates (its weights on [h_{k-1}, r_{k-1}] are only
+  split between its input and recurrent matrices), so ``nn.LSTMCell`` is used.
+
+Each query has its own attention LSTM, so queries never influence each other.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastadapt.algorithms.protonet import EmbeddedSupport, MetricLearner, check_pair, cosine_similarities
+
+
+class MatchingNetworks(MetricLearner):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        full_context_embeddings: bool = False,
+        embedding_size: int | None = None,
+        processing_steps: int = 5,
+        loss: str = "cross_entropy",
+    ) -> None:
+        """``embedding_size`` (the encoder's output width) and ``processing_steps`` (K) only matter for
+        full context embeddings, whose LSTMs need the width up front."""
+        super().__init__(encoder, loss)
+        self.full_context_embeddings = full_context_embeddings
+        if full_context_embeddings:
+            if embedding_size is None or embedding_size < 1:
+                raise ValueError(
+                    "full context embeddings need embedding_size, the width of the encoder's output, "
+                    f"got {embedding_size}"
+                )
+            if processing_steps < 1:
+                raise ValueError(f"processing_steps must be at least 1, got {processing_steps}")
+            self.processing_steps = processing_steps
+            self.support_lstm = nn.LSTM(embedding_size, embedding_size, batch_first=True, bidirectional=True)
+            self.query_lstm = nn.LSTMCell(2 * embedding_size, embedding_size)
+
+    def adapt_embedded(self, support: torch.Tensor, one_hot: torch.Tensor) -> EmbeddedSupport:
+        if self.full_context_embeddings:
+            if support.shape[-1] != self.support_lstm.input_size:
+                raise ValueError(f"the encoder gives {support.shape[-1]} features, but embedding_size is "
+                                 f"{self.support_lstm.input_size}")
+            forward, backward = self.support_lstm(support)[0].chunk(2, dim=-1)
+            support = forward + backward + support
+        return EmbeddedSupport(support, one_hot)
+
+    def _read_support(self, queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        """f(x^): the attention LSTM, for queries (tasks, Q, D) over full-context support embeddings (tasks, S, D)."""
+        h = torch.zeros_like(queries)
+        c = torch.zeros_like(queries).flatten(0, 1)
+        for _ in range(self.processing_steps):
+            read = torch.softmax(h @ support.transpose(1, 2), dim=-1) @ support
+            h_hat, c = self.query_lstm(torch.cat([queries, read], -1).flatten(0, 1), (h.flatten(0, 1), c))
+            h = h_hat.view_as(queries) + queries
+        return h
+
+    def attention(self, adapted: EmbeddedSupport, queries: torch.Tensor) -> torch.Tensor:
+        """a(x^, x_i) for query embeddings (tasks, Q, D): (tasks, Q, S), each row summing to 1."""
+        check_pair(queries, adapted.features)
+        if self.full_context_embeddings:
+            queries = self._read_support(queries, adapted.features)
+        return torch.softmax(cosine_similarities(queries, adapted.features), dim=-1)
+
+    def predict_embedded(self, adapted: EmbeddedSupport, queries: torch.Tensor) -> torch.Tensor:
+        """log P(y^ | x^, S), (tasks, Q, classes). Cosines lie in [-1, 1], so no attention weight underflows to 0."""
+        return (self.attention(adapted, queries) @ adapted.one_hot).log()

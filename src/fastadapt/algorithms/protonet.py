@@ -1,0 +1,152 @@
+"""Prototypical Networks (Snell, Swersky and Zemel, 2017).
+
+An encoder f_phi embeds every image. The prototype of class k in a task is the
+mean embedding of its support examples S_k,
+
+    c_k = 1/|S_k| sum_{(x_i, y_i) in S_k} f_phi(x_i),
+
+and a query x is classified by a softmax over negative distances to them,
+
+    p_phi(y = k | x) = exp(-d(f_phi(x), c_k)) / sum_k' exp(-d(f_phi(x), c_k')),
+
+with d the squared Euclidean distance (the paper's choice: it makes the model a
+linear classifier in embedding space). The meta-loss is the query negative
+log-likelihood; ``adapt`` computes the prototypes, without gradient steps.
+With ``distance="cosine"`` the logits are s * cos(f_phi(x), c_k), where the
+learned scale s (10 at first) lets the softmax sharpen, which bounded cosines
+alone cannot.
+
+This module also holds ``MetricLearner``, the shared skeleton of the learners
+that classify by comparing query embeddings with support embeddings (this one,
+Matching Networks, nearest neighbours): labels are checked once, and
+``meta_loss`` embeds a whole meta-batch, support and query, in one encoder call.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.mann import check_labels, check_no_steps
+from fastadapt.tasks.base import TaskBatch
+
+DISTANCES = ("squared_euclidean", "cosine")
+
+
+class EmbeddedSupport(NamedTuple):
+    """A support set as metric learners keep it: embeddings (tasks, examples, D), one-hot labels (tasks, examples, N)."""
+
+    features: torch.Tensor
+    one_hot: torch.Tensor
+
+
+def embed(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One encoder pass over all examples of all tasks: (tasks, examples, *features) -> (tasks, examples, D)."""
+    return encoder(x.flatten(0, 1)).flatten(1).unflatten(0, x.shape[:2])
+
+
+def support_one_hot(support_x: torch.Tensor, support_y: torch.Tensor, method: str) -> torch.Tensor:
+    """One-hot support labels (tasks, examples, n_way), with n_way = the largest label + 1.
+
+    Every task must have at least one support example of every class 0..n_way-1:
+    an empty class would have no prototype (and no neighbour to vote for it).
+    """
+    n_way = int(support_y.max()) + 1 if support_y.numel() else 1
+    check_labels(support_x, support_y, max(n_way, 1), method)
+    one_hot = F.one_hot(support_y, n_way).to(support_x.dtype)
+    empty = (one_hot.sum(1) == 0).nonzero()
+    if len(empty):
+        task, label = empty[0].tolist()
+        raise ValueError(
+            f"{method}: task {task} has no support example of class {label}; support_y must use every label "
+            f"0..{n_way - 1} in every task"
+        )
+    return one_hot
+
+
+def check_pair(queries: torch.Tensor, support: torch.Tensor) -> None:
+    """Embeddings must be (tasks, queries, D) and (tasks, examples, D) with the same tasks and D."""
+    if not (queries.dim() == support.dim() == 3 and queries.shape[0] == support.shape[0]
+            and queries.shape[2] == support.shape[2]):
+        raise ValueError(
+            f"query embeddings {tuple(queries.shape)} and support embeddings {tuple(support.shape)} must be "
+            "(tasks, queries, D) and (tasks, examples, D) with the same tasks and D"
+        )
+
+
+def squared_distances(queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """||q - s||^2 for every pair: (tasks, Q, D), (tasks, S, D) -> (tasks, Q, S).
+
+    Expanded as |q|^2 + |s|^2 - 2 q.s, so memory stays at (tasks, Q, S) rather than (tasks, Q, S, D).
+    """
+    check_pair(queries, support)
+    norms = queries.pow(2).sum(-1, keepdim=True) + support.pow(2).sum(-1).unsqueeze(1)
+    return torch.baddbmm(norms, queries, support.transpose(1, 2), alpha=-2).clamp_min(0)
+
+
+def cosine_similarities(queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """cos(q, s) for every pair: (tasks, Q, D), (tasks, S, D) -> (tasks, Q, S)."""
+    check_pair(queries, support)
+    return F.normalize(queries, dim=-1) @ F.normalize(support, dim=-1).transpose(1, 2)
+
+
+class MetricLearner(MetaLearner):
+    """Embed, then compare: subclasses say what they keep of an embedded support set and how they score queries."""
+
+    def __init__(self, encoder: nn.Module, loss: str = "cross_entropy") -> None:
+        if loss != "cross_entropy":
+            raise ValueError(f"{type(self).__name__} classifies: loss must be 'cross_entropy', got {loss!r}")
+        super().__init__(loss)
+        self.encoder = encoder
+
+    def adapt_embedded(self, support: torch.Tensor, one_hot: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def predict_embedded(self, adapted: Any, queries: torch.Tensor) -> torch.Tensor:
+        """Scores (tasks, queries, classes) for query embeddings (tasks, queries, D)."""
+        raise NotImplementedError
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Any:
+        name = type(self).__name__
+        check_no_steps(steps, name)
+        one_hot = support_one_hot(support_x, support_y, name)
+        return self.adapt_embedded(embed(self.encoder, support_x), one_hot)
+
+    def predict(self, adapted: Any, query_x: torch.Tensor) -> torch.Tensor:
+        if query_x.dim() < 3:
+            raise ValueError(
+                f"{type(self).__name__}: query_x {tuple(query_x.shape)} must be (tasks, queries, *features)"
+            )
+        return self.predict_embedded(adapted, embed(self.encoder, query_x))
+
+    def meta_loss(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Query NLL, with support and query of every task embedded in a single encoder call."""
+        name = type(self).__name__
+        one_hot = support_one_hot(tasks.support_x, tasks.support_y, name)
+        check_labels(tasks.query_x, tasks.query_y, one_hot.shape[-1], name, "query_x", "query_y")
+        features = embed(self.encoder, torch.cat([tasks.support_x, tasks.query_x], 1))
+        support = tasks.support_x.shape[1]
+        outputs = self.predict_embedded(self.adapt_embedded(features[:, :support], one_hot), features[:, support:])
+        loss = self.task_losses(outputs, tasks.query_y).mean()
+        return loss, self.metrics(outputs, tasks.query_y, loss)
+
+
+class PrototypicalNetworks(MetricLearner):
+    def __init__(self, encoder: nn.Module, loss: str = "cross_entropy", distance: str = "squared_euclidean") -> None:
+        super().__init__(encoder, loss)
+        if distance not in DISTANCES:
+            raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
+        self.distance = distance
+        self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" else None
+
+    def adapt_embedded(self, support: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        """Prototypes c_k (tasks, classes, D): per-class sums of embeddings divided by class counts."""
+        return (one_hot.transpose(1, 2) @ support) / one_hot.sum(1).unsqueeze(-1)
+
+    def predict_embedded(self, adapted: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        if self.distance == "cosine":
+            return self.scale * cosine_similarities(queries, adapted)
+        return -squared_distances(queries, adapted)
