@@ -17,6 +17,7 @@ COMMANDS_HELP = """examples:
   fastadapt train sinusoid-maml --nproc 2          # meta-batch split over 2 processes, same result
   fastadapt eval runs/msgd --json results.json
   fastadapt presets
+  fastadapt bench speed                            # ours vs a per-task loop vs plain training
 """
 
 
@@ -111,6 +112,12 @@ def cmd_presets(args: argparse.Namespace) -> None:
         print(f"{name:28s} {cfg.algorithm:10s} {cfg.tasks:10s} {shots:14s} {cfg.iterations} iterations")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fastadapt.training import speed
+
+    speed.main(args.args, prog=f"fastadapt bench {args.benchmark}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastadapt", description="Meta-learning for PyTorch.",
                                      epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = commands.add_parser("presets", help="list the shipped presets")
     presets.set_defaults(func=cmd_presets)
+
+    bench = commands.add_parser("bench", help="benchmarks: `fastadapt bench speed --help`")
+    bench.add_argument("benchmark", choices=["speed"], help="speed: steps per second against a per-task loop")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
