@@ -6,7 +6,7 @@ from torch import nn
 
 from fastadapt.algorithms import MatchingNetworks, NearestNeighbours, PrototypicalNetworks
 from fastadapt.algorithms.base import per_task_metric
-from fastadapt.algorithms.protonet import embed
+from fastadapt.algorithms.base import embed_images
 from fastadapt.models import Conv4
 from fastadapt.tasks.base import TaskBatch
 
@@ -56,7 +56,7 @@ def test_cosine_distance_is_scaled_cosine_similarity():
     batch = synthetic_tasks(2, n_way=3, k_shot=2)
     learner = PrototypicalNetworks(flat_encoder(), distance="cosine")
     prototypes = learner.adapt(batch.support_x, batch.support_y)
-    queries = embed(learner.encoder, batch.query_x)
+    queries = embed_images(learner.encoder, batch.query_x, "test")
     expected = 10 * F.cosine_similarity(queries.unsqueeze(2), prototypes.unsqueeze(1), dim=-1)
     assert torch.allclose(learner.predict(prototypes, batch.query_x), expected, atol=1e-5)
 
@@ -108,7 +108,7 @@ def test_matching_outputs_are_log_probabilities_of_attention(fce):
     batch = synthetic_tasks(2, n_way=3, k_shot=2, queries=2)
     learner = MatchingNetworks(flat_encoder(), full_context_embeddings=fce, embedding_size=8, processing_steps=2)
     adapted = learner.adapt(batch.support_x, batch.support_y)
-    attention = learner.attention(adapted, embed(learner.encoder, batch.query_x))
+    attention = learner.attention(adapted, embed_images(learner.encoder, batch.query_x, "test"))
     assert attention.shape == (2, 6, 6) and (attention > 0).all()
     assert torch.allclose(attention.sum(-1), torch.ones(2, 6))
     log_probs = learner.predict(adapted, batch.query_x)
@@ -125,7 +125,7 @@ def test_matching_without_fce_is_softmax_of_cosines():
     torch.manual_seed(0)
     batch = synthetic_tasks(2, n_way=3)
     learner = MatchingNetworks(flat_encoder())
-    support, queries = embed(learner.encoder, batch.support_x), embed(learner.encoder, batch.query_x)
+    support, queries = embed_images(learner.encoder, batch.support_x, "test"), embed_images(learner.encoder, batch.query_x, "test")
     cosines = F.cosine_similarity(queries.unsqueeze(2), support.unsqueeze(1), dim=-1)
     attention = learner.attention(learner.adapt(batch.support_x, batch.support_y), queries)
     assert torch.allclose(attention, cosines.softmax(-1), atol=1e-6)

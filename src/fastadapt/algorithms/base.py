@@ -77,3 +77,44 @@ class MetaLearner(nn.Module):
         if self.loss == "cross_entropy":
             metrics["accuracy"] = per_task_metric(outputs.detach(), targets, self.loss).mean().item()
         return metrics
+
+
+# --- checks and helpers shared by the learners that read a support set (metric- and model-based) ---
+
+
+def check_no_steps(steps: int | None, method: str) -> None:
+    if steps is not None:
+        raise ValueError(f"{method} adapts by reading the support set, not by gradient steps; got steps={steps}")
+
+
+def check_labels(x: torch.Tensor, y: torch.Tensor, n_way: int, method: str,
+                 x_name: str = "support_x", y_name: str = "support_y") -> None:
+    """x must be (tasks, examples, *features) and y (tasks, examples) integer class labels in 0..n_way-1."""
+    if x.dim() < 3 or y.dim() != 2 or x.shape[:2] != y.shape:
+        raise ValueError(
+            f"{method}: {x_name} {tuple(x.shape)} must be (tasks, examples, *features) and "
+            f"{y_name} {tuple(y.shape)} must be (tasks, examples) to match"
+        )
+    if y.dtype != torch.long:
+        raise TypeError(f"{method}: {y_name} must hold int64 class labels, got {y.dtype}")
+    if ((y < 0) | (y >= n_way)).any():
+        raise ValueError(f"{method}: {y_name} labels must lie in 0..{n_way - 1} for a {n_way}-way learner, "
+                         f"got values in {y.min().item()}..{y.max().item()}")
+
+
+def check_queries(query_x: torch.Tensor, tasks: int, method: str) -> None:
+    if query_x.dim() < 3 or query_x.shape[0] != tasks:
+        raise ValueError(f"{method}: query_x {tuple(query_x.shape)} must be (tasks, queries, *features) "
+                         f"with the {tasks} tasks of the support set")
+
+
+def embed_images(encoder: nn.Module, x: torch.Tensor, method: str, encoder_dim: int | None = None) -> torch.Tensor:
+    """One encoder pass over all examples of all tasks: (tasks, examples, *features) -> (tasks, examples, D).
+
+    Features come out flattened; with ``encoder_dim`` their width D is checked.
+    """
+    features = encoder(x.flatten(0, 1)).flatten(1)
+    if encoder_dim is not None and features.shape != (x.shape[0] * x.shape[1], encoder_dim):
+        raise ValueError(f"{method}: the encoder must map a batch (B, *features) to (B, encoder_dim={encoder_dim}); "
+                         f"it gave {tuple(features.shape)} for input {tuple(x.flatten(0, 1).shape)}")
+    return features.unflatten(0, x.shape[:2])

@@ -29,10 +29,7 @@ steps before it) and each query; the support order is shuffled per task so
 that the sequence is as random as the paper's episodes.
 
 x_t is the encoder's embedding of the image (the paper fed raw pixels), so
-MANN runs on the same encoder and episodes as the other methods. The episode
-helpers at the bottom of this module are shared by the learners built on an
-encoder.
-"""
+MANN runs on the same encoder and episodes as the other methods. """
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -41,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, check_queries, embed_images
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -165,7 +162,7 @@ class MANN(MetaLearner):
         the state after its last step, and its last label.
         """
         check_labels(x, y, self.n_way, "MANN", *names)
-        features = embed_images(self.encoder, self.encoder_dim, x, "MANN")
+        features = embed_images(self.encoder, x, "MANN", self.encoder_dim)
         labels = F.one_hot(y, self.n_way).to(features.dtype)
         shown = torch.cat([labels.new_zeros(y.shape[0], 1, self.n_way), labels[:, :-1]], 1)
         state = self.initial_state(y.shape[0], features)
@@ -188,7 +185,7 @@ class MANN(MetaLearner):
         """Each query as its own next step from the support state: (tasks, queries, n_way)."""
         check_queries(query_x, adapted.state.hidden.shape[0], "MANN")
         tasks, queries = query_x.shape[:2]
-        features = embed_images(self.encoder, self.encoder_dim, query_x, "MANN")
+        features = embed_images(self.encoder, query_x, "MANN", self.encoder_dim)
         logits, _ = self.step(
             features.flatten(0, 1),
             adapted.last_label.repeat_interleave(queries, dim=0),
@@ -234,41 +231,3 @@ def accuracy_by_instance(
     seen = F.one_hot(labels, logits.shape[-1]).cumsum(1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     correct = (logits.argmax(-1) == labels).float()
     return {k: correct[seen == k].mean().item() if (seen == k).any() else float("nan") for k in instances}
-
-
-# --- episode helpers shared by the embedding-based learners (MANN, SNAIL, Meta Networks) ---
-
-
-def check_no_steps(steps: int | None, method: str) -> None:
-    if steps is not None:
-        raise ValueError(f"{method} adapts by reading the support set, not by gradient steps; got steps={steps}")
-
-
-def check_labels(x: torch.Tensor, y: torch.Tensor, n_way: int, method: str,
-                 x_name: str = "support_x", y_name: str = "support_y") -> None:
-    """x must be (tasks, examples, *features) and y (tasks, examples) integer class labels in 0..n_way-1."""
-    if x.dim() < 3 or y.dim() != 2 or x.shape[:2] != y.shape:
-        raise ValueError(
-            f"{method}: {x_name} {tuple(x.shape)} must be (tasks, examples, *features) and "
-            f"{y_name} {tuple(y.shape)} must be (tasks, examples) to match"
-        )
-    if y.dtype != torch.long:
-        raise TypeError(f"{method}: {y_name} must hold int64 class labels, got {y.dtype}")
-    if ((y < 0) | (y >= n_way)).any():
-        raise ValueError(f"{method}: {y_name} labels must lie in 0..{n_way - 1} for a {n_way}-way learner, "
-                         f"got values in {y.min().item()}..{y.max().item()}")
-
-
-def check_queries(query_x: torch.Tensor, tasks: int, method: str) -> None:
-    if query_x.dim() < 3 or query_x.shape[0] != tasks:
-        raise ValueError(f"{method}: query_x {tuple(query_x.shape)} must be (tasks, queries, *features) "
-                         f"with the {tasks} tasks of the support set")
-
-
-def embed_images(encoder: nn.Module, encoder_dim: int, x: torch.Tensor, method: str) -> torch.Tensor:
-    """One encoder pass over all examples of all tasks: (tasks, examples, *features) -> (tasks, examples, D)."""
-    features = encoder(x.flatten(0, 1))
-    if features.shape != (x.shape[0] * x.shape[1], encoder_dim):
-        raise ValueError(f"{method}: the encoder must map a batch (B, *features) to (B, encoder_dim={encoder_dim}); "
-                         f"it gave {tuple(features.shape)} for input {tuple(x.flatten(0, 1).shape)}")
-    return features.view(*x.shape[:2], encoder_dim)

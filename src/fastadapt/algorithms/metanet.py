@@ -42,8 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from fastadapt.algorithms.base import MetaLearner
-from fastadapt.algorithms.mann import check_labels, check_no_steps, check_queries, embed_images
+from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, check_queries, embed_images
 
 Weights = dict[str, torch.Tensor]
 
@@ -141,7 +140,7 @@ class MetaNet(MetaLearner):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Adapted:
         check_no_steps(steps, "MetaNet")
         check_labels(support_x, support_y, self.n_way, "MetaNet")
-        features = embed_images(self.encoder, self.encoder_dim, support_x, "MetaNet")
+        features = embed_images(self.encoder, support_x, "MetaNet", self.encoder_dim)
         tasks, support = support_y.shape
 
         # Task-level fast weights Q* from per-pair representation-loss gradients.
@@ -164,7 +163,7 @@ class MetaNet(MetaLearner):
 
     def predict(self, adapted: Adapted, query_x: torch.Tensor) -> torch.Tensor:
         check_queries(query_x, adapted.keys.shape[0], "MetaNet")
-        features = embed_images(self.encoder, self.encoder_dim, query_x, "MetaNet")
+        features = embed_images(self.encoder, query_x, "MetaNet", self.encoder_dim)
         queries = self._represent(features, self.representation.weight, adapted.representation_fast)
         _, fast = read_memory(adapted.keys, adapted.values, queries)
         return self._base(features, self._slow_base(), fast)

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms.base import MetaLearner
-from fastadapt.algorithms.mann import check_labels, check_no_steps
+from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, embed_images
 from fastadapt.tasks.base import TaskBatch
 
 DISTANCES = ("squared_euclidean", "cosine")
@@ -41,11 +40,6 @@ class EmbeddedSupport(NamedTuple):
 
     features: torch.Tensor
     one_hot: torch.Tensor
-
-
-def embed(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One encoder pass over all examples of all tasks: (tasks, examples, *features) -> (tasks, examples, D)."""
-    return encoder(x.flatten(0, 1)).flatten(1).unflatten(0, x.shape[:2])
 
 
 def support_one_hot(support_x: torch.Tensor, support_y: torch.Tensor, method: str) -> torch.Tensor:
@@ -113,21 +107,21 @@ class MetricLearner(MetaLearner):
         name = type(self).__name__
         check_no_steps(steps, name)
         one_hot = support_one_hot(support_x, support_y, name)
-        return self.adapt_embedded(embed(self.encoder, support_x), one_hot)
+        return self.adapt_embedded(embed_images(self.encoder, support_x, name), one_hot)
 
     def predict(self, adapted: Any, query_x: torch.Tensor) -> torch.Tensor:
         if query_x.dim() < 3:
             raise ValueError(
                 f"{type(self).__name__}: query_x {tuple(query_x.shape)} must be (tasks, queries, *features)"
             )
-        return self.predict_embedded(adapted, embed(self.encoder, query_x))
+        return self.predict_embedded(adapted, embed_images(self.encoder, query_x, type(self).__name__))
 
     def meta_loss(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Query NLL, with support and query of every task embedded in a single encoder call."""
         name = type(self).__name__
         one_hot = support_one_hot(tasks.support_x, tasks.support_y, name)
         check_labels(tasks.query_x, tasks.query_y, one_hot.shape[-1], name, "query_x", "query_y")
-        features = embed(self.encoder, torch.cat([tasks.support_x, tasks.query_x], 1))
+        features = embed_images(self.encoder, torch.cat([tasks.support_x, tasks.query_x], 1), name)
         support = tasks.support_x.shape[1]
         outputs = self.predict_embedded(self.adapt_embedded(features[:, :support], one_hot), features[:, support:])
         loss = self.task_losses(outputs, tasks.query_y).mean()

@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms.base import MetaLearner
-from fastadapt.algorithms.mann import check_labels, check_no_steps, check_queries, embed_images
+from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, check_queries, embed_images
 
 # Every block maps a full sequence (B, L, C) -> (B, L, C + added) with ``forward``, and with
 # ``extend(prefix, last)`` also computes the outputs at one extra position after the prefix,
@@ -160,11 +159,11 @@ class SNAIL(MetaLearner):
         """The support sequence of [embedding ; one-hot label] vectors, (tasks, N*K, encoder_dim + n_way)."""
         check_no_steps(steps, "SNAIL")
         check_labels(support_x, support_y, self.n_way, "SNAIL")
-        features = embed_images(self.encoder, self.encoder_dim, support_x, "SNAIL")
+        features = embed_images(self.encoder, support_x, "SNAIL", self.encoder_dim)
         return torch.cat([features, F.one_hot(support_y, self.n_way).to(features.dtype)], -1)
 
     def predict(self, adapted: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         check_queries(query_x, adapted.shape[0], "SNAIL")
-        features = embed_images(self.encoder, self.encoder_dim, query_x, "SNAIL")
+        features = embed_images(self.encoder, query_x, "SNAIL", self.encoder_dim)
         unlabelled = torch.cat([features, features.new_zeros(*features.shape[:2], self.n_way)], -1)
         return self.query_logits(adapted, unlabelled)

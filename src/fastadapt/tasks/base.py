@@ -11,6 +11,9 @@ from typing import Protocol
 
 import torch
 
+#: Offsets added to a seed so that the fixed train, val and test tasks of a family never coincide.
+SPLIT_SEED_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+
 
 @dataclass
 class TaskBatch:

@@ -13,8 +13,7 @@ from typing import Iterator
 import torch
 
 from fastadapt.datasets.base import ClassDataset
-from fastadapt.tasks.base import TaskBatch
-from fastadapt.tasks.sinusoid import SPLIT_SEED_OFFSETS
+from fastadapt.tasks.base import SPLIT_SEED_OFFSETS, TaskBatch
 
 # Tasks whose random keys are drawn at once by fixed_tasks; bounds its scratch memory, not the result.
 _KEY_BLOCK = 512

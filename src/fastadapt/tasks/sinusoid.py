@@ -10,10 +10,7 @@ import math
 
 import torch
 
-from fastadapt.tasks.base import TaskBatch
-
-SPLIT_SEED_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
-
+from fastadapt.tasks.base import SPLIT_SEED_OFFSETS, TaskBatch
 
 class SinusoidTasks:
     loss = "mse"
