@@ -63,17 +63,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     result, _ = train(cfg, resume=args.resume, progress=not args.no_progress, nproc=args.nproc)
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
-    figure = plot_learning_curves(load_metrics(result.run_dir), result.run_dir / "learning_curves.png",
-                                  title=f"{cfg.algorithm} on {cfg.tasks}")
-    print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
+    if result.iterations:
+        figure = plot_learning_curves(load_metrics(result.run_dir), result.run_dir / "learning_curves.png",
+                                      title=f"{cfg.algorithm} on {cfg.tasks}")
+        print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
+    else:
+        print(f"nothing trained (0 iterations); run saved in {result.run_dir}")
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
         print(format_table({cfg.algorithm: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
 
 
 def _eval_title(cfg: Config) -> str:
-    metric = "MSE" if cfg.tasks == "sinusoid" else "accuracy"
-    return f"{cfg.tasks}, K={cfg.k_shot}: {metric} on {cfg.test_tasks} fixed test tasks (mean ± 95% CI)"
+    if cfg.tasks == "sinusoid":
+        return f"{cfg.tasks}, K={cfg.k_shot}: MSE on {cfg.test_tasks} fixed test tasks (mean ± 95% CI)"
+    from fastadapt.training.builders import resolve_norm
+
+    data = f"omniglot, {cfg.dataset_split} split" if cfg.tasks == "omniglot" else f"folder {cfg.data_root}"
+    return (f"{data}: accuracy on {cfg.test_tasks} fixed test episodes, {cfg.eval_query} queries per class "
+            f"(mean ± 95% CI); trained {cfg.n_way}-way {cfg.k_shot}-shot, norm: {resolve_norm(cfg)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -25,6 +25,11 @@ Normalisation decides where statistics may come from:
   task's *support* statistics would also avoid the leak, but the model would
   then need to see the support set whenever it sees a query, which ``MAML.predict``
   (one call on the query set alone) does not offer.
+* ``"batch"``: standard ``nn.BatchNorm2d``: batch statistics while training,
+  running averages (frozen once trained) in eval mode, so a test prediction
+  depends on its own image only. The usual choice of the metric- and
+  model-based learners, which embed a whole meta-batch in one call; not for
+  MAML, whose vmapped inner loop cannot update running statistics.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("transductive", "layer")
+NORMS = ("transductive", "layer", "batch")
 
 
 class BatchStatisticsNorm2d(nn.Module):
@@ -67,6 +72,8 @@ def _norm_layer(norm: str, channels: int) -> nn.Module:
         return BatchStatisticsNorm2d(channels)
     if norm == "layer":
         return nn.GroupNorm(1, channels)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
     raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
 
 
@@ -78,8 +85,13 @@ class Conv4(nn.Module):
         output_size: int | None = None,
         norm: str = "transductive",
         image_size: int | tuple[int, int] = 28,
+        channels_last: bool = False,
     ) -> None:
-        """``image_size`` (height, width) only matters with ``output_size``: it fixes the head's input size."""
+        """``image_size`` (height, width) only matters with ``output_size``: it fixes the head's input size.
+
+        ``channels_last`` stores weights and activations as NHWC, which oneDNN convolves about 1.5x faster
+        on CPU (Omniglot batches, forward + backward); it is left off under MAML's vmapped inner loop.
+        """
         super().__init__()
         if in_channels < 1 or hidden < 1 or (output_size is not None and output_size < 1):
             raise ValueError(
@@ -87,7 +99,7 @@ class Conv4(nn.Module):
                 f"output_size={output_size}"
             )
         self.in_channels, self.hidden = in_channels, hidden
-        conv_bias = norm != "transductive"
+        conv_bias = norm == "layer"  # a bias right before batch normalisation would cancel
         blocks = []
         for i in range(4):
             blocks.append(nn.Sequential(
@@ -97,6 +109,9 @@ class Conv4(nn.Module):
                 nn.MaxPool2d(2),
             ))
         self.blocks = nn.Sequential(*blocks)
+        self.channels_last = channels_last
+        if channels_last:
+            self.blocks.to(memory_format=torch.channels_last)
         self.head = None
         if output_size is not None:
             size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -125,6 +140,8 @@ class Conv4(nn.Module):
             raise ValueError(
                 f"Conv4 expects images (batch, {self.in_channels}, height, width), got shape {tuple(x.shape)}"
             )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         features = self.blocks(x).flatten(1)
         if self.head is None:
             return features

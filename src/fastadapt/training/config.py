@@ -26,11 +26,16 @@ class Config:
     dataset_split: str = "maml"
     data_root: str | None = None
     image_size: int = 28
+    channels: int | None = None
     # model
     model: str = "auto"
     hidden_sizes: list[int] = field(default_factory=lambda: [40, 40])
     conv_channels: int = 64
-    norm: str = "transductive"
+    norm: str = "auto"
+    # method options (metric- and model-based methods)
+    full_context_embeddings: bool = False
+    neighbours: int = 1
+    encoder_from: str | None = None
     # inner loop (optimization-based methods)
     inner_lr: float = 0.01
     inner_steps: int = 1
@@ -56,13 +61,15 @@ class Config:
     eval_steps: list[int] = field(default_factory=lambda: [0, 1, 10])
     eval_shots: list[int] = field(default_factory=list)
     eval_ways: list[int] = field(default_factory=list)
+    eval_query: int = 15
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         positive_ints = ("k_shot", "n_way", "meta_batch_size", "image_size", "log_every", "val_every",
-                         "val_tasks", "checkpoint_every", "test_tasks", "inner_steps", "conv_channels")
+                         "val_tasks", "checkpoint_every", "test_tasks", "inner_steps", "conv_channels",
+                         "neighbours", "eval_query")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -74,6 +81,12 @@ class Config:
         for name in ("inner_lr", "meta_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"config: {name} must be a positive learning rate, got {getattr(self, name)}")
+        for name in ("eval_ways", "eval_shots"):
+            if any(not isinstance(v, int) or v < 1 for v in getattr(self, name)):
+                raise ValueError(f"config: {name} must hold positive integers, got {getattr(self, name)}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"config: channels must be 1 (grayscale), 3 (RGB) or null (as the data is), "
+                             f"got {self.channels!r}")
         if any(s < 0 for s in self.eval_steps):
             raise ValueError(f"config: eval_steps must be >= 0, got {self.eval_steps}")
 

@@ -5,6 +5,7 @@ These functions are the Python API behind ``fastadapt train`` and ``fastadapt ev
 from __future__ import annotations
 
 import json
+import math
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -12,21 +13,30 @@ from typing import Iterable
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import build_learner, build_tasks, resolve_device
+from fastadapt.tasks import EpisodeTasks
+from fastadapt.training.builders import build_learner, build_tasks, eval_settings, resolve_device
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 EVAL_CHUNK = 200
+#: At most this many input values (4,000 28x28 images) are materialised per evaluation chunk of episodes.
+MAX_CHUNK_VALUES = 4_000 * 28 * 28
 #: settings that do not change the trained weights, so a resumed run may change them
 RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "data_root", "log_every", "val_every",
                                "val_tasks", "checkpoint_every", "test_tasks", "eval_steps", "eval_shots",
-                               "eval_ways", "eval_inner_steps"})
+                               "eval_ways", "eval_query", "eval_inner_steps"})
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK) -> Iterable[TaskBatch]:
-    """The fixed evaluation tasks of a split, in chunks (the same tasks every call)."""
+    """The fixed evaluation tasks of a split, in chunks (the same tasks every call).
+
+    Episodes are materialised chunk by chunk, each small enough for one forward pass.
+    """
+    if isinstance(tasks, EpisodeTasks):
+        values = tasks.n_way * (tasks.k_shot + tasks.num_query) * math.prod(tasks.input_shape)
+        return tasks.iter_fixed_tasks(num_tasks, max(1, min(chunk, MAX_CHUNK_VALUES // values)), split=split)
     return tasks.fixed_tasks(num_tasks, split=split).split(chunk)
 
 
@@ -86,13 +96,28 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Met
 
 def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = None,
                      steps: list[int] | None = None) -> dict[str, Estimate]:
-    """Mean ± 95% CI on the fixed test tasks, keyed by the number of adaptation steps."""
+    """Mean ± 95% CI on the fixed test tasks.
+
+    Regression rows are numbers of adaptation steps; classification rows are
+    the run's evaluation settings ("5-way 1-shot", ..., see ``eval_settings``),
+    each over the same number of fixed test episodes with ``eval_query``
+    queries per class, followed by the number of steps when those are swept.
+    """
     device = resolve_device(cfg.device)
     learner.to(device)
+    num_tasks = num_tasks or cfg.test_tasks
+    steps = steps if steps is not None else cfg.eval_steps
     tasks = build_tasks(cfg, "test")
-    results = evaluate(learner, fixed_batches(tasks, num_tasks or cfg.test_tasks, "test"),
-                       steps=steps if steps is not None else cfg.eval_steps, device=device)
-    return {step_label(s): e for s, e in results.items()}
+    if not isinstance(tasks, EpisodeTasks):
+        results = evaluate(learner, fixed_batches(tasks, num_tasks, "test"), steps=steps, device=device)
+        return {step_label(s): e for s, e in results.items()}
+    rows = {}
+    for way, shot in eval_settings(cfg):
+        episodes = EpisodeTasks(tasks.dataset, way, shot, cfg.eval_query)
+        results = evaluate(learner, fixed_batches(episodes, num_tasks, "test"), steps=steps, device=device)
+        for s, estimate in results.items():
+            rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
+    return rows
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:

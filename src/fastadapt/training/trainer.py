@@ -25,10 +25,16 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def build_optimizer(cfg: Config, learner: MetaLearner) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+def build_optimizer(
+    cfg: Config, learner: MetaLearner
+) -> tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The outer optimizer; None for a learner with nothing to train (k-NN), which may only run 0 iterations."""
     params = [p for p in learner.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"algorithm {cfg.algorithm!r} has no parameters to meta-train; use `fastadapt eval` directly")
+        if cfg.iterations > 0:
+            raise ValueError(f"algorithm {cfg.algorithm!r} has no parameters to meta-train; "
+                             "run it with --iterations 0 to save and evaluate it")
+        return None, None
     if cfg.meta_optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
     elif cfg.meta_optimizer == "sgd":
@@ -75,7 +81,7 @@ class Trainer:
     def state(self) -> dict:
         return {
             "learner": self.learner.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "iteration": self.iteration,
             "best_score": self.best_score,
@@ -95,7 +101,8 @@ class Trainer:
     def load_state(self, payload: dict) -> None:
         """The inverse of ``state``."""
         self.learner.load_state_dict(payload["learner"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.optimizer:
+            self.optimizer.load_state_dict(payload["optimizer"])
         if self.scheduler and payload["scheduler"]:
             self.scheduler.load_state_dict(payload["scheduler"])
         self.iteration, self.best_score = payload["iteration"], payload["best_score"]

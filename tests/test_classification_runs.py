@@ -1,0 +1,132 @@
+"""Every method end to end through the CLI on image tasks: a synthetic folder dataset, and real Omniglot presets."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastadapt.cli import main
+from fastadapt.training.builders import eval_settings, resolve_norm
+from fastadapt.training.config import Config, load_preset, preset_names
+
+CLASSES, IMAGES, SIDE = 15, 6, 28
+TINY = ["--iterations", "4", "--meta-batch-size", "2", "--log-every", "2", "--val-every", "2",
+        "--checkpoint-every", "2", "--val-tasks", "4", "--test-tasks", "6", "--conv-channels", "8",
+        "--no-progress", "--n-way", "3", "--k-shot", "1", "--num-query", "2", "--eval-query", "3"]
+
+
+@pytest.fixture(scope="module")
+def glyph_folder(tmp_path_factory):
+    """root/<class>/<png>: each class a random 28x28 glyph, its images noisy copies of it."""
+    root = tmp_path_factory.mktemp("glyphs")
+    rng = np.random.default_rng(0)
+    for c in range(CLASSES):
+        glyph = rng.random((SIDE, SIDE)) > 0.7
+        (root / f"class{c:02d}").mkdir()
+        for i in range(IMAGES):
+            noisy = glyph ^ (rng.random((SIDE, SIDE)) > 0.95)
+            Image.fromarray((noisy * 255).astype(np.uint8)).save(root / f"class{c:02d}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "reptile", "protonet", "matching",
+                                       "mann", "snail", "metanet"])
+def test_every_method_trains_and_evaluates_on_a_folder(glyph_folder, tmp_path, algorithm, capsys):
+    run = tmp_path / algorithm
+    assert main(["train", "--algorithm", algorithm, "--tasks", "folder", "--data-root", str(glyph_folder),
+                 *TINY, "--eval-ways", "2", "3", "--eval-shots", "1", "2", "--eval-steps",
+                 "--output-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "trained 4 iterations" in out and f"norm: {resolve_norm(Config(algorithm=algorithm))}" in out
+    for name in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "learning_curves.png"):
+        assert (run / name).exists(), name
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [2, 4] and all(0 <= r["val_accuracy"] <= 1 for r in log)
+
+    assert main(["eval", str(run), "--json", "-"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    # Methods with a 3-way head or memory are evaluated 3-way only; SNAIL's sequence also fixes the shots.
+    ways = ["2", "3"] if algorithm in ("protonet", "matching") else ["3"]
+    shots = ["1"] if algorithm == "snail" else ["1", "2"]
+    assert sorted(results) == sorted(f"{w}-way {s}-shot" for w in ways for s in shots)
+    assert all(r["num_tasks"] == 6 and 0 <= r["mean"] <= 1 for r in results.values())
+
+
+def test_knn_in_pixels_and_in_a_learned_embedding(glyph_folder, tmp_path, capsys):
+    common = ["--tasks", "folder", "--data-root", str(glyph_folder), *TINY, "--eval-ways", "3", "--eval-shots", "1"]
+    assert main(["train", "--algorithm", "knn", "--model", "pixels", *common, "--iterations", "0",
+                 "--output-dir", str(tmp_path / "pixels")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing trained" in out and "3-way 1-shot" in out
+
+    assert main(["train", "--algorithm", "protonet", *common, "--output-dir", str(tmp_path / "proto"), "--no-eval"]) == 0
+    assert main(["train", "--algorithm", "knn", "--encoder-from", str(tmp_path / "proto"), *common,
+                 "--iterations", "0", "--output-dir", str(tmp_path / "embedded")]) == 0
+    capsys.readouterr()
+
+    assert main(["train", "--algorithm", "knn", *common, "--output-dir", str(tmp_path / "x")]) == 2
+    assert "knn has nothing to train" in capsys.readouterr().err
+    assert main(["train", "--algorithm", "knn", "--model", "pixels", *common,
+                 "--output-dir", str(tmp_path / "y")]) == 2
+    assert "run it with --iterations 0" in capsys.readouterr().err
+
+
+def test_a_folder_with_split_subfolders_uses_them(glyph_folder, tmp_path, capsys):
+    root = tmp_path / "data"
+    for split, classes in (("train", range(0, 9)), ("val", range(9, 12)), ("test", range(12, 15))):
+        for c in classes:
+            (root / split).mkdir(parents=True, exist_ok=True)
+            (root / split / f"class{c:02d}").symlink_to(glyph_folder / f"class{c:02d}")
+    assert main(["train", "--algorithm", "protonet", "--tasks", "folder", "--data-root", str(root), *TINY,
+                 "--output-dir", str(tmp_path / "run")]) == 0
+    assert "3-way 1-shot" in capsys.readouterr().out
+    (root / "val").rename(root / "validation")
+    assert main(["train", "--algorithm", "protonet", "--tasks", "folder", "--data-root", str(root), *TINY,
+                 "--output-dir", str(tmp_path / "run2")]) == 2
+    assert "no val/ one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--algorithm", "protonet", "--tasks", "sinusoid"], "classifies images"),
+    (["--algorithm", "protonet", "--tasks", "folder"], "needs data_root"),
+    (["--algorithm", "protonet", "--tasks", "folder", "--data-root", "/nonexistent"], "does not exist"),
+    (["--algorithm", "maml", "--tasks", "sinusoid", "--model", "conv4"], "needs image tasks"),
+    (["--algorithm", "maml", "--tasks", "folder", "--model", "pixels"], "'pixels'"),
+    (["--algorithm", "protonet", "--tasks", "folder", "--n-way", "20"], "the dataset has only 9 classes"),
+    (["--algorithm", "protonet", "--tasks", "folder", "--k-shot", "5", "--num-query", "2"], "need 7 images"),
+    (["--algorithm", "maml", "--tasks", "folder", "--eval-ways", "2"], "leave nothing to evaluate"),
+    (["--algorithm", "protonet", "--tasks", "folder", "--channels", "2"], "channels must be 1"),
+])
+def test_bad_image_task_settings_give_one_clear_error(glyph_folder, tmp_path, argv, message, capsys):
+    if "--data-root" not in argv and "folder" in argv and message != "needs data_root":
+        argv = [*argv, "--data-root", str(glyph_folder)]
+    assert main(["train", "--k-shot", "1", "--num-query", "2", *argv, "--iterations", "1", "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_eval_settings_follow_what_each_method_can_serve():
+    grid = dict(n_way=5, k_shot=1, eval_ways=[5, 20], eval_shots=[1, 5])
+    assert eval_settings(Config(algorithm="protonet", **grid)) == [(5, 1), (5, 5), (20, 1), (20, 5)]
+    assert eval_settings(Config(algorithm="maml", **grid)) == [(5, 1), (5, 5)]
+    assert eval_settings(Config(algorithm="snail", **grid)) == [(5, 1)]
+    assert eval_settings(Config(algorithm="protonet", n_way=60, k_shot=1)) == [(60, 1)]
+
+
+def test_every_omniglot_preset_builds_and_states_its_protocol():
+    names = [n for n in preset_names() if n.startswith("omniglot-")]
+    assert {"omniglot-protonet", "omniglot-maml", "omniglot-matching", "omniglot-mann", "omniglot-snail",
+            "omniglot-metanet", "omniglot-knn-pixels"} <= set(names)
+    for name in names:
+        cfg = load_preset(name)
+        assert cfg.tasks == "omniglot" and cfg.test_tasks >= 600 and cfg.eval_query == 15, name
+        assert eval_settings(cfg)[0][0] in (5, 20), name
+
+
+@pytest.mark.parametrize("preset", ["omniglot-protonet", "omniglot-maml", "omniglot-snail"])
+def test_omniglot_presets_run_on_the_real_data(omniglot_dir, tmp_path, preset, capsys):
+    assert main(["train", preset, "--data-root", str(omniglot_dir), "--iterations", "2", "--meta-batch-size", "2",
+                 "--n-way", "5", "--val-tasks", "4", "--val-every", "2", "--test-tasks", "4", "--conv-channels", "8",
+                 "--output-dir", str(tmp_path / preset), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "5-way 1-shot" in out and "omniglot" in out
