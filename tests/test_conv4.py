@@ -21,7 +21,7 @@ def test_embedding_and_head_output_sizes():
 
 def test_clear_errors():
     with pytest.raises(ValueError, match="unknown norm"):
-        Conv4(norm="batch")
+        Conv4(norm="instance")
     with pytest.raises(ValueError, match=r"\(batch, 1, height, width\)"):
         Conv4(in_channels=1)(torch.rand(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"\(batch, 1, height, width\)"):

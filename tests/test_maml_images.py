@@ -2,27 +2,12 @@
 normalisation choice decides whether query predictions depend on the other queries."""
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from fastadapt.algorithms import MAML
 from fastadapt.algorithms.base import per_task_metric
 from fastadapt.models import Conv4
+from fastadapt.training.speed import reference_maml_loss
 from test_metric_methods import synthetic_tasks  # the tests directory is on sys.path under pytest
-
-
-def _reference_meta_loss(model, batch, lr, steps, first_order):
-    """The textbook loop: one task at a time, torch.autograd.grad(create_graph=True) for the inner steps."""
-    params = dict(model.named_parameters())
-    total = 0.0
-    for t in range(batch.num_tasks):
-        fast = params
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, fast, (batch.support_x[t],)), batch.support_y[t])
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            fast = {name: p - lr * g for (name, p), g in zip(fast.items(), grads)}
-        total = total + F.cross_entropy(functional_call(model, fast, (batch.query_x[t],)), batch.query_y[t])
-    return total / batch.num_tasks
 
 
 @pytest.mark.parametrize("norm", ["transductive", "layer"])
@@ -34,7 +19,7 @@ def test_meta_gradient_matches_reference_loop(norm, steps, first_order):
     batch = synthetic_tasks(3, side=28, queries=3, dtype=torch.float64)
     loss, _ = learner.meta_loss(batch)
     ours = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
-    ref_loss = _reference_meta_loss(model, batch, 0.4, steps, first_order)
+    ref_loss = reference_maml_loss(model, batch, 0.4, steps, first_order)
     ref = torch.cat([g.flatten() for g in torch.autograd.grad(ref_loss, list(model.parameters()))])
     assert torch.allclose(loss, ref_loss, rtol=1e-10)
     assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

@@ -5,27 +5,12 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms.mann import MANN, accuracy_by_instance, content_read, least_used, lrua_write, shuffle_sequence
-from fastadapt.tasks.base import TaskBatch
-
-N_WAY, SIDE = 3, 6
+from episode_helpers import FEATURES, N_WAY, SIDE, fixed_episodes, meta_train  # tests/ is on sys.path
 
 
 def tiny_mann() -> MANN:
-    encoder = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 16), nn.ReLU())
-    return MANN(encoder, 16, N_WAY, controller_size=32, memory_slots=8, memory_width=8, num_reads=2)
-
-
-def fixed_episodes(tasks: int = 8, queries: int = 2) -> TaskBatch:
-    """3-way 1-shot: noisy copies of 3 random 'characters' per task, labelled in a random order."""
-    g = torch.Generator().manual_seed(0)
-    characters = torch.rand(tasks, N_WAY, 1, SIDE, SIDE, generator=g)
-    labels = torch.rand(tasks, N_WAY, generator=g).argsort(1)
-
-    def draw(copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = characters.repeat_interleave(copies, 1)
-        return (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1), labels.repeat_interleave(copies, 1)
-
-    return TaskBatch(*draw(1), *draw(queries))
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, FEATURES), nn.ReLU())
+    return MANN(encoder, FEATURES, N_WAY, controller_size=32, memory_slots=8, memory_width=8, num_reads=2)
 
 
 def test_least_used_takes_the_n_smallest_and_breaks_ties_by_slot():
@@ -117,16 +102,7 @@ def test_sequence_protocol_on_a_shuffled_episode():
 
 def test_meta_loss_goes_down():
     torch.manual_seed(0)
-    model, tasks = tiny_mann(), fixed_episodes()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss, metrics = model.meta_loss(tasks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert set(metrics) == {"loss", "accuracy"}
+    losses = meta_train(tiny_mann(), fixed_episodes(), lr=1e-2)
     assert losses[-1] < 0.5 * losses[0]
 
 

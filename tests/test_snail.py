@@ -3,27 +3,12 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms.snail import SNAIL, AttentionBlock, DenseBlock, TCBlock
-from fastadapt.tasks.base import TaskBatch
-
-N_WAY, SIDE, FEATURES = 3, 6, 16
+from episode_helpers import FEATURES, N_WAY, SIDE, fixed_episodes, meta_train  # tests/ is on sys.path
 
 
 def tiny_snail(k_shot: int = 1) -> SNAIL:
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, FEATURES), nn.ReLU())
     return SNAIL(encoder, FEATURES, N_WAY, k_shot)
-
-
-def fixed_episodes(tasks: int = 8, queries: int = 2) -> TaskBatch:
-    """3-way 1-shot: noisy copies of 3 random 'characters' per task, labelled in a random order."""
-    g = torch.Generator().manual_seed(0)
-    characters = torch.rand(tasks, N_WAY, 1, SIDE, SIDE, generator=g)
-    labels = torch.rand(tasks, N_WAY, generator=g).argsort(1)
-
-    def draw(copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = characters.repeat_interleave(copies, 1)
-        return (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1), labels.repeat_interleave(copies, 1)
-
-    return TaskBatch(*draw(1), *draw(queries))
 
 
 def assert_causal(network, channels: int, length: int = 9) -> None:
@@ -100,16 +85,7 @@ def test_predict_classifies_each_query_from_support_plus_itself():
 
 def test_meta_loss_goes_down():
     torch.manual_seed(0)
-    model, tasks = tiny_snail(), fixed_episodes()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss, metrics = model.meta_loss(tasks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert set(metrics) == {"loss", "accuracy"}
+    losses = meta_train(tiny_snail(), fixed_episodes(), lr=3e-3)
     assert losses[-1] < 0.5 * losses[0]
 
 

