@@ -173,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastadapt.training.allocator import reuse_freed_memory
+
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:

@@ -39,6 +39,7 @@ from fastadapt.algorithms import MAML, MetaLearner, PrototypicalNetworks
 from fastadapt.datasets import ClassDataset, load_omniglot
 from fastadapt.models import Conv4
 from fastadapt.tasks import EpisodeTasks, TaskBatch
+from fastadapt.training.allocator import reuse_freed_memory
 from fastadapt.training.config import Config
 from fastadapt.training.trainer import Trainer
 
@@ -215,7 +216,12 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure(spec: Spec) -> Measurement:
-    """Time ``spec.repeats`` steps after ``spec.warmup`` untimed ones (the first vmapped call is slower)."""
+    """Time ``spec.repeats`` steps after ``spec.warmup`` untimed ones (the first vmapped call is slower).
+
+    Every implementation runs with the allocator setting fastadapt's trainer uses (``reuse_freed_memory``),
+    so the ratios compare the algorithms, not the allocators.
+    """
+    reuse_freed_memory()
     torch.set_num_threads(spec.threads)
     device = torch.device(spec.device)
     tasks = _tasks(spec.method, spec.data_root, spec.seed)

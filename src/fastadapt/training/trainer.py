@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
+from fastadapt.training.allocator import reuse_freed_memory
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import evaluate, metric_name
@@ -67,6 +68,8 @@ class Trainer:
         progress: bool = True,
         gradient_hook: Callable[[MetaLearner], None] | None = None,
     ) -> None:
+        if torch.device(device).type == "cpu":
+            reuse_freed_memory()
         self.cfg, self.learner, self.tasks = cfg, learner.to(device), tasks
         self.val_batches, self.device, self.progress = val_batches, torch.device(device), progress
         self.gradient_hook = gradient_hook
