@@ -1,5 +1,8 @@
 """Every method end to end through the CLI on image tasks: a synthetic folder dataset, and real Omniglot presets."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from fastadapt.cli import main
 from fastadapt.training.builders import eval_settings, resolve_norm
 from fastadapt.training.config import Config, load_preset, preset_names
 
-CLASSES, IMAGES, SIDE = 15, 6, 28
+CLASSES, IMAGES, SIDE = 15, 10, 28
 TINY = ["--iterations", "4", "--meta-batch-size", "2", "--log-every", "2", "--val-every", "2",
         "--checkpoint-every", "2", "--val-tasks", "4", "--test-tasks", "6", "--conv-channels", "8",
         "--no-progress", "--n-way", "3", "--k-shot", "1", "--num-query", "2", "--eval-query", "3"]
@@ -93,7 +96,7 @@ def test_a_folder_with_split_subfolders_uses_them(glyph_folder, tmp_path, capsys
     (["--algorithm", "maml", "--tasks", "sinusoid", "--model", "conv4"], "needs image tasks"),
     (["--algorithm", "maml", "--tasks", "folder", "--model", "pixels"], "'pixels'"),
     (["--algorithm", "protonet", "--tasks", "folder", "--n-way", "20"], "the dataset has only 9 classes"),
-    (["--algorithm", "protonet", "--tasks", "folder", "--k-shot", "5", "--num-query", "2"], "need 7 images"),
+    (["--algorithm", "protonet", "--tasks", "folder", "--k-shot", "9", "--num-query", "2"], "need 11 images"),
     (["--algorithm", "maml", "--tasks", "folder", "--eval-ways", "2"], "leave nothing to evaluate"),
     (["--algorithm", "protonet", "--tasks", "folder", "--channels", "2"], "channels must be 1"),
 ])
@@ -130,3 +133,18 @@ def test_omniglot_presets_run_on_the_real_data(omniglot_dir, tmp_path, preset, c
                  "--output-dir", str(tmp_path / preset), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "5-way 1-shot" in out and "omniglot" in out
+
+
+def test_the_omniglot_benchmark_script_runs_on_any_class_folder(glyph_folder, tmp_path):
+    """benchmarks/omniglot.py end to end on a tiny budget, MANN's accuracy-by-instance protocol included."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "omniglot.py"
+    settings = ["tasks=folder", f"data_root={glyph_folder}", "iterations=2", "n_way=3", "eval_ways=[3]",
+                "eval_shots=[1]", "k_shot=1", "num_query=1", "test_tasks=4", "val_tasks=2", "val_every=2",
+                "conv_channels=8", "eval_query=1"]
+    done = subprocess.run([sys.executable, str(script), "omniglot-protonet", "omniglot-mann", "--set", *settings,
+                           "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "omniglot-protonet" in done.stdout and "3-way 1-shot" in done.stdout
+    assert "accuracy by instance on 4 test sequences of 3 classes x 10: 1: " in done.stdout
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["preset"] for r in runs] == ["omniglot-protonet", "omniglot-mann", "omniglot-mann"]
