@@ -19,6 +19,8 @@ class Estimate:
     num_tasks: int
 
     def __str__(self) -> str:
+        if not math.isfinite(self.mean):  # e.g. Meta-SGD's learned step sizes applied for more steps than trained
+            return "diverged"
         return f"{self.mean:.4f} ± {self.ci95:.4f}"
 
     def to_dict(self) -> dict[str, float]:
