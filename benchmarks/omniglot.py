@@ -123,7 +123,8 @@ def main() -> None:
                   + ", ".join(f"{k}: {v:.4f}" for k, v in by_instance.items()), flush=True)
         records.append({"preset": preset, "train_seconds": train_seconds, "config": cfg.to_dict(),
                         "results": {row: e.to_dict() for row, e in results.items()}})
-        print(f"{name}: {cfg.iterations} iterations in {train_seconds / 60:.1f} min of training, evaluated in "
+        iterations = metrics[-1]["iteration"] if metrics else 0
+        print(f"{name}: {iterations} iterations, {train_seconds / 60:.1f} min of training, evaluated in "
               f"{time.perf_counter() - start:.0f} s; "
               + ", ".join(f"{row} {e}" for row, e in results.items()), flush=True)
     if columns:
