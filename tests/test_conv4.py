@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from fastadapt.models import Conv4
-from fastadapt.models.conv4 import BatchStatisticsNorm2d
+from fastadapt.models.conv4 import BatchStatisticsNorm2d, to_channels_last
 
 
 def test_embedding_and_head_output_sizes():
@@ -74,3 +74,27 @@ def test_vmapped_functional_call_normalises_each_task_alone(norm):
     x = torch.rand(2, 5, 1, 16, 16)
     batched = vmap(lambda p, xs: functional_call(net, p, (xs,)))(params, x)
     assert torch.allclose(batched, torch.stack([net(x[0]), net(x[1])]), atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_to_channels_last_sets_channels_last_strides_even_for_one_channel(channels):
+    images = torch.rand(4, channels, 6, 5)
+    converted = to_channels_last(images)
+    assert converted.stride() == (6 * 5 * channels, 1, 5 * channels, channels)
+    assert torch.equal(converted, images)
+    assert to_channels_last(torch.rand(3, 2)).stride() == (2, 1)  # not an image: as it was
+
+
+def test_channels_last_conv4_runs_every_block_channels_last_on_grey_images():
+    # A one-channel input looks contiguous in both orders; without explicit strides the first, largest,
+    # block would silently run in NCHW.
+    model = Conv4(norm="batch", channels_last=True)
+    layouts = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda module, inputs, output: layouts.append(
+            output.is_contiguous(memory_format=torch.channels_last) and not output.is_contiguous()))
+    plain = Conv4(norm="batch")
+    plain.load_state_dict(model.state_dict())
+    images = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(model(images), plain(images), rtol=1e-4, atol=1e-5)
+    assert layouts == [True, True, True, False]  # the last block's 1x1 output is both

@@ -21,7 +21,7 @@ def test_reference_and_ours_compute_the_same_meta_gradient():
 
 
 def test_bench_speed_prints_every_setting_and_ratio(capsys):
-    assert main(["bench", "speed", *TINY]) == 0
+    assert main(["bench", "speed", *TINY, "--layout-control"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fastadapt speed benchmark: ")
     assert "MAML 5-way 1-shot, 15 queries a class, 1 inner step, meta-batch 2 (160 images)" in out
@@ -30,8 +30,10 @@ def test_bench_speed_prints_every_setting_and_ratio(capsys):
                 "reference loop over tasks, 1st order", "floor: plain training step on the same images",
                 "reference (as Snell et al.'s code)"):
         assert f"  {row} " in out, row
+    assert out.count("    the same on channels-last tensors ") == 2
     for ratio in ("-> ours, 2nd order: speed-up", "-> ours, 1st order: speed-up", "-> ours: speed-up"):
         assert ratio in out, ratio
+    assert out.count("over the channels-last reference") == 2
     assert out.count("target maml meta-batch 2") == 2 and "target fomaml meta-batch 2: floor <= 1.3" in out
     assert "meta-gradient check" in out and "protonet max |diff|" in out
 

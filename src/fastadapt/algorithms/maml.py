@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fastadapt.algorithms.base import MetaLearner, per_task_loss
+from fastadapt.models.conv4 import to_channels_last
 
 Params = dict[str, torch.Tensor]
 
@@ -100,12 +101,8 @@ class MAML(MetaLearner):
             # turns a layer into vmap's grouped form (split affine norms, copies). MAML on Omniglot Conv-4
             # (75 queries a task, meta-batch 32, 2 cores) steps 2.7x faster so (benchmarks/speed.py).
             # Channels-last images and convolution weights: oneDNN convolves those about 1.5x faster.
-            per_task = [dict(zip(adapted, map(_channels_last, params)))
+            per_task = [dict(zip(adapted, map(to_channels_last, params)))
                         for params in zip(*(p.unbind() for p in adapted.values()))]
-            return torch.stack([self._forward(params, _channels_last(x)) for params, x in zip(per_task, query_x)])
+            return torch.stack([self._forward(params, to_channels_last(x)) for params, x in zip(per_task, query_x)])
         return vmap(self._forward, randomness="different")(adapted, query_x)
 
-
-def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
-    """4-D tensors (images, convolution weights) in channels-last memory order; others as they are."""
-    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor

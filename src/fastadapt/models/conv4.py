@@ -72,6 +72,20 @@ class BatchStatisticsNorm2d(nn.Module):
         return normalised.squeeze(0).transpose(0, 1).contiguous()
 
 
+def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """A 4-D tensor (images, convolution weights) with channels-last strides; other tensors as they are.
+
+    ``tensor.contiguous(memory_format=torch.channels_last)`` leaves a one-channel tensor (grey images, a first
+    convolution's weight) with its NCHW strides, since either order is contiguous then; the convolution reads
+    those as NCHW and the whole first block, the largest, runs in the slower layout. The strides are set here.
+    """
+    if tensor.dim() != 4:
+        return tensor
+    batch, channels, height, width = tensor.shape
+    tensor = tensor.contiguous(memory_format=torch.channels_last)
+    return tensor.as_strided(tensor.shape, (height * width * channels, 1, width * channels, channels))
+
+
 def _norm_layer(norm: str, channels: int) -> nn.Module:
     if norm == "transductive":
         return BatchStatisticsNorm2d(channels)
@@ -146,7 +160,7 @@ class Conv4(nn.Module):
                 f"Conv4 expects images (batch, {self.in_channels}, height, width), got shape {tuple(x.shape)}"
             )
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = to_channels_last(x)
         features = self.blocks(x).flatten(1)
         if self.head is None:
             return features

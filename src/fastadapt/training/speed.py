@@ -7,12 +7,17 @@ Settings, on Omniglot-shaped data (1x28x28 images, Conv-4 with 64 channels):
 
 For each, three implementations run full steps (meta-loss, backward, Adam step) on tasks sampled beforehand:
 
-* ours: the library's learner, stepped by ``Trainer.step`` as in training;
-* reference: the straightforward code most public implementations use, written out below;
+* ours: the learner ``fastadapt train`` builds for the method (``build_learner``: Conv-4 with the norm and
+  memory layout the library picks), stepped by ``Trainer.step`` as in training;
+* reference: the straightforward code most public implementations use, written out below, on Conv-4 in
+  PyTorch's default (NCHW) memory layout, as that code runs;
 * floor: one ordinary forward+backward+Adam step of Conv-4 with an N-way head over all the images of the
-  meta-batch, support and query: plain training on the same images, with no adaptation. On a CPU the
-  per-task implementations can beat it: one call over thousands of images streams its activations through
-  main memory, where a call per task keeps them in cache.
+  meta-batch, support and query: plain training on the same images, with no adaptation, in the faster
+  channels-last layout. On a CPU the per-task implementations can beat it: one call over thousands of
+  images streams its activations through main memory, where a call per task keeps them in cache.
+
+How much of the speed-up is layout rather than batching over tasks: ``--layout-control`` adds the
+reference loop run on channels-last images and weights (MAML only).
 
 Every measurement runs in a fresh process, so no allocator state or warm cache carries over from the
 previous one; it reports the median step time over ``repeats`` steps after ``warmup`` steps, and the peak
@@ -35,16 +40,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fastadapt.algorithms import MAML, MetaLearner, PrototypicalNetworks
+from fastadapt.algorithms import MetaLearner
 from fastadapt.datasets import ClassDataset, load_omniglot
 from fastadapt.models import Conv4
+from fastadapt.models.conv4 import to_channels_last
 from fastadapt.tasks import EpisodeTasks, TaskBatch
 from fastadapt.training.allocator import reuse_freed_memory
+from fastadapt.training.builders import build_learner
 from fastadapt.training.config import Config
 from fastadapt.training.trainer import Trainer
 
 METHODS = ("maml", "fomaml", "protonet")
 IMPLEMENTATIONS = ("ours", "reference", "floor")
+#: the reference loop on channels-last tensors: the part of the speed-up that is memory layout alone
+LAYOUT_CONTROL = "reference-cl"
 #: (n_way, k_shot, queries per class)
 EPISODES = {"maml": (5, 1, 15), "fomaml": (5, 1, 15), "protonet": (60, 5, 5)}
 INNER_LR = 0.4  # Finn et al.'s Omniglot step size
@@ -128,19 +137,31 @@ def _tasks(method: str, data_root: str | None, seed: int) -> EpisodeTasks:
     return EpisodeTasks(dataset, *EPISODES[method])
 
 
-def _learner(method: str, hidden: int) -> MetaLearner:
-    n_way = EPISODES[method][0]
-    if method == "protonet":
-        return PrototypicalNetworks(Conv4(hidden=hidden))
-    return MAML(Conv4(hidden=hidden, output_size=n_way), "cross_entropy", inner_lr=INNER_LR, inner_steps=1,
-                first_order=method == "fomaml")
+def _learner(method: str, tasks: EpisodeTasks, hidden: int) -> MetaLearner:
+    """What ``fastadapt train`` builds for ``method`` on these tasks."""
+    return build_learner(Config(algorithm=method, tasks="omniglot", n_way=tasks.n_way, k_shot=tasks.k_shot,
+                                num_query=tasks.num_query, conv_channels=hidden, inner_lr=INNER_LR,
+                                inner_steps=1), tasks)
 
 
-def _reference_loss(method: str, learner: MetaLearner, batch: TaskBatch) -> torch.Tensor:
+def _reference_loss(method: str, model: nn.Module, batch: TaskBatch, channels_last: bool = False) -> torch.Tensor:
     if method == "protonet":
         n_way, k_shot, _ = EPISODES[method]
-        return reference_protonet_loss(learner.encoder, batch, n_way, k_shot)
-    return reference_maml_loss(learner.model, batch, INNER_LR, 1, first_order=method == "fomaml")
+        return reference_protonet_loss(model, batch, n_way, k_shot)
+    if channels_last:
+        batch = TaskBatch(to_channels_last(batch.support_x.flatten(0, 1)).unflatten(0, batch.support_x.shape[:2]),
+                          batch.support_y,
+                          to_channels_last(batch.query_x.flatten(0, 1)).unflatten(0, batch.query_x.shape[:2]),
+                          batch.query_y)
+    return reference_maml_loss(model, batch, INNER_LR, 1, first_order=method == "fomaml")
+
+
+def _reference_model(method: str, tasks: EpisodeTasks, hidden: int, channels_last: bool) -> nn.Module:
+    """Conv-4 as the reference code builds it: a classifier for MAML (per-task batch statistics, as Finn et
+    al.'s), an embedding with standard batch normalisation for Prototypical Networks (as Snell et al.'s)."""
+    if method == "protonet":
+        return Conv4(hidden=hidden, norm="batch", channels_last=channels_last)
+    return Conv4(hidden=hidden, output_size=tasks.n_way, norm="transductive", channels_last=channels_last)
 
 
 def _adam_steps(module: nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -158,16 +179,21 @@ def _adam_steps(module: nn.Module, loss: Callable[[], torch.Tensor]) -> Callable
 def _step_function(spec: Spec, tasks: EpisodeTasks, batch: TaskBatch) -> Callable[[], object]:
     torch.manual_seed(spec.seed)
     if spec.impl == "floor":
-        model = Conv4(hidden=spec.hidden, output_size=tasks.n_way).to(spec.device)
+        norm = "batch" if spec.method == "protonet" else "transductive"
+        model = Conv4(hidden=spec.hidden, output_size=tasks.n_way, norm=norm, channels_last=True).to(spec.device)
         images = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
         labels = torch.cat([batch.support_y, batch.query_y], 1).flatten()
         return _adam_steps(model, lambda: F.cross_entropy(model(images), labels))
-    learner = _learner(spec.method, spec.hidden).to(spec.device)
     if spec.impl == "ours":
+        learner = _learner(spec.method, tasks, spec.hidden).to(spec.device)
         cfg = Config(algorithm=spec.method, meta_lr=META_LR, meta_batch_size=spec.meta_batch, device=spec.device)
         trainer = Trainer(cfg, learner, tasks, device=spec.device, progress=False)
         return lambda: trainer.step(batch)
-    return _adam_steps(learner, lambda: _reference_loss(spec.method, learner, batch))
+    channels_last = spec.impl == LAYOUT_CONTROL
+    model = _reference_model(spec.method, tasks, spec.hidden, channels_last).to(spec.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return _adam_steps(model, lambda: _reference_loss(spec.method, model, batch, channels_last))
 
 
 class PeakMemory:
@@ -250,23 +276,25 @@ def gradient_differences(meta_batch: int = 4, hidden: int = 64, device: str = "c
         batch = tasks.sample(1 if method == "protonet" else meta_batch, torch.Generator().manual_seed(seed))
         batch = TaskBatch(batch.support_x.to(device, dtype), batch.support_y.to(device),
                           batch.query_x.to(device, dtype), batch.query_y.to(device))
-        torch.manual_seed(seed)
-        learner = _learner(method, hidden).to(device, dtype)
+        learner = _learner(method, tasks, hidden).to(device, dtype)
         params = [p for p in learner.parameters() if p.requires_grad]
         ours = torch.autograd.grad(learner.meta_loss(batch)[0], params)
-        reference = torch.autograd.grad(_reference_loss(method, learner, batch), params)
+        model = learner.encoder if method == "protonet" else learner.model
+        reference = torch.autograd.grad(_reference_loss(method, model, batch), params)
         differences[method] = (max((a - b).abs().max().item() for a, b in zip(ours, reference)),
                                max(b.abs().max().item() for b in reference))
     return differences
 
 
 # --- running and reporting ---
-def plan(meta_batch_sizes: Sequence[int], **common: object) -> list[Spec]:
-    """The measurements of one benchmark run: per meta-batch size MAML and FOMAML (ours, reference) and one
-    floor (the same images serve both), then one Prototypical Networks episode (ours, reference, floor)."""
+def plan(meta_batch_sizes: Sequence[int], layout_control: bool = False, **common: object) -> list[Spec]:
+    """The measurements of one benchmark run: per meta-batch size MAML and FOMAML (ours, reference, and with
+    ``layout_control`` the reference on channels-last tensors) and one floor (the same images serve both),
+    then one Prototypical Networks episode (ours, reference, floor)."""
+    references = ("reference", LAYOUT_CONTROL) if layout_control else ("reference",)
     specs = []
     for size in meta_batch_sizes:
-        specs += [Spec(method, impl, size, **common) for method in ("maml", "fomaml") for impl in ("ours", "reference")]
+        specs += [Spec(method, impl, size, **common) for method in ("maml", "fomaml") for impl in ("ours", *references)]
         specs.append(Spec("maml", "floor", size, **common))
     specs += [Spec("protonet", impl, 1, **common) for impl in IMPLEMENTATIONS]
     return specs
@@ -295,6 +323,8 @@ LABELS = {
     ("maml", "reference"): "reference loop over tasks, 2nd order",
     ("fomaml", "ours"): "ours, 1st order",
     ("fomaml", "reference"): "reference loop over tasks, 1st order",
+    ("maml", LAYOUT_CONTROL): "  the same on channels-last tensors",
+    ("fomaml", LAYOUT_CONTROL): "  the same on channels-last tensors",
     ("maml", "floor"): "floor: plain training step on the same images",
     ("protonet", "ours"): "ours",
     ("protonet", "reference"): "reference (as Snell et al.'s code)",
@@ -308,7 +338,7 @@ def _settings(measurements: Sequence[Measurement]) -> Iterator[tuple[str, list[t
         n_way, k_shot, queries = EPISODES["maml"]
         title = (f"MAML {n_way}-way {k_shot}-shot, {queries} queries a class, 1 inner step, meta-batch {size} "
                  f"({size * n_way * (k_shot + queries)} images)")
-        rows = [(method, impl, size) for method in ("maml", "fomaml") for impl in ("ours", "reference")]
+        rows = [(method, impl, size) for method in ("maml", "fomaml") for impl in ("ours", "reference", LAYOUT_CONTROL)]
         floor = ("maml", "floor", size)
         comparisons = {method: ((method, "ours", size), (method, "reference", size), floor)
                        for method in ("maml", "fomaml")}
@@ -339,12 +369,14 @@ def report(measurements: Sequence[Measurement], header: str,
             if all(key in found for key in keys):
                 ours, reference, floor = (found[key].step for key in keys)
                 ratios[(method, keys[0][2])] = ratio = {"speed-up": reference / ours, "floor": ours / floor}
+                control = found.get((method, LAYOUT_CONTROL, keys[0][2]))
+                layout = f"; {control.step / ours:.2f}x over the channels-last reference" if control else ""
                 lines.append(f"  -> {LABELS[(method, 'ours')]}: speed-up {ratio['speed-up']:.2f}x, "
-                             f"floor {ratio['floor']:.2f}x")
+                             f"floor {ratio['floor']:.2f}x{layout}")
         lines.append("")
     lines.append("speed-up = reference time / our time; floor = our time / floor time")
     if gradients:
-        lines.append("meta-gradient check, ours against the reference from the same weights: " + "; ".join(
+        lines.append("meta-gradient check in float64, ours against the reference from the same weights: " + "; ".join(
             f"{method} max |diff| {diff:.1e} (max |grad| {scale:.1e})" for method, (diff, scale) in gradients.items()))
     device = measurements[0].spec.device.split(":")[0] if measurements else "cpu"
     for method, target_device, size, name, bound in TARGETS:
@@ -393,6 +425,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--data-root", help="use real Omniglot from this folder instead of synthetic images")
     parser.add_argument("--no-isolate", action="store_true",
                         help="measure in this process (faster to start; CPU memory figures then less reliable)")
+    parser.add_argument("--layout-control", action="store_true",
+                        help="also time the MAML reference loop on channels-last tensors (how much is layout alone)")
     parser.add_argument("--no-check", action="store_true", help="skip the meta-gradient check against the reference")
     return parser
 
@@ -411,13 +445,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         raise ValueError("--warmup must be >= 0 and every meta-batch size >= 1")
     data = f"Omniglot from {args.data_root}" if args.data_root else "synthetic Omniglot-shaped images"
     print(_header(device, args.threads, data), flush=True)
-    specs = plan(args.meta_batch_sizes, device=args.device, threads=args.threads, repeats=args.repeats,
+    specs = plan(args.meta_batch_sizes, args.layout_control, device=args.device, threads=args.threads, repeats=args.repeats,
                  warmup=args.warmup, hidden=args.hidden, data_root=args.data_root)
     measurements = run(specs, isolate=not args.no_isolate, log=lambda line: print(line, flush=True))
     gradients = None
     if not args.no_check:
         torch.set_num_threads(args.threads)
-        gradients = gradient_differences(hidden=args.hidden, device=args.device, data_root=args.data_root)
+        gradients = gradient_differences(hidden=args.hidden, device=args.device, dtype=torch.float64,
+                                         data_root=args.data_root)
     print()
     print(report(measurements, "results", gradients))
     return 0
