@@ -60,12 +60,12 @@ def test_knn_in_pixels_and_in_a_learned_embedding(glyph_folder, tmp_path, capsys
     assert main(["train", "--algorithm", "knn", "--model", "pixels", *common, "--iterations", "0",
                  "--output-dir", str(tmp_path / "pixels")]) == 0
     out = capsys.readouterr().out
-    assert "nothing trained" in out and "3-way 1-shot" in out
+    assert "nothing trained" in out and "3-way 1-shot" in out and "raw pixels" in out and "norm:" not in out
 
     assert main(["train", "--algorithm", "protonet", *common, "--output-dir", str(tmp_path / "proto"), "--no-eval"]) == 0
     assert main(["train", "--algorithm", "knn", "--encoder-from", str(tmp_path / "proto"), *common,
                  "--iterations", "0", "--output-dir", str(tmp_path / "embedded")]) == 0
-    capsys.readouterr()
+    assert f"encoder from {tmp_path / 'proto'}" in capsys.readouterr().out
 
     assert main(["train", "--algorithm", "knn", *common, "--output-dir", str(tmp_path / "x")]) == 2
     assert "knn has nothing to train" in capsys.readouterr().err

@@ -80,8 +80,14 @@ def _eval_title(cfg: Config) -> str:
     from fastadapt.training.builders import resolve_norm
 
     data = f"omniglot, {cfg.dataset_split} split" if cfg.tasks == "omniglot" else f"folder {cfg.data_root}"
+    if cfg.encoder_from:
+        network = f"encoder from {cfg.encoder_from}"
+    elif cfg.model == "pixels":
+        network = "raw pixels"
+    else:
+        network = f"norm: {resolve_norm(cfg)}"
     return (f"{data}: accuracy on {cfg.test_tasks} fixed test episodes, {cfg.eval_query} queries per class "
-            f"(mean ± 95% CI); trained {cfg.n_way}-way {cfg.k_shot}-shot, norm: {resolve_norm(cfg)}")
+            f"(mean ± 95% CI); trained {cfg.n_way}-way {cfg.k_shot}-shot, {network}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
