@@ -46,6 +46,29 @@ def test_train_every_sinusoid_algorithm(tmp_path, algorithm, capsys):
     assert "mse" in capsys.readouterr().out.lower()
 
 
+def test_init_from_starts_a_new_run_from_another_runs_best_weights(tmp_path, capsys):
+    import torch
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "sinusoid-maml", *TINY, "--output-dir", str(first), "--no-eval"]) == 0
+    assert main(["train", "sinusoid-maml", *TINY, "--iterations", "1", "--meta-lr", "1e-12",
+                 "--output-dir", str(second), "--no-eval", "--init-from", str(first)]) == 0
+    started, continued = (torch.load(run / name, weights_only=False)["learner"]
+                          for run, name in ((first, "best.pt"), (second, "last.pt")))
+    # one step at a negligible learning rate: the new run holds the first run's best weights
+    for name, value in started.items():
+        torch.testing.assert_close(continued[name], value, rtol=0, atol=1e-9)
+    capsys.readouterr()
+
+    assert main(["train", "sinusoid-maml", *TINY, "--hidden-sizes", "8", "--output-dir", str(tmp_path / "x"),
+                 "--init-from", str(first)]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit this MAML: the networks differ" in err and "Traceback" not in err
+    assert main(["train", "sinusoid-maml", *TINY, "--output-dir", str(tmp_path / "y"),
+                 "--init-from", str(tmp_path / "nowhere")]) == 2
+    assert "init_from:" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "nope"], "unknown preset 'nope'"),
     (["train", "--algorithm", "mamll"], "unknown algorithm 'mamll'"),

@@ -42,6 +42,7 @@ class Config:
     eval_inner_steps: int | None = None
     first_order: bool = False
     # outer loop
+    init_from: str | None = None  # a run directory: start from its best weights, with a fresh optimizer
     meta_lr: float = 1e-3
     meta_optimizer: str = "adam"
     lr_decay_every: int = 0

@@ -70,6 +70,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     with distributed.process_group(cfg.device, nproc) as group:  # None in a single process
         tasks = build_tasks(cfg, "train")
         learner = build_learner(cfg, tasks)
+        if cfg.init_from is not None and not (run_dir / LAST).exists():
+            initialise_from(learner, cfg.init_from)
         val_tasks = build_tasks(cfg, "val")
         val_batches = partial(fixed_batches, val_tasks, cfg.val_tasks, "val")
         if group is None:
@@ -79,6 +81,21 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         if resume:
             trainer.resume()
         return trainer.fit(), learner
+
+
+def initialise_from(learner: MetaLearner, run_dir: str | Path) -> None:
+    """Load the best weights of the run in ``run_dir`` into ``learner`` (fine-tuning, a lower learning rate
+    after a plateau, transfer to another dataset); it must be the same network."""
+    path = Path(run_dir) / BEST
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {path} does not exist; give the directory of a finished or running run")
+    payload = load_checkpoint(path)
+    try:
+        learner.load_state_dict(payload["learner"])
+    except RuntimeError as error:
+        source = payload["config"]["algorithm"]
+        raise ValueError(f"init_from: the weights in {path} ({source}) do not fit this {type(learner).__name__}: "
+                         f"the networks differ. {str(error).splitlines()[0]}") from None
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, MetaLearner]:
