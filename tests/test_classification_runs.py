@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fastadapt.cli import main
-from fastadapt.training.builders import eval_settings, resolve_norm
+from fastadapt.training.builders import build_tasks, eval_settings, resolve_norm
 from fastadapt.training.config import Config, load_preset, preset_names
 
 CLASSES, IMAGES, SIDE = 15, 10, 28
@@ -106,6 +106,17 @@ def test_bad_image_task_settings_give_one_clear_error(glyph_folder, tmp_path, ar
     assert main(["train", "--k-shot", "1", "--num-query", "2", *argv, "--iterations", "1", "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_rotate_train_classes_multiplies_the_training_classes_only(glyph_folder):
+    cfg = Config(algorithm="protonet", tasks="folder", data_root=str(glyph_folder), n_way=2, k_shot=1,
+                 num_query=2, eval_query=2)
+    rotated = cfg.replace(rotate_train_classes=True)
+    assert build_tasks(rotated, "train").dataset.num_classes == 4 * build_tasks(cfg, "train").dataset.num_classes
+    for split in ("val", "test"):
+        assert build_tasks(rotated, split).dataset.num_classes == build_tasks(cfg, split).dataset.num_classes
+    with pytest.raises(ValueError, match="already rotates"):
+        build_tasks(Config(tasks="omniglot", dataset_split="vinyals", rotate_train_classes=True), "train")
 
 
 def test_eval_settings_follow_what_each_method_can_serve():

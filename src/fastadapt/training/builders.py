@@ -73,8 +73,12 @@ def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
     if cfg.tasks in TASK_FAMILIES:
         return TASK_FAMILIES[cfg.tasks](cfg, split)
     if cfg.tasks in DATASETS:
+        if cfg.rotate_train_classes and cfg.tasks == "omniglot" and cfg.dataset_split == "vinyals":
+            raise ValueError("rotate_train_classes: the vinyals split already rotates every class")
         dataset = DATASETS[cfg.tasks](cfg, split)
         if split == "train":
+            if cfg.rotate_train_classes:  # a rotated character is a new character (Vinyals et al.; Santoro et al.)
+                dataset = dataset.with_rotations()
             return EpisodeTasks(dataset, cfg.n_way, cfg.k_shot, cfg.num_query or DEFAULT_TRAIN_QUERY)
         way, shot = eval_settings(cfg)[0]
         return EpisodeTasks(dataset, way, shot, cfg.eval_query)

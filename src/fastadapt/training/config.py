@@ -25,6 +25,7 @@ class Config:
     n_way: int = 5
     dataset_split: str = "maml"
     data_root: str | None = None
+    rotate_train_classes: bool = False  # each training class also rotated by 90, 180, 270 degrees, as new classes
     image_size: int = 28
     channels: int | None = None
     # model
