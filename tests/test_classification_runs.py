@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fastadapt.cli import main
-from fastadapt.training.builders import build_tasks, eval_settings, resolve_norm
+from fastadapt.training.builders import build_learner, build_tasks, eval_settings, resolve_norm
 from fastadapt.training.config import Config, load_preset, preset_names
 
 CLASSES, IMAGES, SIDE = 15, 10, 28
@@ -117,6 +117,14 @@ def test_rotate_train_classes_multiplies_the_training_classes_only(glyph_folder)
         assert build_tasks(rotated, split).dataset.num_classes == build_tasks(cfg, split).dataset.num_classes
     with pytest.raises(ValueError, match="already rotates"):
         build_tasks(Config(tasks="omniglot", dataset_split="vinyals", rotate_train_classes=True), "train")
+
+
+def test_matching_cosine_scale_reaches_the_learner(glyph_folder):
+    cfg = Config(algorithm="matching", tasks="folder", data_root=str(glyph_folder), n_way=2, k_shot=1,
+                 num_query=2, eval_query=2)
+    tasks = build_tasks(cfg, "train")
+    assert build_learner(cfg, tasks).scale is None  # the paper's plain cosine
+    assert build_learner(cfg.replace(cosine_scale=5.0), tasks).scale.item() == 5.0
 
 
 def test_eval_settings_follow_what_each_method_can_serve():

@@ -131,6 +131,25 @@ def test_matching_without_fce_is_softmax_of_cosines():
     assert torch.allclose(attention, cosines.softmax(-1), atol=1e-6)
 
 
+def test_matching_cosine_scale_is_learned_and_safe_from_underflow():
+    torch.manual_seed(0)
+    batch = synthetic_tasks(2, n_way=3)
+    learner = MatchingNetworks(flat_encoder(), cosine_scale=10.0)
+    assert any(p is learner.scale for p in learner.parameters())
+    support, queries = embed_images(learner.encoder, batch.support_x, "test"), embed_images(learner.encoder, batch.query_x, "test")
+    cosines = F.cosine_similarity(queries.unsqueeze(2), support.unsqueeze(1), dim=-1)
+    attention = learner.attention(learner.adapt(batch.support_x, batch.support_y), queries)
+    assert torch.allclose(attention, (10 * cosines).softmax(-1), atol=1e-6)
+    with torch.no_grad():
+        learner.scale.fill_(1e4)  # most attention weights underflow to 0 in float32
+    loss = learner.meta_loss(batch)[0]
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(learner.scale.grad)
+    with pytest.raises(ValueError, match="cosine_scale must be positive"):
+        MatchingNetworks(flat_encoder(), cosine_scale=0.0)
+
+
 def test_fce_queries_do_not_influence_each_other():
     torch.manual_seed(0)
     batch = synthetic_tasks(2, n_way=3)

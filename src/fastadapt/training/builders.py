@@ -163,7 +163,8 @@ def _protonet(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
 
 def _matching(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
     encoder, width = _encoder(cfg, tasks)
-    return algorithms.MatchingNetworks(encoder, cfg.full_context_embeddings, embedding_size=width)
+    return algorithms.MatchingNetworks(encoder, cfg.full_context_embeddings, embedding_size=width,
+                                       cosine_scale=cfg.cosine_scale)
 
 
 def _mann(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:

@@ -35,6 +35,7 @@ class Config:
     norm: str = "auto"
     # method options (metric- and model-based methods)
     full_context_embeddings: bool = False
+    cosine_scale: float | None = None  # Matching Networks: learned scale on the cosine, from this value
     neighbours: int = 1
     encoder_from: str | None = None
     # inner loop (optimization-based methods)
