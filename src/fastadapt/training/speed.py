@@ -43,7 +43,6 @@ from torch.func import functional_call
 from fastadapt.algorithms import MetaLearner
 from fastadapt.datasets import ClassDataset, load_omniglot
 from fastadapt.models import Conv4
-from fastadapt.models.conv4 import to_channels_last
 from fastadapt.tasks import EpisodeTasks, TaskBatch
 from fastadapt.training.allocator import reuse_freed_memory
 from fastadapt.training.builders import build_learner
@@ -144,15 +143,10 @@ def _learner(method: str, tasks: EpisodeTasks, hidden: int) -> MetaLearner:
                                 inner_steps=1), tasks)
 
 
-def _reference_loss(method: str, model: nn.Module, batch: TaskBatch, channels_last: bool = False) -> torch.Tensor:
+def _reference_loss(method: str, model: nn.Module, batch: TaskBatch) -> torch.Tensor:
     if method == "protonet":
         n_way, k_shot, _ = EPISODES[method]
         return reference_protonet_loss(model, batch, n_way, k_shot)
-    if channels_last:
-        batch = TaskBatch(to_channels_last(batch.support_x.flatten(0, 1)).unflatten(0, batch.support_x.shape[:2]),
-                          batch.support_y,
-                          to_channels_last(batch.query_x.flatten(0, 1)).unflatten(0, batch.query_x.shape[:2]),
-                          batch.query_y)
     return reference_maml_loss(model, batch, INNER_LR, 1, first_order=method == "fomaml")
 
 
@@ -189,11 +183,10 @@ def _step_function(spec: Spec, tasks: EpisodeTasks, batch: TaskBatch) -> Callabl
         cfg = Config(algorithm=spec.method, meta_lr=META_LR, meta_batch_size=spec.meta_batch, device=spec.device)
         trainer = Trainer(cfg, learner, tasks, device=spec.device, progress=False)
         return lambda: trainer.step(batch)
-    channels_last = spec.impl == LAYOUT_CONTROL
-    model = _reference_model(spec.method, tasks, spec.hidden, channels_last).to(spec.device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return _adam_steps(model, lambda: _reference_loss(spec.method, model, batch, channels_last))
+    # The layout control's Conv-4 turns its weights and every input channels-last itself.
+    model = _reference_model(spec.method, tasks, spec.hidden, channels_last=spec.impl == LAYOUT_CONTROL)
+    model = model.to(spec.device)
+    return _adam_steps(model, lambda: _reference_loss(spec.method, model, batch))
 
 
 class PeakMemory:
