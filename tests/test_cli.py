@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fastadapt.cli import main
 
@@ -47,8 +48,6 @@ def test_train_every_sinusoid_algorithm(tmp_path, algorithm, capsys):
 
 
 def test_init_from_starts_a_new_run_from_another_runs_best_weights(tmp_path, capsys):
-    import torch
-
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["train", "sinusoid-maml", *TINY, "--output-dir", str(first), "--no-eval"]) == 0
     assert main(["train", "sinusoid-maml", *TINY, "--iterations", "1", "--meta-lr", "1e-12",
