@@ -6,7 +6,7 @@ import torch
 from fastadapt.algorithms import MAML
 from fastadapt.algorithms.base import per_task_metric
 from fastadapt.models import Conv4
-from fastadapt.training.speed import reference_maml_loss
+from fastadapt.benchmarks.speed import reference_maml_loss
 from test_metric_methods import synthetic_tasks  # the tests directory is on sys.path under pytest
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastadapt.cli import main
-from fastadapt.training.speed import Spec, gradient_differences, run
+from fastadapt.benchmarks.speed import Spec, gradient_differences, run
 
 TINY = ["--no-isolate", "--meta-batch-sizes", "2", "--hidden", "8", "--repeats", "1", "--warmup", "0",
         "--threads", "1"]

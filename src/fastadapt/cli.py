@@ -127,7 +127,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from fastadapt.training import speed
+    from fastadapt.benchmarks import speed
 
     speed.main(args.args, prog=f"fastadapt bench {args.benchmark}")
 

@@ -1,0 +1,1 @@
+"""Benchmarks that print the figures the docs quote: ``fastadapt bench NAME`` runs ``fastadapt.benchmarks.NAME``."""
