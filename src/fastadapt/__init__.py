@@ -1,2 +1,11 @@
 """fastadapt: meta-learning ("learning to learn") in PyTorch."""
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # fastadapt.FewShotClassifier without importing torch and the training stack on `import fastadapt`
+    if name == "FewShotClassifier":
+        from fastadapt.classifier import FewShotClassifier
+
+        return FewShotClassifier
+    raise AttributeError(f"module 'fastadapt' has no attribute {name!r}")

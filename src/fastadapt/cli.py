@@ -15,6 +15,8 @@ COMMANDS_HELP = """examples:
   fastadapt train --algorithm metasgd --k-shot 5 --output-dir runs/msgd
   fastadapt train sinusoid-maml --nproc 2          # meta-batch split over 2 processes, same result
   fastadapt eval runs/msgd --json results.json
+  fastadapt eval runs/protonet --tasks digits      # cross-domain: another family's test episodes
+  fastadapt predict runs/protonet --support my-classes/ --query a.png b.png
   fastadapt presets
   fastadapt bench speed                            # ours vs a per-task loop vs plain training
 """
@@ -97,18 +99,46 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.training.runs import evaluate_learner, load_run
 
     cfg, learner = load_run(args.run_dir, args.checkpoint)
+    evaluation = {"test_tasks": args.test_tasks, "eval_ways": args.eval_ways, "eval_shots": args.eval_shots}
+    cfg = cfg.replace(**{name: value for name, value in evaluation.items() if value})
     if args.tasks:
-        cfg = cfg.replace(test_tasks=args.tasks)
-    results = evaluate_learner(cfg, learner, steps=args.steps)
+        from fastadapt.training.crossdomain import evaluate_cross_domain
+
+        results, title = evaluate_cross_domain(args.run_dir, cfg, learner, args.tasks, args.data_root, args.steps)
+    elif args.data_root:
+        raise ValueError("--data-root says where another domain's images are: give it with --tasks folder or omniglot")
+    else:
+        results, title = evaluate_learner(cfg, learner, steps=args.steps), _eval_title(cfg)
     payload = {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "config": cfg.to_dict(),
-               "results": {row: e.to_dict() for row, e in results.items()}}
+               "tasks": args.tasks or cfg.task.family, "results": {row: e.to_dict() for row, e in results.items()}}
     if args.json == "-":
         print(json.dumps(payload, indent=2))
         return
-    print(format_table({cfg.method.name: results}, _eval_title(cfg)))
+    print(format_table({cfg.method.name: results}, title))
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fastadapt.classifier import FewShotClassifier, query_files, read_support_folder
+
+    support, labels = read_support_folder(args.support)
+    queries = query_files(args.query)
+    invert = {"yes": True, "no": False, "auto": "auto", None: None}[args.invert]
+    classifier = FewShotClassifier.from_run(args.run_dir, args.checkpoint, invert=invert)
+    names = [str(f) for f in queries]
+    result = classifier.classify(support, labels, queries, [str(f) for f in support], names)
+    classes, probabilities, predicted = result.classes, result.probabilities, result.predictions
+    if args.json:
+        print(json.dumps({"run_dir": str(args.run_dir), "classes": classes, "predictions": [
+            {"query": name, "class": label, "probabilities": dict(zip(classes, map(float, row)))}
+            for name, label, row in zip(names, predicted, probabilities)]}, indent=2))
+        return
+    rows = [["query", "prediction", *classes]]
+    rows += [[name, label, *(f"{p:.3f}" for p in row)] for name, label, row in zip(names, predicted, probabilities)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -161,10 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    evaluate.add_argument("--tasks", type=int, help="number of test tasks (default: the run's test_tasks)")
+    evaluate.add_argument("--tasks", metavar="FAMILY",
+                          help="evaluate on another task family's test classes (cross-domain): digits (scikit-learn's "
+                               "handwritten digits), folder (with --data-root) or omniglot; default: the run's own")
+    evaluate.add_argument("--data-root", metavar="DIR", help="where that family's data is (folder: class sub-folders)")
+    evaluate.add_argument("--test-tasks", type=int, metavar="N", help="number of test episodes (default: the run's "
+                                                                      "test_tasks)")
+    evaluate.add_argument("--eval-ways", type=int, nargs="+", metavar="N", help="ways to evaluate at (default: the run's)")
+    evaluate.add_argument("--eval-shots", type=int, nargs="+", metavar="K", help="shots to evaluate at (default: the run's)")
     evaluate.add_argument("--steps", type=int, nargs="*", help="adaptation steps to report")
     evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
     evaluate.set_defaults(func=cmd_eval)
+
+    predict = commands.add_parser("predict", help="classify your own images with a trained run, from a few "
+                                                  "labelled examples of each class")
+    predict.add_argument("run_dir")
+    predict.add_argument("--support", required=True, metavar="DIR",
+                         help="DIR/<class name>/<images>: one sub-folder per class, at least one image each")
+    predict.add_argument("--query", required=True, nargs="+", metavar="PATH",
+                         help="images to classify (files, or folders of images)")
+    predict.add_argument("--invert", choices=("yes", "no", "auto"),
+                         help="invert every image (yes), none (no), or each one whose strokes are the other way "
+                              "round from the training images' (auto); default: as the training files were, and "
+                              "refuse images that then look inverted")
+    predict.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.set_defaults(func=cmd_predict)
 
     plot = commands.add_parser("plot", help="plot a run's learning curves as PNG")
     plot.add_argument("run_dir")

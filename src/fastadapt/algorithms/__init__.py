@@ -18,3 +18,9 @@ from fastadapt.algorithms.metanet import MetaNet  # noqa: E402
 from fastadapt.algorithms.snail import SNAIL  # noqa: E402
 
 __all__ += ["MANN", "MetaNet", "SNAIL"]
+
+from fastadapt.algorithms.baseline import Baseline  # noqa: E402
+from fastadapt.algorithms.baseline_pp import BaselinePlusPlus  # noqa: E402
+from fastadapt.algorithms.logreg import EmbeddingLogisticRegression  # noqa: E402
+
+__all__ += ["Baseline", "BaselinePlusPlus", "EmbeddingLogisticRegression"]

@@ -63,6 +63,10 @@ class MetaLearner(nn.Module):
     def predict(self, adapted: Any, query_x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def class_probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """P(class | query) from ``predict``'s outputs (tasks, queries, classes): a softmax of scores."""
+        return torch.softmax(outputs, dim=-1)
+
     def task_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return per_task_loss(outputs, targets, self.loss)
 

@@ -43,6 +43,10 @@ class NearestNeighbours(MetricLearner):
         rank_bonus = torch.arange(self.k, 0, -1, dtype=labels.dtype, device=labels.device) / (self.k + 1)
         return labels.sum(2) + (labels * rank_bonus[:, None]).amax(2)
 
+    def class_probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The share of the k neighbours' votes each class got (the tie-break bonus dropped)."""
+        return outputs.floor() / self.k
+
     def meta_loss(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise RuntimeError(
             "NearestNeighbours has nothing to meta-train: it is evaluation-only (adapt + predict). To use a learned "

@@ -37,21 +37,12 @@ def load_image_folder(
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (grayscale), 3 (RGB) or None (keep), got {channels!r}")
     size = None if image_size is None else _height_width(image_size)
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise ValueError(f"{root} has no class sub-folders; expected {root}/<class name>/<image files>")
+    classes = list_class_folders(root)
     files, labels = [], []
-    for label, folder in enumerate(class_dirs):
-        found = sorted(
-            f
-            for f in folder.iterdir()
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not found:
-            raise ValueError(f"class folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    for label, (_, found) in enumerate(classes):
         files += found
         labels += [label] * len(found)
-    images = [_read(f) for f in files]
+    images = [read_image(f) for f in files]
     if channels is None:
         channels = 1 if all(image.mode in _GRAY_MODES for image in images) else 3
     if size is None:
@@ -70,7 +61,7 @@ def load_image_folder(
             image = image.resize((size[1], size[0]), Image.LANCZOS)
         arrays.append(np.asarray(image).reshape(image.size[1], image.size[0], channels))
     stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ClassDataset(stacked, torch.tensor(labels, dtype=torch.int64), [d.name for d in class_dirs])
+    return ClassDataset(stacked, torch.tensor(labels, dtype=torch.int64), [name for name, _ in classes])
 
 
 def _height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -80,7 +71,24 @@ def _height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return pair
 
 
-def _read(file: Path) -> Image.Image:
+def list_class_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    """(class name, sorted image files) for every sub-folder of ``root``, sorted by name; hidden entries and
+    files with other suffixes are skipped, and an empty class folder is an error."""
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"{root} has no class sub-folders; expected {root}/<class name>/<image files>")
+    classes = []
+    for folder in class_dirs:
+        found = sorted(f for f in folder.iterdir()
+                       if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(f"class folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+        classes.append((folder.name, found))
+    return classes
+
+
+def read_image(file: Path) -> Image.Image:
+    """The decoded image in ``file``; an unreadable file is a ValueError naming it."""
     try:
         with Image.open(file) as image:
             image.load()

@@ -2,5 +2,7 @@
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.episodes import EpisodeTasks
+from fastadapt.tasks.minibatches import ClassMiniBatches
+from fastadapt.tasks.signature import TaskSignature
 
-__all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks"]
+__all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks", "ClassMiniBatches", "TaskSignature"]

@@ -15,8 +15,9 @@ from torch import nn
 from fastadapt import algorithms
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
+from fastadapt.datasets.digits import load_digits_dataset
 from fastadapt.models import MLP, Conv4
-from fastadapt.tasks import EpisodeTasks, SinusoidTasks
+from fastadapt.tasks import ClassMiniBatches, EpisodeTasks, SinusoidTasks
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.training.config import Config
 
@@ -60,9 +61,18 @@ def _folder(cfg: Config, split: str) -> ClassDataset:
     return dataset.subset(sorted(parts[split]))
 
 
+def _digits(cfg: Config, split: str) -> ClassDataset:
+    """scikit-learn's 8x8 handwritten digits, all 10 classes: a domain to evaluate on, not to train on."""
+    if split != "test":
+        raise ValueError("tasks 'digits' (10 classes) is for evaluation only: train on omniglot or a folder, then "
+                         "`fastadapt eval RUN_DIR --tasks digits`")
+    return load_digits_dataset(cfg.task.image_size, cfg.task.channels or 1)
+
+
 DATASETS: dict[str, Callable[[Config, str], ClassDataset]] = {
     "omniglot": _omniglot,
     "folder": _folder,
+    "digits": _digits,
 }
 
 TASK_FAMILIES: dict[str, Callable[[Config, str], TaskDistribution]] = {"sinusoid": _sinusoid}
@@ -79,6 +89,8 @@ def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
         if split == "train":
             if cfg.task.rotate_train_classes:  # a rotated character is a new character (Vinyals et al.; Santoro et al.)
                 dataset = dataset.with_rotations()
+            if cfg.method.name in MINIBATCH_TRAINED:
+                return ClassMiniBatches(dataset)
             return EpisodeTasks(dataset, cfg.task.n_way, cfg.task.k_shot, cfg.task.num_query or DEFAULT_TRAIN_QUERY)
         way, shot = eval_settings(cfg)[0]
         return EpisodeTasks(dataset, way, shot, cfg.evaluation.eval_query)
@@ -138,7 +150,7 @@ def _classifier(
     build: Callable[[Config, EpisodeTasks], MetaLearner]
 ) -> Callable[[Config, TaskDistribution], MetaLearner]:
     def checked(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
-        if not isinstance(tasks, EpisodeTasks):
+        if getattr(tasks, "input_shape", None) is None:
             raise ValueError(f"algorithm {cfg.method.name!r} classifies images: use tasks 'omniglot' or 'folder', "
                              f"not {cfg.task.family!r}")
         return build(cfg, tasks)
@@ -184,6 +196,24 @@ def _metanet(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
     return algorithms.MetaNet(*_encoder(cfg, tasks), n_way=cfg.task.n_way)
 
 
+def _transfer(cls: type[algorithms.Baseline]) -> Callable[[Config, ClassMiniBatches], MetaLearner]:
+    """Baseline, Baseline++ or embedding + logistic regression: an encoder and a head over all training classes."""
+    def build(cfg: Config, tasks: ClassMiniBatches) -> MetaLearner:
+        encoder, width = _encoder(cfg, tasks)
+        method = cfg.method
+        if cls is algorithms.EmbeddingLogisticRegression:
+            if method.finetune != "head":
+                raise ValueError("logreg fits a logistic regression on frozen features: finetune 'all' is for "
+                                 "baseline and baseline++")
+            return cls(encoder, width, tasks.output_size)
+        options = dict(finetune=method.finetune, finetune_steps=method.finetune_steps, finetune_lr=method.finetune_lr)
+        if cls is algorithms.BaselinePlusPlus and method.cosine_scale is not None:
+            options["scale"] = method.cosine_scale
+        return cls(encoder, width, tasks.output_size, **options)
+
+    return build
+
+
 ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
     "maml": _gradient_based(algorithms.MAML),
     "fomaml": _gradient_based(algorithms.MAML, first_order=True),
@@ -196,12 +226,17 @@ ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
     "mann": _classifier(_mann),
     "snail": _classifier(_snail),
     "metanet": _classifier(_metanet),
+    "baseline": _classifier(_transfer(algorithms.Baseline)),
+    "baseline++": _classifier(_transfer(algorithms.BaselinePlusPlus)),
+    "logreg": _classifier(_transfer(algorithms.EmbeddingLogisticRegression)),
 }
+#: Methods trained as one classifier over all training classes, on mini-batches (tasks.ClassMiniBatches).
+MINIBATCH_TRAINED = frozenset({"baseline", "baseline++", "logreg"})
 #: Methods that may read raw pixels instead of an embedding (model "pixels").
 PIXEL_INPUT = frozenset({"knn", "mann"})
 GRADIENT_BASED = frozenset({"maml", "fomaml", "metasgd", "reptile", "pretrained"})
 #: Methods that compare queries with the support set, so one trained model serves any number of ways and shots.
-ANY_WAY = frozenset({"protonet", "matching", "knn"})
+ANY_WAY = frozenset({"protonet", "matching", "knn"}) | MINIBATCH_TRAINED
 #: Methods built for the training shot count too (SNAIL's sequence length).
 FIXED_SHOT = frozenset({"snail"})
 

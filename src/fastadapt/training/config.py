@@ -44,7 +44,8 @@ def _positive(section: Any, *names: str) -> None:
 class TaskSettings:
     """What a task is: the task family and the shape of its episodes."""
 
-    family: str = setting("sinusoid", "task family: sinusoid, omniglot or folder", flat="tasks")
+    family: str = setting("sinusoid", "task family: sinusoid, omniglot, folder, or digits "
+                                             "(scikit-learn's, for cross-domain evaluation)", flat="tasks")
     k_shot: int = setting(10, "support examples per class (classification) or support points (regression)")
     num_query: int | None = setting(None, "query examples per class in training episodes "
                                           "(default: 15 for images, k_shot for sinusoid)")
@@ -91,12 +92,21 @@ class MethodSettings:
     eval_inner_steps: int | None = setting(None, "inner-loop steps at evaluation (default: inner_steps)")
     first_order: bool = setting(False, "drop second-order terms of the meta-gradient (MAML)")
     full_context_embeddings: bool = setting(False, "Matching Networks: full context embeddings")
-    cosine_scale: float | None = setting(None, "Matching Networks: learned scale on the cosine, from this value")
+    cosine_scale: float | None = setting(None, "Matching Networks: learned scale on the cosine, from this value; "
+                                               "Baseline++: the fixed scale of its cosine head (default 10)")
+    finetune: str = setting("head", "Baseline / Baseline++ on a new task: fit a new head on the frozen encoder "
+                                    "(head) or fine-tune the encoder with it (all)")
+    finetune_steps: int = setting(100, "Baseline / Baseline++: Adam steps that fit a new task's head")
+    finetune_lr: float = setting(0.01, "Baseline / Baseline++: learning rate of those steps")
     neighbours: int = setting(1, "k of k-NN")
     encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
 
     def validate(self) -> None:
-        _positive(self, "inner_steps", "neighbours")
+        _positive(self, "inner_steps", "neighbours", "finetune_steps")
+        if self.finetune not in ("head", "all"):
+            raise ConfigError(f"config: finetune must be 'head' or 'all', got {self.finetune!r}")
+        if not self.finetune_lr > 0:
+            raise ConfigError(f"config: finetune_lr must be a positive learning rate, got {self.finetune_lr}")
         if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
             raise ConfigError(f"config: eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
         if not self.inner_lr > 0:

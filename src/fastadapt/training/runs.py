@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.datasets.base import ClassDataset
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
 from fastadapt.tasks import EpisodeTasks
@@ -18,6 +19,7 @@ from fastadapt.training.builders import build_learner, build_tasks, eval_setting
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
+from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 EVAL_CHUNK = 200
@@ -69,6 +71,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         return TrainResult(payload["iteration"], payload["best_score"], run_dir), learner
     with distributed.process_group(cfg.training.device, nproc) as group:  # None in a single process
         tasks = build_tasks(cfg, "train")
+        if distributed.is_main_process():
+            record_run_inputs(run_dir, inputs_of(cfg, tasks))
         learner = build_learner(cfg, tasks)
         if cfg.training.init_from is not None and not (run_dir / LAST).exists():
             initialise_from(learner, cfg.training.init_from)
@@ -108,31 +112,32 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Met
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     payload = load_checkpoint(run_dir / (BEST if checkpoint == "best" else LAST))
     cfg = Config.from_dict(payload["config"])
-    learner = build_learner(cfg, build_tasks(cfg, "test"))
+    learner = build_learner(cfg, read_run_inputs(run_dir, cfg).signature)
     learner.load_state_dict(payload["learner"])
     return cfg, learner
 
 
 def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = None,
-                     steps: list[int] | None = None) -> dict[str, Estimate]:
+                     steps: list[int] | None = None, dataset: ClassDataset | None = None) -> dict[str, Estimate]:
     """Mean ± 95% CI on the fixed test tasks.
 
     Regression rows are numbers of adaptation steps; classification rows are
     the run's evaluation settings ("5-way 1-shot", ..., see ``eval_settings``),
     each over the same number of fixed test episodes with ``eval_query``
-    queries per class, followed by the number of steps when those are swept.
+    queries per class, followed by the number of steps when those are swept. ``dataset``: the classes to
+    draw test episodes from instead of the run's own test classes (cross-domain evaluation).
     """
     device = resolve_device(cfg.training.device)
     learner.to(device)
     num_tasks = num_tasks or cfg.evaluation.test_tasks
     steps = steps if steps is not None else cfg.evaluation.eval_steps
-    tasks = build_tasks(cfg, "test")
-    if not isinstance(tasks, EpisodeTasks):
+    tasks = build_tasks(cfg, "test") if dataset is None else None
+    if dataset is None and not isinstance(tasks, EpisodeTasks):
         results = evaluate(learner, fixed_batches(tasks, num_tasks, "test"), steps=steps, device=device)
         return {step_label(s): e for s, e in results.items()}
     rows = {}
     for way, shot in eval_settings(cfg):
-        episodes = EpisodeTasks(tasks.dataset, way, shot, cfg.evaluation.eval_query)
+        episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)
         results = evaluate(learner, fixed_batches(episodes, num_tasks, "test"), steps=steps, device=device)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate

@@ -1,0 +1,58 @@
+"""Cross-domain evaluation: a trained run on the test episodes of another task family, no retraining.
+
+The other domain's images are prepared like the run's training images: the run's size and channels,
+and inverted when their strokes come the other way round (scikit-learn's digits are light on dark,
+as Omniglot is stored; a folder of black-on-white scans is inverted for an Omniglot model).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.datasets.base import ClassDataset
+from fastadapt.datasets.preparation import ImagePreparation, dataset_polarity, describe_polarity, opposite
+from fastadapt.training.builders import DATASETS
+from fastadapt.training.config import Config
+from fastadapt.training.evaluation import Estimate
+from fastadapt.training.run_inputs import read_run_inputs
+from fastadapt.training.runs import evaluate_learner
+
+
+def domain_dataset(cfg: Config, preparation: ImagePreparation, family: str, data_root: str | None = None
+                   ) -> tuple[ClassDataset, Config, str]:
+    """The test classes of another task family, prepared like the run's training images: resized to its
+    size, converted to its channels, and inverted when their polarity is the opposite of the run's.
+    Returns the dataset, the config with the family changed, and a note on what was done to the images."""
+    if family not in DATASETS:
+        raise ValueError(f"cross-domain evaluation needs an image task family, one of {sorted(DATASETS)}; "
+                         f"got {family!r}")
+    height, width = preparation.size
+    if height != width:
+        raise ValueError(f"the run reads {height}x{width} images; image_size is square, so cross-domain "
+                         "evaluation needs a square input size")
+    domain = cfg.replace(tasks=family, data_root=data_root if data_root is not None else cfg.task.data_root,
+                         image_size=height, channels=preparation.channels, rotate_train_classes=False)
+    dataset = DATASETS[family](domain, "test")
+    found = dataset_polarity(dataset.images)
+    note = f"{family}: {dataset.num_classes} classes, {len(dataset)} images, {preparation.describe()}"
+    if preparation.polarity is not None and found == opposite(preparation.polarity):
+        dataset = ClassDataset(255 - dataset.images, dataset.labels, dataset.class_names)
+        note += f" (inverted: the images are {describe_polarity(found)})"
+    elif preparation.polarity is not None and found is None:
+        note += " (polarity not matched: these images have no common one)"
+    return dataset, domain, note
+
+
+def evaluate_cross_domain(run_dir: str | Path, cfg: Config, learner: MetaLearner, family: str,
+                          data_root: str | None = None, steps: list[int] | None = None
+                          ) -> tuple[dict[str, Estimate], str]:
+    """The run's evaluation table on ``family``'s test classes, and a title saying what was evaluated."""
+    preparation = read_run_inputs(run_dir, cfg).preparation
+    if preparation is None:
+        raise ValueError(f"the run in {run_dir} was not trained on images; it has no other domain to try")
+    dataset, domain, note = domain_dataset(cfg, preparation, family, data_root)
+    results = evaluate_learner(domain, learner, steps=steps, dataset=dataset)
+    evaluation = domain.evaluation
+    title = (f"trained on {cfg.task.family}, evaluated on {note}: accuracy on {evaluation.test_tasks} fixed test "
+             f"episodes, {evaluation.eval_query} queries per class (mean ± 95% CI)")
+    return results, title
