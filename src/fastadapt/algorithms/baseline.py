@@ -53,6 +53,9 @@ class Baseline(MetaLearner):
             raise ValueError(f"finetune must be one of {FINETUNE}, got {finetune!r}")
         if finetune_steps < 0 or not finetune_lr > 0:
             raise ValueError(f"finetune_steps must be >= 0 and finetune_lr > 0, got {finetune_steps}, {finetune_lr}")
+        if finetune == "all" and getattr(encoder, "channels_last", False):
+            raise ValueError("finetune 'all' fine-tunes a copy of the encoder per task under torch.func.vmap, which "
+                             "cannot run a channels-last Conv4: build it with channels_last=False")
         self.encoder = encoder
         self.weight = nn.Parameter(torch.empty(num_classes, feature_size))
         self.bias = nn.Parameter(torch.zeros(num_classes)) if self.has_bias else None

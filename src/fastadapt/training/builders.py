@@ -118,12 +118,17 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
             raise ValueError(f"model 'conv4' needs image tasks, but {cfg.task.family!r} tasks are not images")
         return Conv4(shape[0], cfg.model.conv_channels, tasks.output_size if head else None, resolve_norm(cfg),
                      shape[1:],
-                     channels_last=cfg.method.name not in GRADIENT_BASED)
+                     channels_last=cfg.method.name not in GRADIENT_BASED and not _finetunes_encoder(cfg))
     if kind == "pixels":
         if head or cfg.method.name not in PIXEL_INPUT:
             raise ValueError(f"model 'pixels' (no network: raw pixels) serves {sorted(PIXEL_INPUT)} only")
         return nn.Flatten()
     raise ValueError(f"unknown model {cfg.model.name!r}; choose 'mlp', 'conv4', 'pixels' or 'auto'")
+
+
+def _finetunes_encoder(cfg: Config) -> bool:
+    """Whether the method fine-tunes a copy of the encoder per task, under vmap (which needs NCHW tensors)."""
+    return cfg.method.name in MINIBATCH_TRAINED and cfg.method.finetune == "all"
 
 
 def _encoder(cfg: Config, tasks: TaskDistribution) -> tuple[nn.Module, int]:
