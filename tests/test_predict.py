@@ -229,3 +229,15 @@ def test_predict_on_omniglot_files_matches_eval_on_the_same_episode(omniglot_dir
     assert [int(p["class"]) for p in predicted] == expected.argmax(-1).tolist()
     probabilities = torch.tensor([[p["probabilities"][str(k)] for k in range(5)] for p in predicted], dtype=torch.float64)
     torch.testing.assert_close(probabilities, torch.softmax(expected, -1).double(), atol=1e-5, rtol=0)
+
+
+def test_the_cross_domain_benchmark_prints_its_table(protonet_run, tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from fastadapt.benchmarks.crossdomain import main as benchmark
+
+    saved = tmp_path / "proto.json"
+    assert benchmark([f"ProtoNet={protonet_run}", "--test-tasks", "3", "--shots", "1", "--json", str(saved)]) == 0
+    first = capsys.readouterr().out
+    assert "| ProtoNet (folder test) | " in first and "ProtoNet, 5-way 1-shot: " in first
+    assert benchmark(["--combine", str(saved), "--shots", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-4:] == first.splitlines()[-4:]
