@@ -241,3 +241,17 @@ def test_the_cross_domain_benchmark_prints_its_table(protonet_run, tmp_path, cap
     assert "| ProtoNet (folder test) | " in first and "ProtoNet, 5-way 1-shot: " in first
     assert benchmark(["--combine", str(saved), "--shots", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[-4:] == first.splitlines()[-4:]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoints_are_loaded_weights_only_so_a_foreign_pickle_runs_nothing(tmp_path, capsys):
+    from fastadapt.training.checkpoint import load_checkpoint
+
+    torch.save({"learner": _RunsCode(), "config": {}}, tmp_path / "best.pt")
+    with pytest.raises(ValueError, match="unreadable or corrupt"):
+        load_checkpoint(tmp_path / "best.pt")
+    assert "must never run" not in capsys.readouterr().out

@@ -53,12 +53,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
+#: What a checkpoint holds besides tensors and plain Python values: numpy's RNG state, an array of uint32.
+NUMPY_STATE_TYPES = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.random.get_state()[1].__reduce__()[0]]
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors, plain values and numpy arrays only,
+    so a file from elsewhere cannot run code when loaded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_STATE_TYPES):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise ValueError(f"checkpoint {path} is unreadable or corrupt ({type(error).__name__}: {error})") from error
     if not isinstance(payload, dict) or "learner" not in payload or "config" not in payload:
