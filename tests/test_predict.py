@@ -255,3 +255,15 @@ def test_checkpoints_are_loaded_weights_only_so_a_foreign_pickle_runs_nothing(tm
     with pytest.raises(ValueError, match="unreadable or corrupt"):
         load_checkpoint(tmp_path / "best.pt")
     assert "must never run" not in capsys.readouterr().out
+
+
+def test_digits_are_for_evaluation_only_and_come_light_on_dark():
+    pytest.importorskip("sklearn")
+    from fastadapt.training.builders import build_tasks
+    from fastadapt.training.config import Config
+
+    with pytest.raises(ValueError, match="for evaluation only"):
+        build_tasks(Config(algorithm="protonet", tasks="digits"), "train")
+    tasks = build_tasks(Config(algorithm="protonet", tasks="digits", image_size=20, channels=3, n_way=5, k_shot=5), "test")
+    assert tasks.dataset.num_classes == 10 and tasks.dataset.image_shape == (3, 20, 20)
+    assert dataset_polarity(tasks.dataset.images) == "light-on-dark"
