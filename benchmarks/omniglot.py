@@ -109,9 +109,9 @@ def main() -> None:
     for preset in args.presets:
         name = Path(preset).stem
         cfg = load_preset(preset).replace(**overrides, output_dir=str(Path(args.output_dir) / name))
-        train(cfg, resume=True, progress=False)
+        train(cfg, resume=(Path(cfg.training.output_dir) / "last.pt").exists(), progress=False)
         metrics = load_metrics(cfg.training.output_dir) if cfg.training.iterations else []
-        train_seconds = metrics[-1]["seconds"] if metrics else 0.0  # the run's own clock (since its last resume)
+        train_seconds = metrics[-1]["seconds"] if metrics else 0.0  # the run's own clock, across resumes
         start = time.perf_counter()
         cfg, learner = load_run(cfg.training.output_dir, "best")
         results = evaluate_learner(cfg, learner)

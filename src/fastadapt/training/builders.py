@@ -5,9 +5,10 @@ every method by name, so the CLI and the Python API accept the same names.
 """
 from __future__ import annotations
 
+import difflib
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -16,7 +17,9 @@ from fastadapt import algorithms
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
 from fastadapt.datasets.digits import load_digits_dataset
+from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
 from fastadapt.models import MLP, Conv4
+from fastadapt.models.conv4 import NORMS
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks, SinusoidTasks
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.training.config import Config
@@ -50,6 +53,7 @@ def _folder(cfg: Config, split: str) -> ClassDataset:
     if (root / "train").is_dir():
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root} has a train/ sub-folder but no {split}/ one; give it {split}/<class>/...")
+        _check_disjoint_splits(root)
         return _read_folder(str(root / split), cfg.task.image_size, cfg.task.channels)
     dataset = _read_folder(str(root), cfg.task.image_size, cfg.task.channels)
     order = torch.randperm(dataset.num_classes, generator=torch.Generator().manual_seed(0)).tolist()
@@ -57,7 +61,8 @@ def _folder(cfg: Config, split: str) -> ClassDataset:
     val_end = train_end + round(FOLDER_SPLIT["val"] * len(order))
     parts = {"train": order[:train_end], "val": order[train_end:val_end], "test": order[val_end:]}
     if not all(parts.values()):
-        raise ValueError(f"{root} has only {dataset.num_classes} classes, too few to split into train/val/test")
+        raise ValueError(f"data_root {root} has only {dataset.num_classes} classes, too few to split 60/20/20 "
+                         "into train/val/test; give it more classes, or train/, val/ and test/ sub-folders")
     return dataset.subset(sorted(parts[split]))
 
 
@@ -67,6 +72,29 @@ def _digits(cfg: Config, split: str) -> ClassDataset:
         raise ValueError("tasks 'digits' (10 classes) is for evaluation only: train on omniglot or a folder, then "
                          "`fastadapt eval RUN_DIR --tasks digits`")
     return load_digits_dataset(cfg.task.image_size, cfg.task.channels or 1)
+
+
+def _check_disjoint_splits(root: Path) -> None:
+    """A class in two of train/, val/, test/ would let the test set leak into training: refused."""
+    classes = {split: {d.name for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith(".")}
+               for split in ("train", "val", "test") if (root / split).is_dir()}
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(classes.get(first, set()) & classes.get(second, set()))
+        if shared:
+            raise ValueError(f"{root}: {first}/ and {second}/ share the class name(s) {shared[:5]}; a class in "
+                             "two splits would let the evaluation classes leak into training")
+
+
+def describe_split(cfg: Config, split: str) -> str:
+    """Where the classes of ``split`` come from, in words, for error messages."""
+    task = cfg.task
+    if task.family == "omniglot":
+        return f"the {split} classes of Omniglot's {task.dataset_split!r} split (--dataset-split)"
+    root = Path(task.data_root or ".").expanduser()
+    if (root / "train").is_dir():
+        return f"{root / split}"
+    return (f"the {split} classes of {root} (a folder without train/val/test sub-folders has its classes split "
+            f"60/20/20 into train/val/test)")
 
 
 DATASETS: dict[str, Callable[[Config, str], ClassDataset]] = {
@@ -83,18 +111,44 @@ def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
     if cfg.task.family in TASK_FAMILIES:
         return TASK_FAMILIES[cfg.task.family](cfg, split)
     if cfg.task.family in DATASETS:
-        if cfg.task.rotate_train_classes and cfg.task.family == "omniglot" and cfg.task.dataset_split == "vinyals":
-            raise ValueError("rotate_train_classes: the vinyals split already rotates every class")
-        dataset = DATASETS[cfg.task.family](cfg, split)
-        if split == "train":
-            if cfg.task.rotate_train_classes:  # a rotated character is a new character (Vinyals et al.; Santoro et al.)
-                dataset = dataset.with_rotations()
-            if cfg.method.name in MINIBATCH_TRAINED:
-                return ClassMiniBatches(dataset)
-            return EpisodeTasks(dataset, cfg.task.n_way, cfg.task.k_shot, cfg.task.num_query or DEFAULT_TRAIN_QUERY)
-        way, shot = eval_settings(cfg)[0]
-        return EpisodeTasks(dataset, way, shot, cfg.evaluation.eval_query)
+        if split == "train" and cfg.method.name in MINIBATCH_TRAINED:
+            return ClassMiniBatches(class_dataset(cfg, "train"))
+        way, shot = (cfg.task.n_way, cfg.task.k_shot) if split == "train" else eval_settings(cfg)[0]
+        return episodes(cfg, split, way, shot)
     raise ValueError(f"unknown task family {cfg.task.family!r}; choose one of {sorted({**TASK_FAMILIES, **DATASETS})}")
+
+
+def class_dataset(cfg: Config, split: str) -> ClassDataset:
+    """The classes of ``split``; training classes also rotated with ``rotate_train_classes``."""
+    task = cfg.task
+    if task.rotate_train_classes and task.family == "omniglot" and task.dataset_split == "vinyals":
+        raise ValueError("rotate_train_classes: the vinyals split already rotates every class")
+    dataset = DATASETS[task.family](cfg, split)
+    if split == "train" and task.rotate_train_classes:  # a rotated character is a new one (Vinyals; Santoro)
+        dataset = dataset.with_rotations()
+    return dataset
+
+
+def episodes(cfg: Config, split: str, way: int, shot: int) -> EpisodeTasks:
+    """``way``-way ``shot``-shot episodes of ``split``'s classes; training ones with ``num_query`` queries per
+    class, evaluation ones with ``eval_query``. Sizes the data cannot serve are refused naming their setting."""
+    task = cfg.task
+    dataset = class_dataset(cfg, split)
+    if split == "train":
+        query, flags = task.num_query or DEFAULT_TRAIN_QUERY, ("--n-way", "--k-shot", "--num-query")
+    else:
+        query, flags = cfg.evaluation.eval_query, ("--n-way / --eval-ways", "--k-shot / --eval-shots", "--eval-query")
+    if way > dataset.num_classes:
+        raise ValueError(f"{way}-way {split} episodes ({flags[0]}) need {way} classes, but "
+                         f"{describe_split(cfg, split)} are only {dataset.num_classes}")
+    counts = dataset.images_per_class
+    smallest = int(counts.argmin())
+    if counts[smallest] < shot + query:
+        raise ValueError(f"{split} episodes of {shot} shots ({flags[1]}) and {query} queries per class ({flags[2]}"
+                         f"{'' if split != 'train' or task.num_query else ', default 15'}) need {shot + query} "
+                         f"images of every class, but class {dataset.class_names[smallest]!r} of "
+                         f"{describe_split(cfg, split)} has only {int(counts[smallest])}")
+    return EpisodeTasks(dataset, way, shot, query)
 
 
 # --- models ---
@@ -107,9 +161,7 @@ def resolve_norm(cfg: Config) -> str:
 
 def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.Module:
     """The network: with ``head`` it outputs what the tasks need, without it an embedding (a feature vector)."""
-    kind = cfg.model.name
-    if kind == "auto":
-        kind = "mlp" if cfg.task.family == "sinusoid" else "conv4"
+    kind = resolve_model(cfg)
     if kind == "mlp":
         return MLP(getattr(tasks, "input_size", 1), tasks.output_size, tuple(cfg.model.hidden_sizes))
     if kind == "conv4":
@@ -268,6 +320,69 @@ def build_learner(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when available, else the CPU; a device that does not exist here is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; choose cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this PyTorch build or machine has no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: fastadapt runs on cpu or cuda")
+    return device
+
+
+def resolve_model(cfg: Config) -> str:
+    """The network's name, with 'auto' resolved: the MLP for sinusoid regression, Conv-4 for images."""
+    if cfg.model.name != "auto":
+        return cfg.model.name
+    return "mlp" if cfg.task.family == "sinusoid" else "conv4"
+
+
+MODELS = ("auto", "mlp", "conv4", "pixels")
+META_OPTIMIZERS = ("adam", "sgd")
+
+
+def _check_name(flag: str, value: str, choices: Iterable[str]) -> None:
+    choices = sorted(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        raise ValueError(f"unknown {flag.lstrip('-').replace('-', ' ')} {value!r} ({flag})"
+                         + (f": did you mean {close[0]!r}?" if close else "") + f" Choose one of {choices}")
+
+
+def check_config(cfg: Config) -> None:
+    """Check every setting of a run before it starts: names first (so a typo is reported as one), then
+    combinations, then sizes against the data, for training, validation and every evaluation setting."""
+    _check_name("--algorithm", cfg.method.name, ALGORITHMS)
+    _check_name("--tasks", cfg.task.family, {**TASK_FAMILIES, **DATASETS})
+    _check_name("--model", cfg.model.name, MODELS)
+    _check_name("--norm", cfg.model.norm, ("auto", *NORMS))
+    _check_name("--meta-optimizer", cfg.training.meta_optimizer, META_OPTIMIZERS)
+    if cfg.task.family == "omniglot":
+        _check_name("--dataset-split", cfg.task.dataset_split, OMNIGLOT_SPLITS)
+    resolve_device(cfg.training.device)
+    norm, method = resolve_norm(cfg), cfg.method.name
+    if resolve_model(cfg) == "conv4" and method in GRADIENT_BASED and norm == "batch":
+        raise ValueError(f"--norm batch does not work with {method}: its inner loop adapts every task in one "
+                         "vmapped call, which cannot update running statistics; use --norm transductive "
+                         "(the MAML paper's) or layer")
+    if resolve_model(cfg) == "conv4" and method not in GRADIENT_BASED and norm == "transductive":
+        raise ValueError(f"--norm transductive does not work with {method}: it embeds many episodes in one call, "
+                         "so batch statistics would mix episodes and a test episode would depend on others; "
+                         "use --norm batch or layer")
+    if resolve_model(cfg) == "pixels" and method not in PIXEL_INPUT:
+        raise ValueError(f"model 'pixels' (no network: raw pixels) serves {sorted(PIXEL_INPUT)} only, not {method}")
+    if cfg.task.family in DATASETS:
+        if cfg.method.name in MINIBATCH_TRAINED:  # trained on mini-batches: a training episode is never drawn
+            class_dataset(cfg, "train")
+        else:
+            episodes(cfg, "train", cfg.task.n_way, cfg.task.k_shot)
+        for split in ("val", "test"):
+            for way, shot in eval_settings(cfg) if split == "test" else eval_settings(cfg)[:1]:
+                episodes(cfg, split, way, shot)

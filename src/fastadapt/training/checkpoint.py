@@ -15,6 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
 
 def rng_state(task_generator: torch.Generator) -> dict[str, Any]:
     state = {
@@ -37,6 +42,11 @@ def restore_rng_state(state: dict[str, Any], task_generator: torch.Generator) ->
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: What a checkpoint may hold besides tensors and plain containers: numpy's random state is a uint32 array.
+#: Loading is ``weights_only``, so a checkpoint cannot run code, whoever wrote it.
+_NUMPY_ARRAYS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` so that ``path`` is always either the old or the new complete file."""
     path = Path(path)
@@ -53,18 +63,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-#: What a checkpoint holds besides tensors and plain Python values: numpy's RNG state, an array of uint32.
-NUMPY_STATE_TYPES = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.random.get_state()[1].__reduce__()[0]]
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors, plain values and numpy arrays only,
-    so a file from elsewhere cannot run code when loaded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(NUMPY_STATE_TYPES):
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise ValueError(f"checkpoint {path} is unreadable or corrupt ({type(error).__name__}: {error})") from error

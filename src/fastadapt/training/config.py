@@ -120,7 +120,8 @@ class TrainingSettings:
     """The outer loop and the run's bookkeeping."""
 
     iterations: int = setting(10_000, "meta-training iterations (meta-batches)")
-    meta_batch_size: int = setting(25, "tasks per meta-batch")
+    meta_batch_size: int | None = setting(None, "tasks per meta-batch (default: 25 for regression, as in the "
+                                                "MAML paper; 4 episodes for image classification)")
     meta_lr: float = setting(1e-3, "learning rate beta of the outer optimizer")
     meta_optimizer: str = setting("adam", "outer optimizer: adam or sgd")
     lr_decay_every: int = setting(0, "multiply the outer learning rate by lr_decay every this many iterations "
@@ -130,13 +131,17 @@ class TrainingSettings:
     seed: int = setting(0, "seed of every random stream of the run")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     output_dir: str = setting("runs/latest", "the run directory")
-    log_every: int = setting(100, "log training metrics every this many iterations")
-    val_every: int = setting(1000, "validate (and keep the best checkpoint) every this many iterations")
+    log_every: int | None = setting(None, "log training metrics every this many iterations "
+                                          "(default: 1% of the iterations, at most 100)")
+    val_every: int | None = setting(None, "validate (and keep the best checkpoint) every this many iterations "
+                                          "(default: 5% of the iterations, at most 1000)")
     val_tasks: int = setting(200, "fixed validation tasks")
     checkpoint_every: int = setting(1000, "write last.pt every this many iterations")
+    threads: int | None = setting(None, "CPU threads (default: 1 for a small network such as the sinusoid MLP, "
+                                        "else the cores that are idle when the run starts)")
 
     def validate(self) -> None:
-        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every")
+        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every", "threads")
         if self.iterations < 0:
             raise ConfigError(f"config: iterations must be >= 0, got {self.iterations}")
         if self.lr_decay_every < 0:
@@ -164,6 +169,9 @@ class EvaluationSettings:
         if any(s < 0 for s in self.eval_steps):
             raise ConfigError(f"config: eval_steps must be >= 0, got {self.eval_steps}")
 
+
+#: Tasks per meta-batch by task family when the config leaves it unset; 4 episodes for image families.
+DEFAULT_META_BATCH = {"sinusoid": 25}
 
 SECTIONS: dict[str, type] = {
     "task": TaskSettings,
@@ -317,6 +325,16 @@ class Config:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Config is read-only: use cfg.replace(name=value) for a changed copy")
+
+    def resolved(self) -> "Config":
+        """This config with every setting left to its default ('None: ...' above) given its value for this run."""
+        training = self.training
+        iterations = training.iterations
+        return self.replace(
+            meta_batch_size=training.meta_batch_size or DEFAULT_META_BATCH.get(self.task.family, 4),
+            log_every=training.log_every or min(100, max(1, iterations // 100)),
+            val_every=training.val_every or min(1000, max(1, iterations // 20)),
+        )
 
     # --- views and copies ---
     def to_dict(self) -> dict[str, dict[str, Any]]:
