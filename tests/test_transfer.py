@@ -179,3 +179,14 @@ def test_a_baseline_run_resumes_exactly_and_loads_without_its_data(glyphs, tmp_p
     finally:
         moved.rename(glyphs)
     assert torch.equal(loaded.weight, load_checkpoint(tmp_path / "a" / "run" / "best.pt")["learner"]["weight"])
+
+
+def test_the_builder_gives_finetune_all_an_nchw_encoder_and_refuses_it_for_logreg(glyphs, tmp_path):
+    cfg = _folder_cfg(glyphs, tmp_path, finetune="all")
+    tasks = build_tasks(cfg)
+    learner = build_learner(cfg, tasks)
+    assert learner.finetune == "all" and learner.encoder.channels_last is False
+    assert build_learner(cfg.replace(finetune="head"), tasks).encoder.channels_last is True
+    assert build_learner(cfg.replace(algorithm="baseline++", cosine_scale=4.0), tasks).scale == 4.0
+    with pytest.raises(ValueError, match="finetune 'all' is for baseline and baseline"):
+        build_learner(cfg.replace(algorithm="logreg"), tasks)
