@@ -119,18 +119,18 @@ def test_a_tasks_trajectories_do_not_depend_on_the_rest_of_the_batch():
 
 
 def test_counter_noise_is_uniform_and_the_same_on_ints_numpy_and_torch():
-    u = noise.uniform(torch.arange(200_000), 7).numpy()
-    assert abs(u.mean() - 0.5) < 0.003 and abs(u.var() - 1 / 12) < 0.001
+    u = noise.uniform(torch.arange(40_000), 7).numpy()
+    assert abs(u.mean() - 0.5) < 0.006 and abs(u.var() - 1 / 12) < 0.002
     counts = np.histogram(u, bins=20, range=(0, 1))[0]
-    chi2 = ((counts - 10_000) ** 2 / 10_000).sum()
+    chi2 = ((counts - 2_000) ** 2 / 2_000).sum()
     assert chi2 < 43.8  # 99.9% quantile of chi-square with 19 degrees of freedom
-    neighbours = np.corrcoef(noise.uniform(torch.arange(100_000), 0).numpy(),
-                             noise.uniform(torch.arange(100_000), 1).numpy())[0, 1]
-    assert abs(neighbours) < 0.015
+    neighbours = np.corrcoef(noise.uniform(torch.arange(40_000), 0).numpy(),
+                             noise.uniform(torch.arange(40_000), 1).numpy())[0, 1]
+    assert abs(neighbours) < 0.02
     assert noise.mix(123, 4, 5) == int(noise.mix(np.int64(123), np.int64(4), np.int64(5))) == \
         int(noise.mix(torch.tensor(123), 4, 5))
-    z = noise.normal(torch.arange(100_000), 3).numpy()
-    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    z = noise.normal(torch.arange(40_000), 3).numpy()
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
 
 
 def test_task_families_sample_reproducibly_and_fixed_splits_differ():

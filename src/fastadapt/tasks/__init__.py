@@ -4,3 +4,7 @@ from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.episodes import EpisodeTasks
 
 __all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks"]
+
+from fastadapt.tasks.mdp import BanditTasks, MDPBatch, Navigation2DTasks, TabularMDPTasks  # noqa: E402
+
+__all__ += ["MDPBatch", "Navigation2DTasks", "BanditTasks", "TabularMDPTasks"]
