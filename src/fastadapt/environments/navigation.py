@@ -53,7 +53,7 @@ class BatchedNavigation2D(BatchedEnv):
 
     def _observe(self) -> torch.Tensor:
         if not self.observe_goal:
-            return self.positions.clone()
+            return self.positions  # never modified in place: each step makes a new tensor
         return torch.cat([self.positions, self.goals[:, None].expand_as(self.positions)], dim=-1)
 
     def _start_episode(self, trajectories: int) -> torch.Tensor:
@@ -65,8 +65,7 @@ class BatchedNavigation2D(BatchedEnv):
         if actions.shape != self.positions.shape:
             raise ValueError(f"actions must have shape {tuple(self.positions.shape)}, got {tuple(actions.shape)}")
         self.positions = self.positions + actions.to(self.positions.dtype).clamp(-MAX_SPEED, MAX_SPEED)
-        offset = self.positions - self.goals[:, None]
-        distance = (offset[..., 0] * offset[..., 0] + offset[..., 1] * offset[..., 1]).sqrt()
+        distance = (self.positions - self.goals[:, None]).square().sum(-1).sqrt()
         return self._observe(), -distance, distance < GOAL_RADIUS
 
 
