@@ -37,9 +37,9 @@ def main() -> None:
                 k_shot=k, iterations=args.iterations, eval_steps=[0, 1, 10],
                 output_dir=str(Path(args.output_dir) / f"{algorithm}-k{k}"))
             start = time.perf_counter()
-            train(cfg, resume=True, progress=False)
+            train(cfg, resume=(Path(cfg.training.output_dir) / "last.pt").exists(), progress=False)
             seconds = time.perf_counter() - start
-            cfg, learner = load_run(cfg.output_dir, "best")
+            cfg, learner = load_run(cfg.training.output_dir, "best")
             results = evaluate_learner(cfg, learner)
             columns[f"{algorithm} K={k}"] = results
             records.append({"algorithm": algorithm, "k_shot": k, "iterations": args.iterations,

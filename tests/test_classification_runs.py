@@ -95,7 +95,7 @@ def test_a_folder_with_split_subfolders_uses_them(glyph_folder, tmp_path, capsys
     (["--algorithm", "protonet", "--tasks", "folder", "--data-root", "/nonexistent"], "does not exist"),
     (["--algorithm", "maml", "--tasks", "sinusoid", "--model", "conv4"], "needs image tasks"),
     (["--algorithm", "maml", "--tasks", "folder", "--model", "pixels"], "'pixels'"),
-    (["--algorithm", "protonet", "--tasks", "folder", "--n-way", "20"], "the dataset has only 9 classes"),
+    (["--algorithm", "protonet", "--tasks", "folder", "--n-way", "20"], "need 20 classes, but the train classes of"),
     (["--algorithm", "protonet", "--tasks", "folder", "--k-shot", "9", "--num-query", "2"], "need 11 images"),
     (["--algorithm", "maml", "--tasks", "folder", "--eval-ways", "2"], "leave nothing to evaluate"),
     (["--algorithm", "protonet", "--tasks", "folder", "--channels", "2"], "channels must be 1"),
@@ -141,7 +141,7 @@ def test_every_omniglot_preset_builds_and_states_its_protocol():
             "omniglot-metanet", "omniglot-knn-pixels"} <= set(names)
     for name in names:
         cfg = load_preset(name)
-        assert cfg.tasks == "omniglot" and cfg.test_tasks >= 600 and cfg.eval_query == 15, name
+        assert cfg.task.family == "omniglot" and cfg.evaluation.test_tasks >= 600 and cfg.evaluation.eval_query == 15, name
         assert eval_settings(cfg)[0][0] in (5, 20), name
 
 

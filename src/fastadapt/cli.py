@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import shlex
 import sys
 import typing
 from pathlib import Path
 
-from fastadapt.training.config import Config, load_preset, preset_names
+from fastadapt.training.config import SECTIONS, Config, base_type, load_preset, preset_names, settings
 
 COMMANDS_HELP = """examples:
   fastadapt demo                                   # MAML on sinusoid, table + figure, ~3 min on CPU
@@ -22,41 +22,42 @@ COMMANDS_HELP = """examples:
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per Config field, so every hyperparameter is settable from the command line."""
-    hints = typing.get_type_hints(Config)
-    group = parser.add_argument_group("run settings (override the preset)")
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        hint = hints[field.name]
-        optional = type(None) in typing.get_args(hint)  # "X | None" -> X
-        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-        if hint is bool:
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+    """One --flag per setting, grouped by the config's sections, so every setting is settable here."""
+    groups = {name: parser.add_argument_group(f"{name} settings ({SECTIONS[name].__doc__.rstrip('.')})")
+              for name in SECTIONS}
+    for s in settings():
+        flag, group = "--" + s.flat.replace("_", "-"), groups[s.section]
+        help_text = f"{s.help} (default: {s.default})".replace("%", "%%")
+        base = base_type(s.hint)
+        if base is bool:
+            group.add_argument(flag, dest=s.flat, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(base) is list:
-            group.add_argument(flag, dest=field.name, type=typing.get_args(base)[0], nargs="*", default=None)
+            group.add_argument(flag, dest=s.flat, type=typing.get_args(base)[0], nargs="*", default=None,
+                               help=help_text)
         else:
-            group.add_argument(flag, dest=field.name, type=base, default=None, metavar=field.name.upper())
+            group.add_argument(flag, dest=s.flat, type=base, default=None, metavar=s.flat.upper(), help=help_text)
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
     cfg = load_preset(args.preset) if args.preset else Config()
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    overrides = {s.flat: getattr(args, s.flat) for s in settings() if getattr(args, s.flat) is not None}
     return cfg.replace(**overrides)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from fastadapt.training.demo import run_demo
 
-    summary = run_demo(args.output_dir, iterations=args.iterations, seed=args.seed, progress=not args.no_progress)
+    summary = run_demo(args.output_dir, iterations=args.iterations, seed=args.seed, progress=not args.no_progress,
+                       overwrite=args.overwrite)
     print(summary["table"])
-    print(f"figures: {', '.join(summary['figures'])}")
+    print(f"figure: {summary['figure']}")
     print(f"total time: {summary['seconds']} s")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
-    from fastadapt.training.evaluation import format_table
     from fastadapt.training.distributed import is_main_process
+    from fastadapt.training.evaluation import format_table
     from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
 
     cfg = _config_from_args(args)
@@ -65,29 +66,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     if result.iterations:
         figure = plot_learning_curves(load_metrics(result.run_dir), result.run_dir / "learning_curves.png",
-                                      title=f"{cfg.algorithm} on {cfg.tasks}")
+                                      title=f"{cfg.method.name} on {cfg.task.family}")
         print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
     else:
         print(f"nothing trained (0 iterations); run saved in {result.run_dir}")
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
-        print(format_table({cfg.algorithm: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
+        print(format_table({cfg.method.name: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
 
 
 def _eval_title(cfg: Config) -> str:
-    if cfg.tasks == "sinusoid":
-        return f"{cfg.tasks}, K={cfg.k_shot}: MSE on {cfg.test_tasks} fixed test tasks (mean ± 95% CI)"
+    if cfg.task.family == "sinusoid":
+        return (f"{cfg.task.family}, K={cfg.task.k_shot}: MSE on {cfg.evaluation.test_tasks} fixed test tasks "
+                "(mean ± 95% CI)")
     from fastadapt.training.builders import resolve_norm
 
-    data = f"omniglot, {cfg.dataset_split} split" if cfg.tasks == "omniglot" else f"folder {cfg.data_root}"
-    if cfg.encoder_from:
-        network = f"encoder from {cfg.encoder_from}"
-    elif cfg.model == "pixels":
+    task = cfg.task
+    data = f"omniglot, {task.dataset_split} split" if task.family == "omniglot" else f"folder {task.data_root}"
+    if cfg.method.encoder_from:
+        network = f"encoder from {cfg.method.encoder_from}"
+    elif cfg.model.name == "pixels":
         network = "raw pixels"
     else:
         network = f"norm: {resolve_norm(cfg)}"
-    return (f"{data}: accuracy on {cfg.test_tasks} fixed test episodes, {cfg.eval_query} queries per class "
-            f"(mean ± 95% CI); trained {cfg.n_way}-way {cfg.k_shot}-shot, {network}")
+    return (f"{data}: accuracy on {cfg.evaluation.test_tasks} fixed test episodes, "
+            f"{cfg.evaluation.eval_query} queries per class "
+            f"(mean ± 95% CI); trained {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {network}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -95,15 +99,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.training.runs import evaluate_learner, load_run
 
     cfg, learner = load_run(args.run_dir, args.checkpoint)
-    if args.tasks:
-        cfg = cfg.replace(test_tasks=args.tasks)
+    if args.test_tasks:
+        cfg = cfg.replace(test_tasks=args.test_tasks)
     results = evaluate_learner(cfg, learner, steps=args.steps)
     payload = {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "config": cfg.to_dict(),
                "results": {row: e.to_dict() for row, e in results.items()}}
     if args.json == "-":
         print(json.dumps(payload, indent=2))
         return
-    print(format_table({cfg.algorithm: results}, _eval_title(cfg)))
+    print(format_table({cfg.method.name: results}, _eval_title(cfg)))
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -120,10 +124,33 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
+    timings = preset_timings()
+    print(f"{'preset':28s} {'method':10s} {'tasks':10s} {'episodes':14s} {'iterations':>10s}  training time "
+          f"on {timings.get('machine', 'a 2-core CPU')}")
     for name in preset_names():
-        cfg = load_preset(name)
-        shots = f"K={cfg.k_shot}" if cfg.tasks == "sinusoid" else f"{cfg.n_way}-way {cfg.k_shot}-shot"
-        print(f"{name:28s} {cfg.algorithm:10s} {cfg.tasks:10s} {shots:14s} {cfg.iterations} iterations")
+        cfg = load_preset(name).resolved()
+        task = cfg.task
+        shots = f"K={task.k_shot}" if task.family == "sinusoid" else f"{task.n_way}-way {task.k_shot}-shot"
+        per_iteration = timings.get("seconds_per_iteration", {}).get(name)
+        estimate = "not measured" if per_iteration is None else _duration(per_iteration * cfg.training.iterations)
+        print(f"{name:28s} {cfg.method.name:10s} {task.family:10s} {shots:14s} {cfg.training.iterations:>10,}  "
+              f"{estimate}")
+
+
+def preset_timings() -> dict:
+    """Seconds per training iteration of each preset, measured once by ``benchmarks/preset_timings.py``."""
+    from importlib import resources
+
+    path = resources.files("fastadapt.configs").joinpath("timings.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"~{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -132,60 +159,97 @@ def cmd_bench(args: argparse.Namespace) -> None:
     speed.main(args.args, prog=f"fastadapt bench {args.benchmark}")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors in one line (``fastadapt train: error: ...``) instead of the whole usage first."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastadapt", description="Meta-learning for PyTorch.",
-                                     epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="fastadapt", description="Meta-learning for PyTorch.",
+                            epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="MAML vs pretrained on sinusoid regression (no download)")
-    demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--iterations", type=int, default=20_000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--output-dir", default="runs/demo", help="where the two runs and the figure go "
+                                                                "(default: runs/demo)")
+    demo.add_argument("--iterations", type=int, default=20_000, help="MAML's meta-iterations; the pretrained "
+                                                                      "baseline trains a quarter (default: 20000)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the runs (default: 0)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="retrain even if --output-dir holds a demo with other settings (default: off: "
+                           "a finished demo with the same settings is reused, one with other settings refused)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars (default: off)")
     demo.set_defaults(func=cmd_demo)
 
     train = commands.add_parser("train", help="meta-train from a preset and/or flags")
-    train.add_argument("preset", nargs="?", help=f"a shipped preset ({', '.join(preset_names())}) or a YAML path")
-    train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
-    train.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("preset", nargs="?", help=f"a shipped preset ({', '.join(preset_names())}) or a YAML path "
+                                                 "(default: none, the settings' defaults)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last.pt "
+                                                             "(default: off)")
+    train.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training "
+                                                              "(default: off)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
     train.add_argument("--nproc", type=int, metavar="N",
                        help="split each meta-batch over N local processes (torch.distributed; gloo on CPU, "
-                            "NCCL with one GPU each); or launch with `torchrun --nproc-per-node N -m fastadapt train`")
+                            "NCCL with one GPU each); or launch with `torchrun --nproc-per-node N -m fastadapt "
+                            "train` (default: 1)")
     _config_flags(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks")
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    evaluate.add_argument("--tasks", type=int, help="number of test tasks (default: the run's test_tasks)")
-    evaluate.add_argument("--steps", type=int, nargs="*", help="adaptation steps to report")
-    evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
+    evaluate.add_argument("run_dir", help="a run directory (holding config.yaml and best.pt)")
+    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                          help="best: the best validation score; last: the last saved (default: best)")
+    evaluate.add_argument("--test-tasks", type=int, metavar="N",
+                          help="number of fixed test tasks (default: the run's test_tasks)")
+    evaluate.add_argument("--steps", type=int, nargs="*", metavar="K",
+                          help="adaptation steps to report (default: the run's eval_steps)")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON; '-' prints only the "
+                                                         "JSON (default: none)")
     evaluate.set_defaults(func=cmd_eval)
 
     plot = commands.add_parser("plot", help="plot a run's learning curves as PNG")
-    plot.add_argument("run_dir")
-    plot.add_argument("--output")
+    plot.add_argument("run_dir", help="a run directory (holding metrics.jsonl)")
+    plot.add_argument("--output", metavar="PNG", help="where to write (default: RUN_DIR/learning_curves.png)")
     plot.set_defaults(func=cmd_plot)
 
-    presets = commands.add_parser("presets", help="list the shipped presets")
+    presets = commands.add_parser("presets", help="list the shipped presets, with their training time")
     presets.set_defaults(func=cmd_presets)
 
     bench = commands.add_parser("bench", help="benchmarks: `fastadapt bench speed --help`")
-    bench.add_argument("benchmark", choices=["speed"], help="speed: steps per second against a per-task loop")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.add_argument("benchmark", choices=["speed"], help="speed: steps per second against a per-task loop "
+                                                            "(no default: name one)")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (default: none)")
     bench.set_defaults(func=cmd_bench)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fastadapt.training.allocator import reuse_freed_memory
+#: What a user's mistake or the environment raises; anything else is a bug and shows its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               FloatingPointError)
 
+
+def main(argv: list[str] | None = None) -> int:
+    from fastadapt.datasets.download import DownloadError
+    from fastadapt.training.allocator import reuse_freed_memory
+    from fastadapt.training.distributed import WorkerError
+    from fastadapt.training.trainer import TrainingInterrupted
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     reuse_freed_memory()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
-        print(f"fastadapt {args.command}: error: {error}", file=sys.stderr)
+    except TrainingInterrupted as stopped:
+        where = (f"last.pt holds iteration {stopped.saved_iteration}" if stopped.saved_iteration is not None
+                 else "nothing new was saved")
+        again = shlex.join(["fastadapt", *argv, *([] if "--resume" in argv else ["--resume"])])
+        print(f"fastadapt: stopped at iteration {stopped.iteration}; {where} in {stopped.run_dir}. "
+              f"Continue with: {again}", file=sys.stderr)
+        return 130
+    except (*USER_ERRORS, DownloadError, WorkerError) as error:
+        print(f"fastadapt: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+#: Panel titles of the logged metrics; the trainer logs training metrics under their plain names.
+TITLES = {"loss": "training loss (meta-batch mean)", "accuracy": "training accuracy (query sets)",
+          "val_accuracy": "validation accuracy (fixed episodes)", "val_mse": "validation MSE (fixed tasks)"}
+
+
+def _iterations(value: float, _position: int) -> str:
+    """Tick labels that stay short: 500, 2.5k, 10k, 1.2M."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
 
 
 def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Path:
@@ -18,9 +32,11 @@ def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Pa
         points = [(r["iteration"], r[key]) for r in records if key in r]
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="." if len(xs) < 50 else None)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=4)
         ax.set_xlabel("meta-iteration")
-        ax.set_title(key.replace("_", " "))
+        ax.set_title(TITLES.get(key, key.replace("_", " ")))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(_iterations))
         ax.grid(alpha=0.3)
         if key in ("loss", "val_mse") and points and min(ys) > 0:
             ax.set_yscale("log")
@@ -32,24 +48,34 @@ def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Pa
 
 
 def plot_sinusoid_adaptation(panels: list[dict], path: Path) -> Path:
-    """One panel per test task: ground truth, support points and the model after 0, 1 and 10 steps.
+    """The MAML paper's Figure 2: one row per test task, one column per learner, all on one y-scale.
 
-    Each dict holds ``x`` (the plotting grid), ``truth``, ``support_x``, ``support_y``,
-    ``title`` and ``curves``: {label: predictions on x}.
+    Each panel dict holds ``x`` (the plotting grid), ``truth``, ``support_x``, ``support_y``, ``title`` and
+    ``curves``: {learner: {"0 steps" | "1 step" | ...: predictions on x}}.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-    styles = ["--", "-", "-", "-"]
-    for ax, panel in zip(axes[0], panels):
-        ax.plot(panel["x"], panel["truth"], color="tab:red", lw=2, label="ground truth")
-        for style, (label, ys) in zip(styles, panel["curves"].items()):
-            ax.plot(panel["x"], ys, style, lw=1.5, label=label)
-        ax.scatter(panel["support_x"], panel["support_y"], color="black", marker="^", zorder=5,
-                   label="support points")
-        ax.set_title(panel["title"])
-        ax.set_xlim(panel["x"][0], panel["x"][-1])
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    learners = list(panels[0]["curves"])
+    fig, axes = plt.subplots(len(panels), len(learners), figsize=(5.2 * len(learners), 3.0 * len(panels)),
+                             squeeze=False, sharex=True, sharey=True)
+    styles = {"0 steps": dict(ls="--", color="tab:green"), "1 step": dict(color="tab:orange"),
+              "10 steps": dict(color="tab:blue")}
+    for row, panel in zip(axes, panels):
+        for ax, learner in zip(row, learners):
+            ax.plot(panel["x"], panel["truth"], color="tab:red", lw=2, label="ground truth")
+            for label, ys in panel["curves"][learner].items():
+                name = "pre-update" if label == "0 steps" else f"after {label.replace('step', 'gradient step')}"
+                ax.plot(panel["x"], ys, lw=1.5, label=name, **styles.get(label, {}))
+            ax.scatter(panel["support_x"], panel["support_y"], color="black", marker="^", zorder=5,
+                       label="the 10 points adapted on")
+            ax.set_title(f"{learner}: {panel['title']}", fontsize=10)
+            ax.set_xlim(panel["x"][0], panel["x"][-1])
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("x")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("y")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -50,6 +50,9 @@ class MetaLearner(nn.Module):
 
     #: whether ``adapt`` takes a number of gradient steps (so evaluation can sweep it)
     uses_adaptation_steps = False
+    #: whether ``adapt`` reads the support set as a sequence and was trained on random orders of it, so that
+    #: evaluation episodes must present their support in a (fixed) random order too, not class by class
+    reads_support_in_order = False
 
     def __init__(self, loss: str) -> None:
         super().__init__()

@@ -105,6 +105,8 @@ def content_read(memory: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor
 class MANN(MetaLearner):
     """Defaults are the paper's Omniglot settings: 200 LSTM units, 128 x 40 memory, 4 read heads, gamma 0.95."""
 
+    reads_support_in_order = True  # meta_loss shuffles the support sequence; evaluation must not sort it by class
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -17,6 +17,8 @@ from fastadapt.tasks.base import SPLIT_SEED_OFFSETS, TaskBatch
 
 # Tasks whose random keys are drawn at once by fixed_tasks; bounds its scratch memory, not the result.
 _KEY_BLOCK = 512
+#: Added to the fixed tasks' seed for the stream that orders their support sets.
+_SUPPORT_ORDER_OFFSET = 7919
 
 
 class EpisodeTasks:
@@ -75,25 +77,36 @@ class EpisodeTasks:
         slots = image_keys.topk(self.k_shot + self.num_query, dim=2, largest=False).indices
         return self._table[classes.unsqueeze(-1), slots]
 
-    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> TaskBatch:
-        """A reproducible set of tasks: the same arguments give the same tasks (and more tasks extend fewer)."""
-        return self._materialize(self._fixed_indices(num_tasks, split, seed))
+    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0,
+                    shuffle_support: bool = False) -> TaskBatch:
+        """A reproducible set of tasks: the same arguments give the same tasks (and more tasks extend fewer).
+
+        With ``shuffle_support`` each task's support set comes in a random order of its own (fixed by
+        ``seed`` and ``split``, from a stream of its own so the tasks' images stay the same) instead of
+        class by class: for learners that read the support set as a sequence (MANN).
+        """
+        indices, order = self._fixed_indices(num_tasks, split, seed, shuffle_support)
+        return self._materialize(indices, order)
 
     def iter_fixed_tasks(
-        self, num_tasks: int, chunk_size: int, split: str = "test", seed: int = 0
+        self, num_tasks: int, chunk_size: int, split: str = "test", seed: int = 0, shuffle_support: bool = False
     ) -> Iterator[TaskBatch]:
-        """``fixed_tasks(num_tasks, split, seed)`` in chunks of ``chunk_size`` tasks, materialised one at a time.
+        """``fixed_tasks(num_tasks, split, seed, shuffle_support)`` in chunks of ``chunk_size`` tasks,
+        materialised one at a time.
 
         600 20-way 5-shot tasks with 15 queries of 28x28 images are 750 MB as
         float; their indices are 2 MB, so only those are held for all tasks.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-        indices = self._fixed_indices(num_tasks, split, seed)
+        indices, order = self._fixed_indices(num_tasks, split, seed, shuffle_support)
         for start in range(0, num_tasks, chunk_size):
-            yield self._materialize(indices[start : start + chunk_size])
+            chunk = slice(start, start + chunk_size)
+            yield self._materialize(indices[chunk], None if order is None else order[chunk])
 
-    def _fixed_indices(self, num_tasks: int, split: str, seed: int) -> torch.Tensor:
+    def _fixed_indices(self, num_tasks: int, split: str, seed: int,
+                       shuffle_support: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fixed tasks' dataset indices and, with ``shuffle_support``, each task's support order."""
         if split not in SPLIT_SEED_OFFSETS:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_SEED_OFFSETS)}")
         if num_tasks < 1:
@@ -103,16 +116,23 @@ class EpisodeTasks:
             self.sample_indices(min(_KEY_BLOCK, num_tasks - start), generator)
             for start in range(0, num_tasks, _KEY_BLOCK)
         ]
-        return torch.cat(blocks)
+        order = None
+        if shuffle_support:
+            orders = torch.Generator().manual_seed(seed + SPLIT_SEED_OFFSETS[split] + _SUPPORT_ORDER_OFFSET)
+            order = torch.rand(num_tasks, self.n_way * self.k_shot, generator=orders).argsort(1)
+        return torch.cat(blocks), order
 
-    def _materialize(self, indices: torch.Tensor) -> TaskBatch:
+    def _materialize(self, indices: torch.Tensor, support_order: torch.Tensor | None = None) -> TaskBatch:
         num_tasks, k = indices.shape[0], self.k_shot
         support, query = indices[:, :, :k].reshape(num_tasks, -1), indices[:, :, k:].reshape(num_tasks, -1)
         labels = torch.arange(self.n_way)
+        support_y = labels.repeat_interleave(k).repeat(num_tasks, 1)
+        if support_order is not None:
+            support, support_y = support.gather(1, support_order), support_y.gather(1, support_order)
         images = self.dataset.images
         return TaskBatch(
             images[support].float().div_(255),
-            labels.repeat_interleave(k).repeat(num_tasks, 1),
+            support_y,
             images[query].float().div_(255),
             labels.repeat_interleave(self.num_query).repeat(num_tasks, 1),
         )

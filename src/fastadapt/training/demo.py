@@ -8,8 +8,11 @@ trained on all tasks jointly cannot.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,8 +20,10 @@ from fastadapt.algorithms.base import MetaLearner
 from fastadapt.plots import plot_learning_curves, plot_sinusoid_adaptation
 from fastadapt.tasks import SinusoidTasks
 from fastadapt.training.config import Config
-from fastadapt.training.evaluation import format_table
-from fastadapt.training.runs import evaluate_learner, load_metrics, train
+from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.evaluation import format_table, step_label
+from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
+from fastadapt.training.trainer import LAST
 
 FIGURE_STEPS = (0, 1, 10)
 
@@ -36,6 +41,8 @@ def demo_configs(output_dir: Path, iterations: int, seed: int) -> dict[str, Conf
 
 @torch.no_grad()
 def adaptation_panels(learners: dict[str, MetaLearner], num_panels: int = 3, seed: int = 7) -> list[dict]:
+    """The MAML paper's Figure 2 data for a few test sinusoids: truth, support points, and each learner's
+    predictions after 0, 1 and 10 steps on the same support points."""
     tasks = SinusoidTasks(k_shot=10)
     generator = torch.Generator().manual_seed(seed)
     amp, phase = tasks.sample_functions(num_panels, generator)
@@ -43,37 +50,66 @@ def adaptation_panels(learners: dict[str, MetaLearner], num_panels: int = 3, see
     support_y = tasks.evaluate(amp, phase, support_x)
     grid = torch.linspace(-5, 5, 200).view(1, -1, 1).expand(num_panels, -1, -1)
     truth = tasks.evaluate(amp, phase, grid)
-    curves: list[dict] = [{} for _ in range(num_panels)]
+    panels = [{"x": grid[i, :, 0].numpy(), "truth": truth[i, :, 0].numpy(), "support_x": support_x[i, :, 0].numpy(),
+               "support_y": support_y[i, :, 0].numpy(), "curves": {},
+               "title": f"A = {amp[i].item():.2f}, phase = {phase[i].item():.2f}"} for i in range(num_panels)]
     for name, learner in learners.items():
         learner.eval()
         for steps in FIGURE_STEPS:
-            label = f"{name}, {'pre-update' if steps == 0 else f'{steps} step' + ('s' if steps > 1 else '')}"
             predictions = learner.predict(learner.adapt(support_x, support_y, steps=steps), grid)
-            for i in range(num_panels):
-                curves[i][label] = predictions[i, :, 0].numpy()
-    return [{"x": grid[i, :, 0].numpy(), "truth": truth[i, :, 0].numpy(), "support_x": support_x[i, :, 0].numpy(),
-             "support_y": support_y[i, :, 0].numpy(), "curves": curves[i],
-             "title": f"A={amp[i].item():.2f}, phase={phase[i].item():.2f}"} for i in range(num_panels)]
+            for i, panel in enumerate(panels):
+                panel["curves"].setdefault(name, {})[step_label(steps)] = predictions[i, :, 0].numpy()
+    return panels
+
+
+def _finished_or_fresh(cfg: Config, overwrite: bool, say: Callable[[str], None]) -> str:
+    """What to do with ``cfg``'s run directory: 'train' it afresh, 'resume' an interrupted run with the same
+    settings, or 'reuse' a finished one. A run with other settings is refused unless ``overwrite``, so that
+    a config.yaml never describes weights it did not produce."""
+    run_dir = Path(cfg.training.output_dir)
+    if not (run_dir / "config.yaml").exists():
+        return "train"
+    saved = Config.load(run_dir / "config.yaml")
+    if saved != cfg.resolved() and not overwrite:
+        changed = sorted(k for k, v in cfg.resolved().flat().items() if saved.flat()[k] != v)
+        raise FileExistsError(f"{run_dir} holds a demo run with other settings ({', '.join(changed)}); pass "
+                              "--overwrite to retrain it there, or --output-dir to train elsewhere")
+    if saved != cfg.resolved() or not (run_dir / LAST).exists():  # other settings, or killed before a checkpoint
+        shutil.rmtree(run_dir)
+        return "train"
+    done = load_checkpoint(run_dir / LAST)["iteration"]
+    if done == cfg.training.iterations:
+        say(f"reusing the finished run in {run_dir} ({done} iterations; --overwrite to retrain)")
+        return "reuse"
+    return "resume"
 
 
 def run_demo(output_dir: str | Path = "runs/demo", iterations: int = 20_000, seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, overwrite: bool = False) -> dict:
+    """Train (or reuse) both runs, evaluate them on the same 1,000 test tasks, draw the paper's figure."""
     output_dir = Path(output_dir)
     start = time.perf_counter()
     results, learners = {}, {}
+
+    def say(message: str) -> None:
+        print(f"fastadapt: {message}", file=sys.stderr)
+
     for name, cfg in demo_configs(output_dir, iterations, seed).items():
-        _, learner = train(cfg, resume=True, progress=progress)
+        action = _finished_or_fresh(cfg, overwrite, say)
+        if action == "reuse":
+            _, learner = load_run(cfg.training.output_dir, "best")
+        else:
+            _, learner = train(cfg, resume=action == "resume", progress=progress)
         learners[name] = learner
         results[name] = evaluate_learner(cfg, learner)
-        plot_learning_curves(load_metrics(cfg.output_dir), Path(cfg.output_dir) / "learning_curves.png",
+        plot_learning_curves(load_metrics(cfg.training.output_dir),
+                             Path(cfg.training.output_dir) / "learning_curves.png",
                              title=f"{name} on sinusoid regression")
-    figure = plot_sinusoid_adaptation(adaptation_panels({"MAML": learners["MAML"]}), output_dir / "sinusoid.png")
-    baseline_figure = plot_sinusoid_adaptation(adaptation_panels({"pretrained": learners["pretrained"]}),
-                                               output_dir / "sinusoid_pretrained.png")
+    figure = plot_sinusoid_adaptation(adaptation_panels(learners), output_dir / "sinusoid.png")
     summary = {
         "table": format_table(results, "Sinusoid regression, K=10, MSE on 1,000 test tasks (mean ± 95% CI)"),
         "results": {name: {row: e.to_dict() for row, e in rows.items()} for name, rows in results.items()},
-        "figures": [str(figure), str(baseline_figure)],
+        "figure": str(figure),
         "seconds": round(time.perf_counter() - start, 1),
     }
     (output_dir / "results.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))

@@ -20,9 +20,12 @@ Two ways to start it (gloo on CPU, NCCL on CUDA with one GPU per local rank):
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -32,9 +35,9 @@ import torch.multiprocessing as mp
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training.builders import resolve_device
-from fastadapt.training.checkpoint import restore_rng_state
+from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state
 from fastadapt.training.config import Config
-from fastadapt.training.trainer import Trainer, TrainResult
+from fastadapt.training.trainer import StopRequest, Trainer, TrainingInterrupted, TrainResult
 
 
 class WorkerError(RuntimeError):
@@ -110,26 +113,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(local_rank: int, fn: Callable, nproc: int, port: int, threads: int, args: tuple, kwargs: dict) -> None:
+def _worker(local_rank: int, fn: Callable, nproc: int, port: int, args: tuple, kwargs: dict) -> None:
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(threads)
-    fn(*args, **kwargs)
-
-
-def spawn(fn: Callable, nproc: int, *args: Any, **kwargs: Any) -> None:
-    """Run ``fn(*args, **kwargs)`` in ``nproc`` fresh local processes that form one process group.
-
-    ``fn`` must be importable (a module-level function) and start its process
-    group with ``process_group``. The CPU threads are shared out between the
-    processes, so N processes do not oversubscribe the cores one process uses.
-    """
-    threads = max(1, torch.get_num_threads() // nproc)
     try:
-        mp.start_processes(_worker, args=(fn, nproc, _free_port(), threads, args, kwargs), nprocs=nproc,
-                           start_method="spawn")
+        fn(*args, **kwargs)
+    except TrainingInterrupted:  # last.pt is saved; exit cleanly so the other workers are not killed
+        pass
+
+
+def spawn(fn: Callable, nproc: int, cfg: Config, **kwargs: Any) -> None:
+    """Run ``fn(cfg, **kwargs)`` in ``nproc`` fresh local processes that form one process group.
+
+    ``fn`` must be importable (a module-level function) and start its process group with
+    ``process_group``; ``cfg.training.threads`` should share out the cores. A SIGINT or SIGTERM to this
+    process is passed on to the workers, which stop together and save ``last.pt``; then this raises
+    ``TrainingInterrupted``. If a worker fails, ``WorkerError``.
+    """
+    context = mp.start_processes(_worker, args=(fn, nproc, _free_port(), (cfg,), kwargs), nprocs=nproc,
+                                 start_method="spawn", join=False)
+    signalled: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        signalled.append(signum)
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, forward) for signum in StopRequest.SIGNALS}
+    try:
+        while not context.join():
+            pass
     except mp.ProcessException as error:
         raise WorkerError(f"a training process failed:\n{error}") from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    last = Path(cfg.training.output_dir) / "last.pt"
+    saved = load_checkpoint(last)["iteration"] if last.exists() else None
+    if signalled and (saved is None or saved < cfg.training.iterations):
+        raise TrainingInterrupted(last.parent, saved, saved)
 
 
 def _flat_collective(tensors: Iterable[torch.Tensor], collective: Callable[[torch.Tensor], Any]) -> None:
@@ -171,7 +196,7 @@ class DistributedTrainer(Trainer):
         gradient_hook: Callable[[MetaLearner], None] | None = None,
     ) -> None:
         self.group = group
-        self.share = check_split(cfg.meta_batch_size, group.world_size)
+        self.share = check_split(cfg.training.meta_batch_size, group.world_size)
 
         def hook(learner: MetaLearner) -> None:  # average first, so a user's hook (clipping...) sees the mean
             average_gradients(learner, group.world_size)
@@ -186,7 +211,7 @@ class DistributedTrainer(Trainer):
     def _seed_rank_rng(self) -> None:
         """Give ranks > 0 their own torch stream (dropout masks...); rank 0 keeps the one-process stream."""
         if self.group.rank > 0:
-            torch.manual_seed(hash((self.cfg.seed, self.group.rank, self.iteration)) % 2**63)
+            torch.manual_seed(hash((self.cfg.training.seed, self.group.rank, self.iteration)) % 2**63)
 
     def sample(self) -> TaskBatch:
         """This rank's slice of the full meta-batch, which every rank draws from the same stream."""
@@ -208,6 +233,16 @@ class DistributedTrainer(Trainer):
         shared = torch.tensor([score], dtype=torch.float64, device=self.device)
         dist.broadcast(shared, src=0)
         return shared.item()
+
+    def should_stop(self, stop: StopRequest) -> bool:
+        """Stop when any process was signalled, all at the same iteration (one scalar all-reduce a step)."""
+        flag = torch.tensor([0.0 if stop.requested is None else 1.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def say(self, message: str) -> None:
+        if self.group.rank == 0:
+            super().say(message)
 
     def state(self) -> dict:
         state = super().state()

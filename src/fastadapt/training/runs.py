@@ -10,76 +10,106 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable
 
+import torch
+
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.tasks import EpisodeTasks
-from fastadapt.training.builders import build_learner, build_tasks, eval_settings, resolve_device
+from fastadapt.training.builders import (build_learner, build_tasks, check_config, eval_settings,
+                                         resolve_device, resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
+from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 EVAL_CHUNK = 200
 #: At most this many input values (512 28x28 images) go into one evaluation chunk of episodes: on CPU a
 #: Conv-4 forward over 500 images at a time ran 4x faster than over 4,000, whose activations overflow the caches.
 MAX_CHUNK_VALUES = 512 * 28 * 28
-#: settings that do not change the trained weights, so a resumed run may change them
-RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "data_root", "log_every", "val_every",
-                               "val_tasks", "checkpoint_every", "test_tasks", "eval_steps", "eval_shots",
-                               "eval_ways", "eval_query", "eval_inner_steps"})
+#: Settings a resumed run may change: they change neither the weights it trains nor its validation
+#: episodes (which the best checkpoint's score was measured on). ``data_root`` may change for Omniglot
+#: (where the same archives are found; their checksums key the decoded cache), not for a folder.
+RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "log_every", "val_every", "checkpoint_every",
+                               "test_tasks", "eval_steps", "threads"})
 
 
-def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK) -> Iterable[TaskBatch]:
+def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK,
+                  shuffle_support: bool = False) -> Iterable[TaskBatch]:
     """The fixed evaluation tasks of a split, in chunks (the same tasks every call).
 
-    Episodes are materialised chunk by chunk, each small enough for one forward pass.
+    Episodes are materialised chunk by chunk, each small enough for one forward pass. With
+    ``shuffle_support`` each episode's support set comes in a fixed random order instead of class by
+    class, for learners that read it as a sequence and were trained on random orders (MANN).
     """
     if isinstance(tasks, EpisodeTasks):
         values = tasks.n_way * (tasks.k_shot + tasks.num_query) * math.prod(tasks.input_shape)
-        return tasks.iter_fixed_tasks(num_tasks, max(1, min(chunk, MAX_CHUNK_VALUES // values)), split=split)
+        return tasks.iter_fixed_tasks(num_tasks, max(1, min(chunk, MAX_CHUNK_VALUES // values)), split=split,
+                                      shuffle_support=shuffle_support)
     return tasks.fixed_tasks(num_tasks, split=split).split(chunk)
+
+
+def check_resumable(cfg: Config, run_dir: Path) -> None:
+    """Refuse to resume with settings that would change the weights or the validation episodes."""
+    saved = Config.load(run_dir / "config.yaml").flat()
+    allowed = RESUMABLE_CHANGES | ({"data_root"} if cfg.task.family == "omniglot" else set())
+    changed = sorted(k for k, v in cfg.flat().items() if k not in allowed and saved[k] != v)
+    if changed:
+        raise ValueError(f"cannot resume {run_dir} with other {', '.join(changed)} than it was started with "
+                         f"({', '.join(f'{k}={saved[k]!r}' for k in changed)}): they change the weights it trains "
+                         f"or the validation episodes its best score was measured on. Only "
+                         f"{', '.join(sorted(allowed))} may change when resuming")
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True,
           nproc: int | None = None) -> tuple[TrainResult, MetaLearner]:
-    """Meta-train as ``cfg`` says; with ``resume`` continue the run in ``cfg.output_dir``.
+    """Meta-train as ``cfg`` says; with ``resume`` continue the run in ``cfg.training.output_dir``.
 
-    ``nproc`` > 1 splits every meta-batch over that many local processes (see
-    ``training.distributed``); under torchrun each process runs this function.
+    Every setting is checked before the first iteration (names first, then numbers), including the
+    evaluation settings used after training. ``nproc`` > 1 splits every meta-batch over that many local
+    processes (see ``training.distributed``); under torchrun each process runs this function.
     """
-    run_dir = Path(cfg.output_dir)
-    if (run_dir / LAST).exists() and not resume:
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
-        )
-    if resume and (run_dir / "config.yaml").exists():
-        saved = Config.load(run_dir / "config.yaml").to_dict()
-        changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v)
-        if changed:
-            raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from the requested settings in "
-                             f"{changed}; only {sorted(RESUMABLE_CHANGES)} may change when resuming")
+    cfg = cfg.resolved()
+    run_dir = Path(cfg.training.output_dir)
+    if resume:
+        if not (run_dir / LAST).exists():
+            raise FileNotFoundError(f"cannot resume: {run_dir} holds no {LAST} (no checkpoint was written yet, "
+                                    "or this is not a run directory); start the run without --resume")
+        if (run_dir / "config.yaml").exists():
+            check_resumable(cfg, run_dir)
+    else:
+        for name in (LAST, "metrics.jsonl"):
+            if (run_dir / name).exists():
+                raise FileExistsError(f"{run_dir} already holds a run ({name}); pass --resume to continue it or "
+                                      "choose another --output-dir")
+    check_config(cfg)
     if nproc is not None:
-        distributed.check_split(cfg.meta_batch_size, nproc)
+        distributed.check_split(cfg.training.meta_batch_size, nproc)
+    threads, why = choose_threads(cfg, resolve_model(cfg))
     if nproc is not None and nproc > 1 and distributed.launched_world_size() is None:
-        distributed.spawn(train, nproc, cfg, resume=resume, progress=progress)
+        distributed.spawn(train, nproc, cfg.replace(threads=max(1, threads // nproc)), resume=resume,
+                          progress=progress)
         payload = load_checkpoint(run_dir / (LAST if (run_dir / LAST).exists() else BEST))
         learner = build_learner(cfg, build_tasks(cfg, "train"))
         learner.load_state_dict(payload["learner"])
         return TrainResult(payload["iteration"], payload["best_score"], run_dir), learner
-    with distributed.process_group(cfg.device, nproc) as group:  # None in a single process
+    with distributed.process_group(cfg.training.device, nproc) as group, using_threads(threads):
         tasks = build_tasks(cfg, "train")
         learner = build_learner(cfg, tasks)
-        if cfg.init_from is not None and not (run_dir / LAST).exists():
-            initialise_from(learner, cfg.init_from)
-        val_tasks = build_tasks(cfg, "val")
-        val_batches = partial(fixed_batches, val_tasks, cfg.val_tasks, "val")
+        if cfg.training.init_from is not None and not (run_dir / LAST).exists():
+            initialise_from(learner, cfg.training.init_from)
+        val_batches = partial(fixed_batches, build_tasks(cfg, "val"), cfg.training.val_tasks, "val",
+                              shuffle_support=learner.reads_support_in_order)
         if group is None:
-            trainer = Trainer(cfg, learner, tasks, val_batches, device=resolve_device(cfg.device), progress=progress)
+            trainer = Trainer(cfg, learner, tasks, val_batches, device=resolve_device(cfg.training.device),
+                              progress=progress)
         else:
             trainer = distributed.DistributedTrainer(group, cfg, learner, tasks, val_batches, progress=progress)
+        trainer.say(f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)} ({why})")
         if resume:
-            trainer.resume()
+            iteration = trainer.resume()
+            trainer.say(f"resuming {run_dir} from iteration {iteration} of {cfg.training.iterations}")
         return trainer.fit(), learner
 
 
@@ -93,7 +123,7 @@ def initialise_from(learner: MetaLearner, run_dir: str | Path) -> None:
     try:
         learner.load_state_dict(payload["learner"])
     except RuntimeError as error:
-        source = payload["config"]["algorithm"]
+        source = Config.from_dict(payload["config"]).method.name
         raise ValueError(f"init_from: the weights in {path} ({source}) do not fit this {type(learner).__name__}: "
                          f"the networks differ. {str(error).splitlines()[0]}") from None
 
@@ -109,7 +139,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Met
     cfg = Config.from_dict(payload["config"])
     learner = build_learner(cfg, build_tasks(cfg, "test"))
     learner.load_state_dict(payload["learner"])
-    return cfg, learner
+    return cfg, learner.eval()  # ready for inference: batch norm uses its running statistics
 
 
 def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = None,
@@ -121,18 +151,19 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     each over the same number of fixed test episodes with ``eval_query``
     queries per class, followed by the number of steps when those are swept.
     """
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.training.device)
     learner.to(device)
-    num_tasks = num_tasks or cfg.test_tasks
-    steps = steps if steps is not None else cfg.eval_steps
+    num_tasks = num_tasks or cfg.evaluation.test_tasks
+    steps = steps if steps is not None else cfg.evaluation.eval_steps
     tasks = build_tasks(cfg, "test")
     if not isinstance(tasks, EpisodeTasks):
         results = evaluate(learner, fixed_batches(tasks, num_tasks, "test"), steps=steps, device=device)
         return {step_label(s): e for s, e in results.items()}
     rows = {}
     for way, shot in eval_settings(cfg):
-        episodes = EpisodeTasks(tasks.dataset, way, shot, cfg.eval_query)
-        results = evaluate(learner, fixed_batches(episodes, num_tasks, "test"), steps=steps, device=device)
+        episodes = EpisodeTasks(tasks.dataset, way, shot, cfg.evaluation.eval_query)
+        batches = fixed_batches(episodes, num_tasks, "test", shuffle_support=learner.reads_support_in_order)
+        results = evaluate(learner, batches, steps=steps, device=device)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -32,19 +35,20 @@ def build_optimizer(
     """The outer optimizer; None for a learner with nothing to train (k-NN), which may only run 0 iterations."""
     params = [p for p in learner.parameters() if p.requires_grad]
     if not params:
-        if cfg.iterations > 0:
-            raise ValueError(f"algorithm {cfg.algorithm!r} has no parameters to meta-train; "
+        if cfg.training.iterations > 0:
+            raise ValueError(f"algorithm {cfg.method.name!r} has no parameters to meta-train; "
                              "run it with --iterations 0 to save and evaluate it")
         return None, None
-    if cfg.meta_optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
-    elif cfg.meta_optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.meta_lr)
+    if cfg.training.meta_optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.training.meta_lr)
+    elif cfg.training.meta_optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.training.meta_lr)
     else:
-        raise ValueError(f"unknown meta_optimizer {cfg.meta_optimizer!r}; choose 'adam' or 'sgd'")
+        raise ValueError(f"unknown meta_optimizer {cfg.training.meta_optimizer!r}; choose 'adam' or 'sgd'")
     scheduler = None
-    if cfg.lr_decay_every > 0:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+    if cfg.training.lr_decay_every > 0:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.training.lr_decay_every,
+                                                    gamma=cfg.training.lr_decay)
     return optimizer, scheduler
 
 
@@ -53,6 +57,48 @@ class TrainResult:
     iterations: int
     best_score: float | None
     run_dir: Path
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped a run; ``last.pt`` holds ``iteration`` (None when it could not be saved)."""
+
+    def __init__(self, run_dir: Path, iteration: int | None, saved_iteration: int | None) -> None:
+        self.run_dir, self.iteration, self.saved_iteration = run_dir, iteration, saved_iteration
+        where = (f"last.pt holds iteration {saved_iteration}" if saved_iteration is not None
+                 else "no checkpoint was saved")
+        super().__init__(f"interrupted at iteration {iteration}; {where} in {run_dir}")
+
+
+class StopRequest:
+    """While active, the first SIGINT / SIGTERM asks the loop to stop after the current step, so the state
+    it saves is a whole step's; a second SIGINT abandons the step at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None  # the signal number
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signum
+        tqdm.write(f"fastadapt: {signal.Signals(signum).name} received: stopping after this step "
+                   "(Ctrl-C again to stop at once, without saving)", file=sys.stderr)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+#: Validations without improvement after which the trainer says that validation has stalled.
+STALL_VALIDATIONS = 3
 
 
 class Trainer:
@@ -70,15 +116,24 @@ class Trainer:
     ) -> None:
         if torch.device(device).type == "cpu":
             reuse_freed_memory()
-        self.cfg, self.learner, self.tasks = cfg, learner.to(device), tasks
+        self.cfg, self.learner, self.tasks = cfg.resolved(), learner.to(device), tasks
+        cfg = self.cfg
         self.val_batches, self.device, self.progress = val_batches, torch.device(device), progress
         self.gradient_hook = gradient_hook
-        self.run_dir = Path(cfg.output_dir)
+        self.run_dir = Path(cfg.training.output_dir)
         self.optimizer, self.scheduler = build_optimizer(cfg, learner)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.training.seed)
         self.iteration = 0
         self.best_score: float | None = None
+        self.best_iteration: int | None = None
+        self.seconds_before = 0.0  # training time of the run's earlier sessions, when resumed
         self.higher_is_better = metric_name(learner) == "accuracy"
+        self._stall_noted = False
+        self._start: float | None = None  # when this session's fit began
+
+    def say(self, message: str) -> None:
+        """A line for the person running this, above the progress bar."""
+        tqdm.write(f"fastadapt: {message}", file=sys.stderr)
 
     # --- checkpoints ---
     def state(self) -> dict:
@@ -88,18 +143,35 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "iteration": self.iteration,
             "best_score": self.best_score,
+            "best_iteration": self.best_iteration,
+            "seconds": self.seconds_before + self._session_seconds(),
             "rng": rng_state(self.generator),
             "config": self.cfg.to_dict(),
         }
 
-    def resume(self) -> bool:
-        """Continue from ``last.pt`` in the run directory, if there is one."""
-        path = self.run_dir / LAST
-        if not path.exists():
-            return False
-        self.load_state(load_checkpoint(path))
+    def resume(self) -> int:
+        """Continue from ``last.pt`` in the run directory; returns the iteration it continues from.
+
+        A checkpoint holds the whole state at its iteration, so if ``last.pt`` cannot be read the run
+        continues from ``best.pt`` and ends exactly as it would have, redoing the iterations in between.
+        """
+        last, best = self.run_dir / LAST, self.run_dir / BEST
+        if not last.exists():
+            raise FileNotFoundError(f"cannot resume: {self.run_dir} holds no {LAST} (no checkpoint was written yet, "
+                                    "or this is not a run directory); start the run without --resume")
+        try:
+            payload = load_checkpoint(last)
+        except ValueError as error:
+            try:
+                payload = load_checkpoint(best)
+            except (ValueError, FileNotFoundError):
+                raise ValueError(f"cannot resume: {error}; {best} is missing or unreadable too, so the run "
+                                 "cannot continue: start it again in a new directory") from None
+            self.say(f"{error}; continuing from {BEST} (iteration {payload['iteration']}) instead, which "
+                     "gives the same final weights")
+        self.load_state(payload)
         self._truncate_log(self.iteration)
-        return True
+        return self.iteration
 
     def load_state(self, payload: dict) -> None:
         """The inverse of ``state``."""
@@ -109,13 +181,16 @@ class Trainer:
         if self.scheduler and payload["scheduler"]:
             self.scheduler.load_state_dict(payload["scheduler"])
         self.iteration, self.best_score = payload["iteration"], payload["best_score"]
+        self.best_iteration = payload.get("best_iteration")
+        self.seconds_before = payload.get("seconds", 0.0)
         restore_rng_state(payload["rng"], self.generator)
 
     def _truncate_log(self, iteration: int) -> None:
         """Drop log lines written after the checkpoint we resume from, so the log matches the run."""
         log = self.run_dir / "metrics.jsonl"
         if log.exists():
-            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+            lines = log.read_text().splitlines()
+            kept = [line for line in lines if line and json.loads(line)["iteration"] <= iteration]
             log.write_text("".join(line + "\n" for line in kept))
 
     def _save(self, name: str, is_writer: bool) -> None:
@@ -134,7 +209,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"meta-loss is {loss.item()} at iteration {self.iteration}; the run diverged. "
-                f"Lower meta_lr (now {self.cfg.meta_lr}) or inner_lr (now {self.cfg.inner_lr}); "
+                f"Lower meta_lr (now {self.cfg.training.meta_lr}) or inner_lr (now {self.cfg.method.inner_lr}); "
                 f"the last good checkpoint is {self.run_dir / LAST}"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -147,7 +222,7 @@ class Trainer:
         return metrics
 
     def sample(self) -> TaskBatch:
-        return self.tasks.sample(self.cfg.meta_batch_size, self.generator)
+        return self.tasks.sample(self.cfg.training.meta_batch_size, self.generator)
 
     def validate(self) -> float | None:
         if self.val_batches is None:
@@ -160,39 +235,81 @@ class Trainer:
             return True
         return score > self.best_score if self.higher_is_better else score < self.best_score
 
+    def should_stop(self, stop: StopRequest) -> bool:
+        """Whether a signal asked the run to stop (a distributed run agrees on it across processes)."""
+        return stop.requested is not None
+
+    def _session_seconds(self) -> float:
+        return 0.0 if self._start is None else time.perf_counter() - self._start
+
+    def _validation_record(self, is_writer: bool, training_accuracy: float | None) -> dict[str, float]:
+        score = self.validate()
+        if score is None:
+            return {}
+        if not math.isnan(score) and self.is_better(score):
+            self.best_score, self.best_iteration = score, self.iteration
+            self._save(BEST, is_writer)
+        self._note_stall(training_accuracy)
+        return {f"val_{metric_name(self.learner)}": score}
+
+    def _note_stall(self, training_accuracy: float | None) -> None:
+        """Say once when validation has not improved for a while although training accuracy is high."""
+        val_every = self.cfg.training.val_every
+        if (self._stall_noted or training_accuracy is None or self.best_iteration is None
+                or self.iteration - self.best_iteration < STALL_VALIDATIONS * val_every):
+            return
+        if training_accuracy > self.best_score + 0.05:
+            self._stall_noted = True
+            self.say(f"validation accuracy has not improved since iteration {self.best_iteration} "
+                     f"(best {self.best_score:.3f}) while training accuracy is {training_accuracy:.3f}: "
+                     "the model is fitting the training classes, not learning to learn. More classes, "
+                     "--rotate-train-classes, or fewer iterations may help; best.pt keeps the best weights")
+
     def fit(self, is_writer: bool = True) -> TrainResult:
-        cfg = self.cfg
+        """Train to ``iterations``: log every ``log_every``, validate every ``val_every`` and save ``last.pt``
+        every ``checkpoint_every`` iterations, and all three at the last one. SIGINT / SIGTERM save
+        ``last.pt`` after the current step and raise ``TrainingInterrupted``."""
+        cfg = self.cfg.training
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if is_writer:
-            cfg.save(self.run_dir / "config.yaml")
-        start = time.perf_counter()
+            self.cfg.save(self.run_dir / "config.yaml")
+        self._start = time.perf_counter()
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, unit="it",
-                   desc=f"{cfg.algorithm} on {cfg.tasks}", dynamic_ncols=True)
+                   desc=f"{self.cfg.method.name} on {self.cfg.task.family}", dynamic_ncols=True)
         running: dict[str, float] = {}
-        with bar:
+        since_log = 0
+        training_accuracy: float | None = None  # the latest logged mean, for the stalled-validation note
+        with bar, StopRequest() as stop:
             while self.iteration < cfg.iterations:
-                metrics = self.step(self.sample())
+                try:
+                    metrics = self.step(self.sample())
+                except KeyboardInterrupt:  # a second Ctrl-C: the step is abandoned, last.pt stays as it was
+                    last = self.run_dir / LAST
+                    saved = load_checkpoint(last)["iteration"] if last.exists() else None
+                    raise TrainingInterrupted(self.run_dir, self.iteration, saved) from None
                 self.iteration += 1
+                since_log += 1
                 for key, value in metrics.items():
                     running[key] = running.get(key, 0.0) + value
                 bar.update(1)
                 done = self.iteration == cfg.iterations
+                record: dict[str, float] = {}
                 if self.iteration % cfg.log_every == 0 or done:
-                    count = cfg.log_every if self.iteration % cfg.log_every == 0 else self.iteration % cfg.log_every
-                    record = {"iteration": self.iteration, **{k: v / count for k, v in running.items()},
-                              "lr": self.optimizer.param_groups[0]["lr"],
-                              "seconds": round(time.perf_counter() - start, 3)}
-                    running = {}
-                    if self.iteration % cfg.val_every == 0 or done:
-                        score = self.validate()
-                        if score is not None:
-                            record[f"val_{metric_name(self.learner)}"] = score
-                            if not math.isnan(score) and self.is_better(score):
-                                self.best_score = score
-                                self._save(BEST, is_writer)
+                    record = {key: value / since_log for key, value in running.items()}
+                    record["lr"] = self.optimizer.param_groups[0]["lr"]
+                    training_accuracy = record.get("accuracy")
+                    running, since_log = {}, 0
+                if self.iteration % cfg.val_every == 0 or done:
+                    record.update(self._validation_record(is_writer, training_accuracy))
+                if record:
+                    record = {"iteration": self.iteration, **record,
+                              "seconds": round(self.seconds_before + self._session_seconds(), 3)}
                     if is_writer:
                         self._log(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("iteration", "seconds")})
+                if self.should_stop(stop):
+                    self._save(LAST, is_writer)
+                    raise TrainingInterrupted(self.run_dir, self.iteration, self.iteration)
                 if self.iteration % cfg.checkpoint_every == 0 or done:
                     self._save(LAST, is_writer)
         if self.best_score is None:
