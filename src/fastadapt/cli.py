@@ -18,6 +18,8 @@ COMMANDS_HELP = """examples:
   fastadapt eval runs/msgd --json results.json
   fastadapt presets
   fastadapt bench speed                            # ours vs a per-task loop vs plain training
+  fastadapt train rl-nav2d-maml                    # MAML-RL on 2D navigation (Finn et al.), ~30 min on CPU
+  fastadapt plot runs/rl-nav2d-maml                # learning curves and trajectories before/after adaptation
 """
 
 
@@ -76,6 +78,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _eval_title(cfg: Config) -> str:
+    from fastadapt.training.builders import RL_FAMILIES
+
+    if cfg.task.family in RL_FAMILIES:
+        return rl_eval_title(cfg)
     if cfg.task.family == "sinusoid":
         return (f"{cfg.task.family}, K={cfg.task.k_shot}: MSE on {cfg.evaluation.test_tasks} fixed test tasks "
                 "(mean ± 95% CI)")
@@ -92,6 +98,20 @@ def _eval_title(cfg: Config) -> str:
     return (f"{data}: accuracy on {cfg.evaluation.test_tasks} fixed test episodes, "
             f"{cfg.evaluation.eval_query} queries per class "
             f"(mean ± 95% CI); trained {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {network}")
+
+
+def rl_eval_title(cfg: Config) -> str:
+    task, tasks = cfg.task, cfg.evaluation.test_tasks
+    if task.family == "nav2d":
+        what = (f"2D navigation{' (goal observed: oracle)' if task.observe_goal else ''}, horizon "
+                f"{task.horizon or 100}: return (sum of -L2 distances to the goal) averaged over {task.trajectories} "
+                f"trajectories per goal, after each number of policy-gradient steps")
+    elif task.family == "bandit":
+        what = f"Bernoulli bandits, k={task.arms} arms, n={task.horizon or 100} pulls: total reward of a trial"
+    else:
+        what = (f"tabular MDPs, {task.states} states x {task.actions} actions, {task.trial_episodes} episodes of "
+                f"{task.horizon or 10} steps: total reward of a trial")
+    return f"{what}; mean ± 95% CI over {tasks} fixed test tasks"
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -114,13 +134,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from fastadapt.plots import plot_learning_curves
-    from fastadapt.training.runs import load_metrics
+    from fastadapt.plots import plot_learning_curves, plot_navigation_trajectories
+    from fastadapt.training.runs import load_metrics, load_run, navigation_paths
 
     run_dir = Path(args.run_dir)
     path = plot_learning_curves(load_metrics(run_dir), Path(args.output or run_dir / "learning_curves.png"),
                                 title=str(run_dir))
     print(f"wrote {path}")
+    cfg = Config.load(run_dir / "config.yaml")
+    if cfg.task.family == "nav2d" and cfg.method.name in ("maml-rl", "pretrained-rl"):
+        cfg, learner = load_run(run_dir, "best")
+        figure = plot_navigation_trajectories(
+            navigation_paths(cfg, learner), run_dir / "trajectories.png",
+            title=f"{cfg.method.name}: one sampled trajectory per test goal before and after adaptation")
+        print(f"wrote {figure}")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -154,9 +181,10 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from fastadapt.benchmarks import speed
+    from fastadapt.benchmarks import rl_speed, speed
 
-    speed.main(args.args, prog=f"fastadapt bench {args.benchmark}")
+    benchmark = {"speed": speed, "rl-speed": rl_speed}[args.benchmark]
+    benchmark.main(args.args, prog=f"fastadapt bench {args.benchmark}")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -210,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "JSON (default: none)")
     evaluate.set_defaults(func=cmd_eval)
 
-    plot = commands.add_parser("plot", help="plot a run's learning curves as PNG")
+    plot = commands.add_parser("plot", help="plot a run's learning curves as PNG (and, for 2D navigation, "
+                                            "trajectories before and after adaptation)")
     plot.add_argument("run_dir", help="a run directory (holding metrics.jsonl)")
     plot.add_argument("--output", metavar="PNG", help="where to write (default: RUN_DIR/learning_curves.png)")
     plot.set_defaults(func=cmd_plot)
@@ -219,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=cmd_presets)
 
     bench = commands.add_parser("bench", help="benchmarks: `fastadapt bench speed --help`")
-    bench.add_argument("benchmark", choices=["speed"], help="speed: steps per second against a per-task loop "
-                                                            "(no default: name one)")
+    bench.add_argument("benchmark", choices=["speed", "rl-speed"],
+                       help="speed: steps per second against a per-task loop; rl-speed: the batched RL simulator "
+                            "against gymnasium, and a MAML-RL meta-iteration against a per-task loop "
+                            "(no default: name one)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (default: none)")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -137,6 +137,8 @@ class RLMetaLearner(nn.Module):
     uses_adaptation_steps = False
     #: whether ``meta_update`` needs the trainer's optimizer
     uses_optimizer = True
+    #: (support sets are for supervised learners; an RL learner reads none)
+    reads_support_in_order = False
 
     def meta_update(self, tasks, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
         raise NotImplementedError

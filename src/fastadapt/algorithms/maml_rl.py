@@ -168,9 +168,12 @@ class MAMLRL(RLMetaLearner):
         return params, history
 
     def evaluate_returns(self, tasks: MDPBatch, steps: list[int] | None = None) -> dict[int | None, torch.Tensor]:
-        """Each task's mean return over its trajectories after each number of steps in ``steps``."""
-        steps = sorted(set(steps if steps is not None else [0, 1, 2, 3]))
-        if not steps or steps[0] < 0:
+        """Each task's mean return over its trajectories after each number of steps in ``steps``; without
+        ``steps``, {None: the return after as many steps as meta-training takes} (the validation score)."""
+        wanted = sorted(set([self.inner_steps] if steps is None else steps))
+        if not wanted or wanted[0] < 0:
             raise ValueError(f"evaluation steps must be >= 0, got {steps}")
-        _, history = self.adapt(tasks, steps[-1])
-        return {step: history[step].returns.mean(1) for step in steps}
+        _, history = self.adapt(tasks, wanted[-1])
+        if steps is None:
+            return {None: history[self.inner_steps].returns.mean(1)}
+        return {step: history[step].returns.mean(1) for step in wanted}
