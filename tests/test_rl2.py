@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastadapt.algorithms import RL2, UCB1, RandomArms, ThompsonSampling
+from fastadapt.algorithms import RL2, UCB1, BayesOptimal, RandomArms, ThompsonSampling
 from fastadapt.environments import BatchedBernoulliBandit
 from fastadapt.models.policies import GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.tasks.mdp import BanditTasks, MDPBatch, Navigation2DTasks, TabularMDPTasks
@@ -82,3 +82,16 @@ def test_bandit_baselines_on_bandits_with_a_known_best_arm():
         UCB1().meta_update(tasks)
     with pytest.raises(ValueError, match="plays Bernoulli bandits"):
         UCB1().evaluate_returns(TabularMDPTasks().fixed_tasks(2))
+
+
+def test_bayes_optimal_bandit_values_and_its_size_limit():
+    start = lambda arms: tuple([(0, 0)] * arms)  # noqa: E731
+    assert BayesOptimal.value(start(2), 1) == pytest.approx(0.5)
+    # pull an arm; on a success (1/2) its posterior mean 2/3 keeps it, on a failure the other arm's 1/2 is pulled
+    assert BayesOptimal.value(start(2), 2) == pytest.approx(0.5 * (1 + 2 / 3) + 0.5 * 0.5)
+    assert BayesOptimal.value(start(5), 10) > BayesOptimal.value(start(5), 9) + 0.6  # more pulls, more reward
+    tasks = BanditTasks(arms=3, pulls=6).fixed_tasks(200)
+    optimal = BayesOptimal().evaluate_returns(tasks)[None].mean()
+    assert optimal >= ThompsonSampling().evaluate_returns(tasks)[None].mean() - 0.1
+    with pytest.raises(ValueError, match="too large"):
+        BayesOptimal().evaluate_returns(BanditTasks(arms=10, pulls=100).fixed_tasks(2))

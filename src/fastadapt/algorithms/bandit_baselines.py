@@ -7,11 +7,17 @@ same reward noise an RL^2 policy meets there (the environment's counter-based dr
   Auer et al.'s, RL^2's authors tuned it (we choose c on validation bandits, never on the test ones);
 * Thompson sampling (Thompson 1933) with a uniform Beta(1, 1) prior: draw p_a ~ Beta(1 + successes,
   1 + failures) for every arm, pull the largest. Its Beta draws come from torch's generator, seeded from the
-  tasks' seeds, so a result is reproducible for the same batch of tasks.
+  tasks' seeds, so a result is reproducible for the same batch of tasks;
+* Bayes-optimal (small bandits only): the policy that maximises the expected total reward of the trial under
+  the true prior (independent U[0, 1] arms), by dynamic programming over the arms' (successes, failures)
+  counts. It is the ceiling any meta-learner can reach on average. The paper's Gittins index is optimal for
+  an infinite discounted horizon, not for n pulls; the exact finite-horizon optimum replaces it here, for the
+  settings where the DP is small enough (arms x pulls <= 60).
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -84,3 +90,46 @@ class ThompsonSampling(BanditAlgorithm):
     def choose(self, counts, successes, t, noise):
         samples = torch.distributions.Beta(1 + successes, 1 + counts - successes).sample()
         return samples.argmax(-1)
+
+
+#: The Bayes-optimal DP enumerates multisets of per-arm counts; beyond this arms x pulls it is too large.
+BAYES_OPTIMAL_LIMIT = 60
+
+
+class BayesOptimal(BanditAlgorithm):
+    """Pulls the arm with the largest expected total reward to go, under independent U[0, 1] priors."""
+
+    @staticmethod
+    @lru_cache(maxsize=None)
+    def value(counts: tuple[tuple[int, int], ...], pulls_left: int) -> float:
+        """Expected reward of the optimal policy from per-arm (successes, failures), sorted (arms are exchangeable)."""
+        if pulls_left == 0:
+            return 0.0
+        return max(BayesOptimal.action_value(counts, arm, pulls_left) for arm in range(len(counts)))
+
+    @staticmethod
+    def action_value(counts: tuple[tuple[int, int], ...], arm: int, pulls_left: int) -> float:
+        s, f = counts[arm]
+        p = (s + 1) / (s + f + 2)  # posterior mean of a Beta(1 + s, 1 + f)
+        win = tuple(sorted(counts[:arm] + ((s + 1, f),) + counts[arm + 1 :]))
+        lose = tuple(sorted(counts[:arm] + ((s, f + 1),) + counts[arm + 1 :]))
+        return p * (1 + BayesOptimal.value(win, pulls_left - 1)) + (1 - p) * BayesOptimal.value(lose, pulls_left - 1)
+
+    @torch.no_grad()
+    def evaluate_returns(self, tasks: MDPBatch, steps: list[int] | None = None) -> dict[int | None, torch.Tensor]:
+        env = tasks.env
+        if isinstance(env, BatchedBernoulliBandit) and env.spaces.action_size * env.horizon > BAYES_OPTIMAL_LIMIT:
+            raise ValueError(f"the Bayes-optimal policy is computed by a DP that is too large for "
+                             f"{env.spaces.action_size} arms x {env.horizon} pulls (limit: arms x pulls <= "
+                             f"{BAYES_OPTIMAL_LIMIT}); use ucb1 or thompson")
+        self.horizon = env.horizon
+        return super().evaluate_returns(tasks, steps)
+
+    def choose(self, counts, successes, t, noise):
+        arms = []
+        for row_counts, row_successes in zip(counts.reshape(-1, counts.shape[-1]).tolist(),
+                                             successes.reshape(-1, counts.shape[-1]).tolist()):
+            per_arm = tuple((int(s), int(n - s)) for n, s in zip(row_counts, row_successes))
+            values = [self.action_value(per_arm, arm, self.horizon - t) for arm in range(len(per_arm))]
+            arms.append(max(range(len(values)), key=values.__getitem__))
+        return torch.tensor(arms, device=counts.device).reshape(counts.shape[:-1])

@@ -257,7 +257,8 @@ def _rl2(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
 def _bandit_algorithm(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
     if cfg.method.name == "ucb1":
         return algorithms.UCB1(cfg.method.ucb_exploration)
-    return {"random-arms": algorithms.RandomArms, "thompson": algorithms.ThompsonSampling}[cfg.method.name]()
+    return {"random-arms": algorithms.RandomArms, "thompson": algorithms.ThompsonSampling,
+            "bayes-optimal": algorithms.BayesOptimal}[cfg.method.name]()
 
 
 def _knn(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
@@ -316,11 +317,12 @@ ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
     "random-arms": _bandit_algorithm,
     "ucb1": _bandit_algorithm,
     "thompson": _bandit_algorithm,
+    "bayes-optimal": _bandit_algorithm,
 }
 #: Methods for the MDP families: they act in environments instead of reading support sets.
-RL_METHODS = frozenset({"maml-rl", "pretrained-rl", "rl2", "random-arms", "ucb1", "thompson"})
+RL_METHODS = frozenset({"maml-rl", "pretrained-rl", "rl2", "random-arms", "ucb1", "thompson", "bayes-optimal"})
 #: Hand-designed bandit algorithms: nothing to train, bandit tasks only.
-BANDIT_ALGORITHMS = frozenset({"random-arms", "ucb1", "thompson"})
+BANDIT_ALGORITHMS = frozenset({"random-arms", "ucb1", "thompson", "bayes-optimal"})
 POLICIES = ("auto", "gaussian", "categorical", "gru")
 #: Methods that may read raw pixels instead of an embedding (model "pixels").
 PIXEL_INPUT = frozenset({"knn", "mann"})
