@@ -144,9 +144,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
     cfg = Config.load(run_dir / "config.yaml")
     if cfg.task.family == "nav2d" and cfg.method.name in ("maml-rl", "pretrained-rl"):
         cfg, learner = load_run(run_dir, "best")
+        steps = tuple(s for s in (0, 1, 3) if s <= max(cfg.evaluation.eval_steps))  # the oracle: 0 steps only
+        who = f"{cfg.method.name}{' (goal observed: oracle)' if cfg.task.observe_goal else ''}"
         figure = plot_navigation_trajectories(
-            navigation_paths(cfg, learner), run_dir / "trajectories.png",
-            title=f"{cfg.method.name}: one sampled trajectory per test goal before and after adaptation")
+            navigation_paths(cfg, learner, steps=steps), run_dir / "trajectories.png",
+            title=f"{who}: one sampled trajectory per test goal" + (" before and after adaptation" if len(steps) > 1
+                                                                     else ""))
         print(f"wrote {figure}")
 
 

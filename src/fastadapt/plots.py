@@ -12,7 +12,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 #: Panel titles of the logged metrics; the trainer logs training metrics under their plain names.
 TITLES = {"loss": "training loss (meta-batch mean)", "accuracy": "training accuracy (query sets)",
           "val_accuracy": "validation accuracy (fixed episodes)", "val_mse": "validation MSE (fixed tasks)",
-          "return": "training return (meta-batch mean, after adaptation)",
+          "return": "training return (meta-batch mean; MAML: after its inner steps)",
           "val_return": "validation return (fixed tasks)"}
 
 
