@@ -39,6 +39,15 @@ def test_a_run_says_how_many_threads_it_uses_and_restores_the_setting(tmp_path, 
     assert torch.get_num_threads() == before
 
 
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, capsys):
+    """Another count splits a convolution's sums otherwise, so the resumed weights would differ in their last bits."""
+    cfg = Config(tasks="sinusoid", iterations=4, meta_batch_size=2, val_tasks=2, test_tasks=2, checkpoint_every=2,
+                 output_dir=str(tmp_path / "run"))
+    train(cfg.replace(iterations=2, threads=2), progress=False)
+    train(cfg, resume=True, progress=False)
+    assert "fastadapt: 2 threads (as the run was started, so it continues exactly" in capsys.readouterr().err
+
+
 # --- 2. SIGINT saves and says how to continue ---
 def test_sigint_saves_last_checkpoint_exits_130_and_resume_continues_from_there(tmp_path):
     run = tmp_path / "run"

@@ -15,6 +15,7 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.runs import load_run, train
 from fastadapt.training.trainer import Trainer
+from fastadapt.training.threads import using_threads
 
 
 def _dataset(classes=6, per_class=4, side=16) -> ClassDataset:
@@ -130,7 +131,8 @@ def test_logistic_regression_finds_scikit_learns_optimum():
 def _folder_cfg(root, tmp_path, **overrides):
     values = dict(algorithm="baseline", tasks="folder", data_root=str(root), image_size=16, conv_channels=8,
                   n_way=2, k_shot=1, eval_query=2, meta_batch_size=8, iterations=6, log_every=2, val_every=3,
-                  checkpoint_every=3, val_tasks=4, test_tasks=4, finetune_steps=5, output_dir=str(tmp_path / "run"))
+                  checkpoint_every=3, val_tasks=4, test_tasks=4, finetune_steps=5, output_dir=str(tmp_path / "run"),
+                  threads=1)  # the same thread count in every run compared (a convolution's sums split by thread)
     values.update(overrides)
     return Config(**values)
 
@@ -165,7 +167,7 @@ def test_a_baseline_run_resumes_exactly_and_loads_without_its_data(glyphs, tmp_p
         if calls[0] == 5:
             raise Killed
 
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), using_threads(1):
         Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False, gradient_hook=kill_at_5).fit()
     _, resumed = train(cfg, resume=True, progress=False)
     for key, value in straight_pp.state_dict().items():

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from fastadapt.algorithms.base import RLMetaLearner
 from fastadapt.algorithms.mann import MANN
 from fastadapt.cli import main
 from fastadapt.datasets import ClassDataset
@@ -15,6 +16,7 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config, ConfigError, load_preset, preset_names
 from fastadapt.training.evaluation import evaluate
 from fastadapt.training.runs import evaluate_learner, fixed_batches, load_run, train
+from fastadapt.training.trainer import build_optimizer
 
 
 def _sinusoid(tmp_path, **overrides):
@@ -201,7 +203,14 @@ def test_every_shipped_preset_builds_and_takes_a_step(name, fake_omniglot, tmp_p
     check_config(cfg)
     tasks = build_tasks(cfg, "train")
     learner = build_learner(cfg, tasks)
-    if any(p.requires_grad for p in learner.parameters()):
+    if isinstance(learner, RLMetaLearner):  # its own update (TRPO / PPO) on one task of the preset's sizes
+        if any(p.requires_grad for p in learner.parameters()):
+            before = [p.detach().clone() for p in learner.parameters()]
+            optimizer, _ = build_optimizer(cfg.resolved(), learner)
+            metrics = learner.meta_update(tasks.sample(1, torch.Generator().manual_seed(0)), optimizer)
+            assert math.isfinite(metrics["return"])
+            assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
+    elif any(p.requires_grad for p in learner.parameters()):
         loss, metrics = learner.meta_loss(tasks.sample(1, torch.Generator().manual_seed(0)))
         loss.backward()
         assert math.isfinite(loss.item()) and metrics["loss"] > 0

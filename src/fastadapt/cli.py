@@ -20,6 +20,8 @@ COMMANDS_HELP = """examples:
   fastadapt predict runs/protonet --support my-classes/ --query a.png b.png
   fastadapt presets
   fastadapt bench speed                            # ours vs a per-task loop vs plain training
+  fastadapt train rl-nav2d-maml                    # MAML-RL on 2D navigation (Finn et al.), ~30 min on CPU
+  fastadapt plot runs/rl-nav2d-maml                # learning curves and trajectories before/after adaptation
 """
 
 
@@ -78,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _eval_title(cfg: Config) -> str:
+    from fastadapt.training.builders import RL_FAMILIES
+
+    if cfg.task.family in RL_FAMILIES:
+        return rl_eval_title(cfg)
     if cfg.task.family == "sinusoid":
         return (f"{cfg.task.family}, K={cfg.task.k_shot}: MSE on {cfg.evaluation.test_tasks} fixed test tasks "
                 "(mean ± 95% CI)")
@@ -94,6 +100,20 @@ def _eval_title(cfg: Config) -> str:
     return (f"{data}: accuracy on {cfg.evaluation.test_tasks} fixed test episodes, "
             f"{cfg.evaluation.eval_query} queries per class "
             f"(mean ± 95% CI); trained {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {network}")
+
+
+def rl_eval_title(cfg: Config) -> str:
+    task, tasks = cfg.task, cfg.evaluation.test_tasks
+    if task.family == "nav2d":
+        what = (f"2D navigation{' (goal observed: oracle)' if task.observe_goal else ''}, horizon "
+                f"{task.horizon or 100}: return (sum of -L2 distances to the goal) averaged over {task.trajectories} "
+                f"trajectories per goal, after each number of policy-gradient steps")
+    elif task.family == "bandit":
+        what = f"Bernoulli bandits, k={task.arms} arms, n={task.horizon or 100} pulls: total reward of a trial"
+    else:
+        what = (f"tabular MDPs, {task.states} states x {task.actions} actions, {task.trial_episodes} episodes of "
+                f"{task.horizon or 10} steps: total reward of a trial")
+    return f"{what}; mean ± 95% CI over {tasks} fixed test tasks"
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -144,26 +164,40 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from fastadapt.plots import plot_learning_curves
-    from fastadapt.training.runs import load_metrics
+    from fastadapt.plots import plot_learning_curves, plot_navigation_trajectories
+    from fastadapt.training.runs import load_metrics, load_run, navigation_paths
 
     run_dir = Path(args.run_dir)
     path = plot_learning_curves(load_metrics(run_dir), Path(args.output or run_dir / "learning_curves.png"),
                                 title=str(run_dir))
     print(f"wrote {path}")
+    cfg = Config.load(run_dir / "config.yaml")
+    if cfg.task.family == "nav2d" and cfg.method.name in ("maml-rl", "pretrained-rl"):
+        cfg, learner = load_run(run_dir, "best")
+        steps = tuple(s for s in (0, 1, 3) if s <= max(cfg.evaluation.eval_steps))  # the oracle: 0 steps only
+        who = f"{cfg.method.name}{' (goal observed: oracle)' if cfg.task.observe_goal else ''}"
+        figure = plot_navigation_trajectories(
+            navigation_paths(cfg, learner, steps=steps), run_dir / "trajectories.png",
+            title=f"{who}: one sampled trajectory per test goal" + (" before and after adaptation" if len(steps) > 1
+                                                                     else ""))
+        print(f"wrote {figure}")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
     timings = preset_timings()
-    print(f"{'preset':28s} {'method':10s} {'tasks':10s} {'episodes':14s} {'iterations':>10s}  training time "
+    print(f"{'preset':28s} {'method':13s} {'tasks':11s} {'episodes':14s} {'iterations':>10s}  training time "
           f"on {timings.get('machine', 'a 2-core CPU')}")
     for name in preset_names():
         cfg = load_preset(name).resolved()
         task = cfg.task
         shots = f"K={task.k_shot}" if task.family == "sinusoid" else f"{task.n_way}-way {task.k_shot}-shot"
+        if task.family == "bandit":
+            shots = f"k={task.arms}, n={task.horizon or 100}"
+        elif task.family in ("nav2d", "tabular-mdp"):
+            shots = f"{task.trajectories} traj."
         per_iteration = timings.get("seconds_per_iteration", {}).get(name)
         estimate = "not measured" if per_iteration is None else _duration(per_iteration * cfg.training.iterations)
-        print(f"{name:28s} {cfg.method.name:10s} {task.family:10s} {shots:14s} {cfg.training.iterations:>10,}  "
+        print(f"{name:28s} {cfg.method.name:13s} {task.family:11s} {shots:14s} {cfg.training.iterations:>10,}  "
               f"{estimate}")
 
 
@@ -184,9 +218,10 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from fastadapt.benchmarks import speed
+    from fastadapt.benchmarks import rl_speed, speed
 
-    speed.main(args.args, prog=f"fastadapt bench {args.benchmark}")
+    benchmark = {"speed": speed, "rl-speed": rl_speed}[args.benchmark]
+    benchmark.main(args.args, prog=f"fastadapt bench {args.benchmark}")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -266,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     predict.set_defaults(func=cmd_predict)
 
-    plot = commands.add_parser("plot", help="plot a run's learning curves as PNG")
+    plot = commands.add_parser("plot", help="plot a run's learning curves as PNG (and, for 2D navigation, "
+                                            "trajectories before and after adaptation)")
     plot.add_argument("run_dir", help="a run directory (holding metrics.jsonl)")
     plot.add_argument("--output", metavar="PNG", help="where to write (default: RUN_DIR/learning_curves.png)")
     plot.set_defaults(func=cmd_plot)
@@ -275,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=cmd_presets)
 
     bench = commands.add_parser("bench", help="benchmarks: `fastadapt bench speed --help`")
-    bench.add_argument("benchmark", choices=["speed"], help="speed: steps per second against a per-task loop "
-                                                            "(no default: name one)")
+    bench.add_argument("benchmark", choices=["speed", "rl-speed"],
+                       help="speed: steps per second against a per-task loop; rl-speed: the batched RL simulator "
+                            "against gymnasium, and a MAML-RL meta-iteration against a per-task loop "
+                            "(no default: name one)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (default: none)")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -11,7 +11,9 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 #: Panel titles of the logged metrics; the trainer logs training metrics under their plain names.
 TITLES = {"loss": "training loss (meta-batch mean)", "accuracy": "training accuracy (query sets)",
-          "val_accuracy": "validation accuracy (fixed episodes)", "val_mse": "validation MSE (fixed tasks)"}
+          "val_accuracy": "validation accuracy (fixed episodes)", "val_mse": "validation MSE (fixed tasks)",
+          "return": "training return (meta-batch mean; MAML: after its inner steps)",
+          "val_return": "validation return (fixed tasks)"}
 
 
 def _iterations(value: float, _position: int) -> str:
@@ -26,7 +28,8 @@ def _iterations(value: float, _position: int) -> str:
 def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Path:
     """Training loss (and accuracy) and validation metric against iteration, as a PNG."""
     val_keys = sorted({k for r in records for k in r if k.startswith("val_")})
-    panels = ["loss"] + (["accuracy"] if any("accuracy" in r for r in records) else []) + val_keys
+    training = "return" if any("return" in r for r in records) else "loss"  # RL runs log returns, not a loss
+    panels = [training] + (["accuracy"] if any("accuracy" in r for r in records) else []) + val_keys
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for ax, key in zip(axes[0], panels):
         points = [(r["iteration"], r[key]) for r in records if key in r]
@@ -76,6 +79,35 @@ def plot_sinusoid_adaptation(panels: list[dict], path: Path) -> Path:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_navigation_trajectories(panels: list[dict], path: Path, title: str = "") -> Path:
+    """Finn et al. 2017's Figure 4: for each test goal, a trajectory of the policy before adaptation and after
+    1 and 3 policy-gradient steps, goal marked. Each panel dict holds ``goal`` (x, y), ``title`` and ``paths``:
+    {"0 steps" | "1 step" | ...: positions (steps, 2) from the start}."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    styles = {0: dict(ls="--", color="tab:green"), 1: dict(color="tab:orange"), 3: dict(color="tab:blue")}
+    for ax, panel in zip(axes[0], panels):
+        for index, (label, positions) in enumerate(panel["paths"].items()):
+            steps = int(label.split()[0])
+            name = "pre-update" if steps == 0 else f"after {label.replace('step', 'gradient step')}"
+            ax.plot(positions[:, 0], positions[:, 1], marker=".", markersize=3, lw=1.3, label=name,
+                    **styles.get(steps, {}))
+        ax.scatter([0], [0], color="black", marker="o", s=25, zorder=5, label="start")
+        ax.scatter(*panel["goal"], color="tab:red", marker="*", s=160, zorder=6, label="goal")
+        ax.set_title(panel["title"], fontsize=10)
+        reach = max([0.6] + [float(abs(p).max()) + 0.05 for p in panel["paths"].values()])
+        ax.set_xlim(-reach, reach)
+        ax.set_ylim(-reach, reach)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

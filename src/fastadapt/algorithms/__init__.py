@@ -24,3 +24,10 @@ from fastadapt.algorithms.baseline_pp import BaselinePlusPlus  # noqa: E402
 from fastadapt.algorithms.logreg import EmbeddingLogisticRegression  # noqa: E402
 
 __all__ += ["Baseline", "BaselinePlusPlus", "EmbeddingLogisticRegression"]
+from fastadapt.algorithms.base import RLMetaLearner  # noqa: E402
+from fastadapt.algorithms.bandit_baselines import UCB1, BayesOptimal, RandomArms, ThompsonSampling  # noqa: E402
+from fastadapt.algorithms.maml_rl import MAMLRL  # noqa: E402
+from fastadapt.algorithms.pretrained_rl import PretrainedPolicy  # noqa: E402
+from fastadapt.algorithms.rl2 import RL2  # noqa: E402
+
+__all__ += ["RLMetaLearner", "MAMLRL", "PretrainedPolicy", "RL2", "RandomArms", "UCB1", "ThompsonSampling", "BayesOptimal"]

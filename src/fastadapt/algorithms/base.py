@@ -125,3 +125,27 @@ def embed_images(encoder: nn.Module, x: torch.Tensor, method: str, encoder_dim: 
         raise ValueError(f"{method}: the encoder must map a batch (B, *features) to (B, encoder_dim={encoder_dim}); "
                          f"it gave {tuple(features.shape)} for input {tuple(x.flatten(0, 1).shape)}")
     return features.unflatten(0, x.shape[:2])
+
+
+class RLMetaLearner(nn.Module):
+    """Meta-reinforcement learners: they act in a batch of MDPs (an ``MDPBatch``) instead of reading support sets.
+
+    * ``meta_update(tasks, optimizer)``: one outer update from fresh rollouts in ``tasks``; returns metrics to log.
+      The learner owns its update because it is not one optimizer step on one loss: TRPO is a constrained
+      step with a line search (``optimizer`` is None), PPO takes several epochs of steps with ``optimizer``.
+    * ``evaluate_returns(tasks, steps)``: each task's mean return after each number of adaptation steps in
+      ``steps`` (gradient-based learners), or over its trial (``{None: ...}``, learners that adapt in-context).
+    """
+
+    #: whether evaluation sweeps a number of adaptation (gradient) steps
+    uses_adaptation_steps = False
+    #: whether ``meta_update`` needs the trainer's optimizer
+    uses_optimizer = True
+    #: (support sets are for supervised learners; an RL learner reads none)
+    reads_support_in_order = False
+
+    def meta_update(self, tasks, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate_returns(self, tasks, steps: list[int] | None = None) -> dict[int | None, torch.Tensor]:
+        raise NotImplementedError

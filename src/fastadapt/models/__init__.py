@@ -6,3 +6,7 @@ __all__ = ["MLP"]
 from fastadapt.models.conv4 import Conv4  # noqa: E402
 
 __all__ += ["Conv4"]
+
+from fastadapt.models.policies import CategoricalMLPPolicy, GaussianMLPPolicy, RecurrentPolicy, mlp_policy  # noqa: E402
+
+__all__ += ["GaussianMLPPolicy", "CategoricalMLPPolicy", "RecurrentPolicy", "mlp_policy"]

@@ -6,3 +6,7 @@ from fastadapt.tasks.minibatches import ClassMiniBatches
 from fastadapt.tasks.signature import TaskSignature
 
 __all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks", "ClassMiniBatches", "TaskSignature"]
+
+from fastadapt.tasks.mdp import BanditTasks, MDPBatch, Navigation2DTasks, TabularMDPTasks  # noqa: E402
+
+__all__ += ["MDPBatch", "Navigation2DTasks", "BanditTasks", "TabularMDPTasks"]

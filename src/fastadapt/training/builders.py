@@ -14,14 +14,17 @@ import torch
 from torch import nn
 
 from fastadapt import algorithms
-from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
 from fastadapt.datasets.digits import load_digits_dataset
 from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
-from fastadapt.models import MLP, Conv4
+from fastadapt.models import MLP, CategoricalMLPPolicy, Conv4, GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.models.conv4 import NORMS
-from fastadapt.tasks import ClassMiniBatches, EpisodeTasks, SinusoidTasks
+from fastadapt.rl import TRPOSettings
+from fastadapt.tasks import (BanditTasks, ClassMiniBatches, EpisodeTasks, Navigation2DTasks, SinusoidTasks,
+                             TabularMDPTasks)
 from fastadapt.tasks.base import TaskDistribution
+from fastadapt.tasks.mdp import MDPTaskDistribution
 from fastadapt.training.config import Config
 
 #: Queries per class in training episodes when the config leaves num_query unset.
@@ -103,7 +106,27 @@ DATASETS: dict[str, Callable[[Config, str], ClassDataset]] = {
     "digits": _digits,
 }
 
-TASK_FAMILIES: dict[str, Callable[[Config, str], TaskDistribution]] = {"sinusoid": _sinusoid}
+# --- MDP families (reinforcement learning); the same tasks for every split, drawn with the split's seeds ---
+def _nav2d(cfg: Config, split: str) -> MDPTaskDistribution:
+    return Navigation2DTasks(horizon=cfg.task.horizon or 100, observe_goal=cfg.task.observe_goal)
+
+
+def _bandit(cfg: Config, split: str) -> MDPTaskDistribution:
+    return BanditTasks(arms=cfg.task.arms, pulls=cfg.task.horizon or 100)
+
+
+def _tabular_mdp(cfg: Config, split: str) -> MDPTaskDistribution:
+    return TabularMDPTasks(states=cfg.task.states, actions=cfg.task.actions, horizon=cfg.task.horizon or 10,
+                           episodes=cfg.task.trial_episodes)
+
+
+RL_FAMILIES: dict[str, Callable[[Config, str], MDPTaskDistribution]] = {
+    "nav2d": _nav2d,
+    "bandit": _bandit,
+    "tabular-mdp": _tabular_mdp,
+}
+
+TASK_FAMILIES: dict[str, Callable[[Config, str], TaskDistribution]] = {"sinusoid": _sinusoid, **RL_FAMILIES}
 
 
 def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
@@ -159,8 +182,31 @@ def resolve_norm(cfg: Config) -> str:
     return "transductive" if cfg.method.name in GRADIENT_BASED else "batch"
 
 
+def resolve_policy(cfg: Config, tasks: MDPTaskDistribution) -> str:
+    """The policy's kind, with 'auto' resolved: RL^2's GRU, else by the task's actions."""
+    if cfg.model.policy != "auto":
+        return cfg.model.policy
+    if cfg.method.name == "rl2":
+        return "gru"
+    return "gaussian" if tasks.spaces.action_kind == "continuous" else "categorical"
+
+
+def build_policy(cfg: Config, tasks: MDPTaskDistribution) -> nn.Module:
+    """An RL policy for the task family's spaces; one that cannot act there is a one-line error."""
+    kind = resolve_policy(cfg, tasks)
+    try:
+        if kind == "gru":
+            return RecurrentPolicy(tasks.spaces, cfg.model.recurrent_size)
+        policy = {"gaussian": GaussianMLPPolicy, "categorical": CategoricalMLPPolicy}[kind]
+        return policy(tasks.spaces, tuple(cfg.model.hidden_sizes))
+    except ValueError as error:
+        raise ValueError(f"--policy {kind} on --tasks {cfg.task.family}: {error}") from None
+
+
 def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.Module:
     """The network: with ``head`` it outputs what the tasks need, without it an embedding (a feature vector)."""
+    if cfg.task.family in RL_FAMILIES:
+        return build_policy(cfg, tasks)
     kind = resolve_model(cfg)
     if kind == "mlp":
         return MLP(getattr(tasks, "input_size", 1), tasks.output_size, tuple(cfg.model.hidden_sizes))
@@ -213,6 +259,43 @@ def _classifier(
         return build(cfg, tasks)
 
     return checked
+
+
+def _trpo(cfg: Config) -> TRPOSettings:
+    method = cfg.method
+    return TRPOSettings(max_kl=method.max_kl, cg_iterations=method.cg_iterations, cg_damping=method.cg_damping,
+                        backtrack_ratio=method.backtrack_ratio, line_search_steps=method.line_search_steps,
+                        curvature_fraction=method.curvature_fraction)
+
+
+def _policy_gradient(cls: type[algorithms.MAMLRL]) -> Callable[[Config, MDPTaskDistribution], RLMetaLearner]:
+    """MAML-RL and the pretrained baseline: a feed-forward policy, adapted by policy-gradient steps."""
+
+    def build(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
+        method = cfg.method
+        options = dict(inner_lr=method.inner_lr, trajectories=cfg.task.trajectories, first_order=method.first_order,
+                       gamma=method.gamma, gae_lambda=1.0 if method.gae_lambda is None else method.gae_lambda,
+                       trpo=_trpo(cfg), eval_inner_lrs=method.eval_inner_lrs or None)
+        if cls is algorithms.MAMLRL:
+            options["inner_steps"] = method.inner_steps
+        return cls(build_model(cfg, tasks), **options)
+
+    return build
+
+
+def _rl2(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
+    method = cfg.method
+    return algorithms.RL2(build_model(cfg, tasks), trials=cfg.task.trajectories, gamma=method.gamma,
+                          gae_lambda=0.3 if method.gae_lambda is None else method.gae_lambda, clip=method.ppo_clip,
+                          epochs=method.ppo_epochs, minibatches=method.ppo_minibatches, value_coef=method.value_coef,
+                          entropy_coef=method.entropy_coef, max_grad_norm=method.max_grad_norm)
+
+
+def _bandit_algorithm(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
+    if cfg.method.name == "ucb1":
+        return algorithms.UCB1(cfg.method.ucb_exploration)
+    return {"random-arms": algorithms.RandomArms, "thompson": algorithms.ThompsonSampling,
+            "bayes-optimal": algorithms.BayesOptimal}[cfg.method.name]()
 
 
 def _knn(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
@@ -286,9 +369,21 @@ ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
     "baseline": _classifier(_transfer(algorithms.Baseline)),
     "baseline++": _classifier(_transfer(algorithms.BaselinePlusPlus)),
     "logreg": _classifier(_transfer(algorithms.EmbeddingLogisticRegression)),
+    "maml-rl": _policy_gradient(algorithms.MAMLRL),
+    "pretrained-rl": _policy_gradient(algorithms.PretrainedPolicy),
+    "rl2": _rl2,
+    "random-arms": _bandit_algorithm,
+    "ucb1": _bandit_algorithm,
+    "thompson": _bandit_algorithm,
+    "bayes-optimal": _bandit_algorithm,
 }
 #: Methods trained as one classifier over all training classes, on mini-batches (tasks.ClassMiniBatches).
 MINIBATCH_TRAINED = frozenset({"baseline", "baseline++", "logreg"})
+#: Methods for the MDP families: they act in environments instead of reading support sets.
+RL_METHODS = frozenset({"maml-rl", "pretrained-rl", "rl2", "random-arms", "ucb1", "thompson", "bayes-optimal"})
+#: Hand-designed bandit algorithms: nothing to train, bandit tasks only.
+BANDIT_ALGORITHMS = frozenset({"random-arms", "ucb1", "thompson", "bayes-optimal"})
+POLICIES = ("auto", "gaussian", "categorical", "gru")
 #: Methods that may read raw pixels instead of an embedding (model "pixels").
 PIXEL_INPUT = frozenset({"knn", "mann"})
 GRADIENT_BASED = frozenset({"maml", "fomaml", "metasgd", "reptile", "pretrained"})
@@ -338,10 +433,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_model(cfg: Config) -> str:
-    """The network's name, with 'auto' resolved: the MLP for sinusoid regression, Conv-4 for images."""
+    """The network's name, with 'auto' resolved: the MLP for sinusoid regression and for RL policies (whose
+    kind is ``model.policy``), Conv-4 for images."""
     if cfg.model.name != "auto":
         return cfg.model.name
-    return "mlp" if cfg.task.family == "sinusoid" else "conv4"
+    return "mlp" if cfg.task.family in ("sinusoid", *RL_FAMILIES) else "conv4"
 
 
 MODELS = ("auto", "mlp", "conv4", "pixels")
@@ -367,6 +463,9 @@ def check_config(cfg: Config) -> None:
     if cfg.task.family == "omniglot":
         _check_name("--dataset-split", cfg.task.dataset_split, OMNIGLOT_SPLITS)
     resolve_device(cfg.training.device)
+    if cfg.task.family in RL_FAMILIES or cfg.method.name in RL_METHODS:
+        check_rl_config(cfg)
+        return
     norm, method = resolve_norm(cfg), cfg.method.name
     if resolve_model(cfg) == "conv4" and method in GRADIENT_BASED and norm == "batch":
         raise ValueError(f"--norm batch does not work with {method}: its inner loop adapts every task in one "
@@ -386,3 +485,31 @@ def check_config(cfg: Config) -> None:
         for split in ("val", "test"):
             for way, shot in eval_settings(cfg) if split == "test" else eval_settings(cfg)[:1]:
                 episodes(cfg, split, way, shot)
+
+
+def check_rl_config(cfg: Config) -> None:
+    """Reinforcement-learning runs: an RL method on an MDP family, with a policy that can act there."""
+    family, method = cfg.task.family, cfg.method.name
+    if family not in RL_FAMILIES:
+        raise ValueError(f"{method} learns in MDPs: use --tasks {' / '.join(RL_FAMILIES)}, not {family!r}")
+    if method not in RL_METHODS:
+        raise ValueError(f"--tasks {family} is a reinforcement-learning family: use --algorithm "
+                         f"{' / '.join(sorted(RL_METHODS))}, not {method!r}")
+    if method in BANDIT_ALGORITHMS:
+        if family != "bandit":
+            raise ValueError(f"{method} is a bandit algorithm: use --tasks bandit, not {family!r}")
+        if cfg.training.iterations > 0:
+            raise ValueError(f"{method} is a fixed bandit algorithm with nothing to train: run it with --iterations 0 "
+                             "to evaluate it")
+        return
+    if resolve_model(cfg) != "mlp":
+        raise ValueError(f"--model {cfg.model.name} is for images; an RL policy's network is set by --policy "
+                         "and --hidden-sizes / --recurrent-size")
+    _check_name("--policy", cfg.model.policy, POLICIES)
+    tasks = build_tasks(cfg, "train")
+    policy = resolve_policy(cfg, tasks)
+    if (method == "rl2") != (policy == "gru"):
+        raise ValueError("rl2 needs --policy gru (its hidden state is what adapts)" if method == "rl2" else
+                         f"{method} adapts a feed-forward policy by gradient steps: use --policy gaussian or "
+                         "categorical, not gru")
+    build_policy(cfg, tasks)  # a policy that cannot act in these tasks is refused here, before training

@@ -44,8 +44,9 @@ def _positive(section: Any, *names: str) -> None:
 class TaskSettings:
     """What a task is: the task family and the shape of its episodes."""
 
-    family: str = setting("sinusoid", "task family: sinusoid, omniglot, folder, or digits "
-                                             "(scikit-learn's, for cross-domain evaluation)", flat="tasks")
+    family: str = setting("sinusoid", "task family: sinusoid, omniglot, folder, or digits (scikit-learn's, for "
+                                      "cross-domain evaluation); reinforcement learning: nav2d (2D navigation), "
+                                      "bandit (Bernoulli bandits) or tabular-mdp", flat="tasks")
     k_shot: int = setting(10, "support examples per class (classification) or support points (regression)")
     num_query: int | None = setting(None, "query examples per class in training episodes "
                                           "(default: 15 for images, k_shot for sinusoid)")
@@ -57,9 +58,21 @@ class TaskSettings:
                                                 "as three new classes")
     image_size: int = setting(28, "images are resized to image_size x image_size")
     channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); default: as the images are")
+    horizon: int | None = setting(None, "RL: steps per episode (default: 100 for nav2d, 10 for tabular-mdp), or "
+                                        "pulls per trial for bandit (n, default 100)")
+    trajectories: int = setting(20, "RL: trajectories sampled in each task before each adaptation step "
+                                    "(MAML-RL), or trials per task in a meta-batch (RL^2)")
+    observe_goal: bool = setting(False, "nav2d: the observation holds the goal too (the oracle baseline)")
+    arms: int = setting(10, "bandit: arms per bandit (k)")
+    states: int = setting(10, "tabular-mdp: states")
+    actions: int = setting(5, "tabular-mdp: actions")
+    trial_episodes: int = setting(10, "tabular-mdp: episodes per trial (n; RL^2 keeps its memory across them)")
 
     def validate(self) -> None:
-        _positive(self, "k_shot", "n_way", "image_size", "num_query")
+        _positive(self, "k_shot", "n_way", "image_size", "num_query", "horizon", "trajectories", "states",
+                  "actions", "trial_episodes")
+        if self.arms < 2:
+            raise ConfigError(f"config: arms must be at least 2, got {self.arms}")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"config: channels must be 1 (grayscale), 3 (RGB) or null (as the data is), "
                               f"got {self.channels!r}")
@@ -75,9 +88,12 @@ class ModelSettings:
     conv_channels: int = setting(64, "channels of every Conv-4 block")
     norm: str = setting("auto", "normalisation: transductive, batch, layer, or auto (transductive for "
                                 "gradient-based methods, batch for the rest)")
+    policy: str = setting("auto", "RL policy: gaussian, categorical (MLPs of hidden_sizes) or gru (RL^2's); auto: "
+                                  "gru for rl2, else gaussian for continuous actions and categorical for discrete")
+    recurrent_size: int = setting(256, "RL^2: hidden units of the GRU policy")
 
     def validate(self) -> None:
-        _positive(self, "conv_channels")
+        _positive(self, "conv_channels", "recurrent_size")
         if any(width < 1 for width in self.hidden_sizes):
             raise ConfigError(f"config: hidden_sizes must hold positive integers, got {self.hidden_sizes}")
 
@@ -100,13 +116,52 @@ class MethodSettings:
     finetune_lr: float = setting(0.01, "Baseline / Baseline++: learning rate of those steps")
     neighbours: int = setting(1, "k of k-NN")
     encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
+    gamma: float = setting(0.99, "RL: discount factor")
+    gae_lambda: float | None = setting(None, "RL: lambda of generalised advantage estimation (default: 1.0 for "
+                                             "maml-rl and pretrained-rl, as the MAML paper's code; 0.3 for rl2)")
+    eval_inner_lrs: list[float] = setting(help="RL: step size of each test-time adaptation step, the last one "
+                                               "repeated (default: inner_lr; the MAML paper: alpha, then alpha/2)",
+                                          factory=list)
+    max_kl: float = setting(0.01, "TRPO: trust region, the largest mean KL between the policies before and after "
+                                  "a step")
+    cg_iterations: int = setting(10, "TRPO: conjugate-gradient iterations")
+    cg_damping: float = setting(1e-5, "TRPO: damping added to the KL Hessian")
+    line_search_steps: int = setting(15, "TRPO: backtracking steps of the line search")
+    backtrack_ratio: float = setting(0.8, "TRPO: step shrink factor of each backtrack")
+    curvature_fraction: float = setting(1.0, "TRPO: share of the meta-batch's tasks whose KL Hessian the conjugate "
+                                             "gradient uses (1.0: all; the line search always checks the full KL)")
+    ppo_clip: float = setting(0.2, "PPO (rl2): clip range of the probability ratio")
+    ppo_epochs: int = setting(5, "PPO (rl2): passes over each batch of trials")
+    ppo_minibatches: int = setting(4, "PPO (rl2): minibatches of trials per pass")
+    value_coef: float = setting(0.5, "PPO (rl2): weight of the value loss")
+    entropy_coef: float = setting(0.0, "PPO (rl2): weight of the entropy bonus")
+    max_grad_norm: float = setting(1.0, "PPO (rl2): gradients are clipped to this norm")
+    ucb_exploration: float = setting(1.0, "ucb1: exploration coefficient c (1: Auer et al.'s)")
 
     def validate(self) -> None:
-        _positive(self, "inner_steps", "neighbours", "finetune_steps")
+        _positive(self, "inner_steps", "neighbours", "finetune_steps", "cg_iterations",
+                  "line_search_steps", "ppo_epochs", "ppo_minibatches")
         if self.finetune not in ("head", "all"):
             raise ConfigError(f"config: finetune must be 'head' or 'all', got {self.finetune!r}")
         if not self.finetune_lr > 0:
             raise ConfigError(f"config: finetune_lr must be a positive learning rate, got {self.finetune_lr}")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"config: {name} must lie in [0, 1], got {value}")
+        for name in ("max_kl", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"config: {name} must be positive, got {getattr(self, name)}")
+        for name in ("backtrack_ratio", "ppo_clip"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"config: {name} must lie in (0, 1), got {getattr(self, name)}")
+        if not 0 < self.curvature_fraction <= 1:
+            raise ConfigError(f"config: curvature_fraction must lie in (0, 1], got {self.curvature_fraction}")
+        if any(not lr > 0 for lr in self.eval_inner_lrs):
+            raise ConfigError(f"config: eval_inner_lrs must hold positive step sizes, got {self.eval_inner_lrs}")
+        for name in ("cg_damping", "value_coef", "entropy_coef", "ucb_exploration"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config: {name} must be >= 0, got {getattr(self, name)}")
         if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
             raise ConfigError(f"config: eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
         if not self.inner_lr > 0:
@@ -171,7 +226,7 @@ class EvaluationSettings:
 
 
 #: Tasks per meta-batch by task family when the config leaves it unset; 4 episodes for image families.
-DEFAULT_META_BATCH = {"sinusoid": 25}
+DEFAULT_META_BATCH = {"sinusoid": 25, "nav2d": 20, "bandit": 250, "tabular-mdp": 250}
 
 SECTIONS: dict[str, type] = {
     "task": TaskSettings,

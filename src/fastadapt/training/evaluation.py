@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from fastadapt.algorithms.base import MetaLearner, per_task_metric
+from fastadapt.algorithms.base import MetaLearner, RLMetaLearner, per_task_metric
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -36,21 +36,35 @@ def mean_and_ci95(values: torch.Tensor) -> Estimate:
     return Estimate(values.mean().item(), 1.96 * std / math.sqrt(n), n)
 
 
-def metric_name(learner: MetaLearner) -> str:
+def metric_name(learner: MetaLearner | RLMetaLearner) -> str:
+    if isinstance(learner, RLMetaLearner):
+        return "return"
     return "accuracy" if learner.loss == "cross_entropy" else "mse"
+
+
+def higher_is_better(learner: MetaLearner | RLMetaLearner) -> bool:
+    return metric_name(learner) in ("accuracy", "return")
 
 
 @torch.no_grad()
 def per_task_results(
     learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu"
 ) -> dict[int | None, torch.Tensor]:
-    """The metric of every task after each number of adaptation steps (None = the learner's default)."""
+    """The metric of every task after each number of adaptation steps (None = the learner's default).
+
+    For an RL learner the metric is a task's mean return (``evaluate_returns``: new trajectories before
+    each adaptation step, from the task's own seed, so the result is the same every call)."""
     was_training = learner.training
     learner.eval()
     results: dict[int | None, list[torch.Tensor]] = {s: [] for s in steps}
     try:
         for batch in batches:
             batch = batch.to(device)
+            if isinstance(learner, RLMetaLearner):
+                returns = learner.evaluate_returns(batch, None if list(steps) == [None] else list(steps))
+                for s in steps:
+                    results[s].append(returns[s].cpu())
+                continue
             for s in steps:
                 adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
                 outputs = learner.predict(adapted, batch.query_x)

@@ -12,12 +12,12 @@ from typing import Iterable
 
 import torch
 
-from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (build_learner, build_tasks, check_config, eval_settings,
+from fastadapt.training.builders import (RL_FAMILIES, RL_METHODS, build_learner, build_tasks, check_config, eval_settings,
                                          resolve_device, resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
@@ -86,9 +86,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
                 raise FileExistsError(f"{run_dir} already holds a run ({name}); pass --resume to continue it or "
                                       "choose another --output-dir")
     check_config(cfg)
+    if cfg.method.name in RL_METHODS and max(nproc or 1, distributed.launched_world_size() or 1) > 1:
+        raise ValueError(f"--nproc: {cfg.method.name} runs in one process (its TRPO / PPO updates are not split "
+                         "across processes); its simulator already steps every task of the meta-batch at once")
     if nproc is not None:
         distributed.check_split(cfg.training.meta_batch_size, nproc)
-    threads, why = choose_threads(cfg, resolve_model(cfg))
+    threads, why = choose_threads(cfg, resolve_model(cfg), threads_started_with(run_dir) if resume else None)
     if nproc is not None and nproc > 1 and distributed.launched_world_size() is None:
         distributed.spawn(train, nproc, cfg.replace(threads=max(1, threads // nproc)), resume=resume,
                           progress=progress)
@@ -98,7 +101,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         return TrainResult(payload["iteration"], payload["best_score"], run_dir), learner
     with distributed.process_group(cfg.training.device, nproc) as group, using_threads(threads):
         tasks = build_tasks(cfg, "train")
-        if distributed.is_main_process():
+        if distributed.is_main_process() and cfg.task.family not in RL_FAMILIES:
             record_run_inputs(run_dir, inputs_of(cfg, tasks))
         learner = build_learner(cfg, tasks)
         if cfg.training.init_from is not None and not (run_dir / LAST).exists():
@@ -115,6 +118,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
             iteration = trainer.resume()
             trainer.say(f"resuming {run_dir} from iteration {iteration} of {cfg.training.iterations}")
         return trainer.fit(), learner
+
+
+def threads_started_with(run_dir: Path) -> int | None:
+    """The thread count the run's ``last.pt`` records (None for an older or unreadable checkpoint)."""
+    try:
+        return load_checkpoint(run_dir / LAST).get("threads")
+    except (ValueError, FileNotFoundError):
+        return None
 
 
 def initialise_from(learner: MetaLearner, run_dir: str | Path) -> None:
@@ -141,14 +152,18 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Met
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     payload = load_checkpoint(run_dir / (BEST if checkpoint == "best" else LAST))
     cfg = Config.from_dict(payload["config"])
-    learner = build_learner(cfg, read_run_inputs(run_dir, cfg).signature)
+    # an MDP family is built in full (it reads no data); other tasks from the run's recorded signature
+    tasks = build_tasks(cfg, "train") if cfg.task.family in RL_FAMILIES else read_run_inputs(run_dir, cfg).signature
+    learner = build_learner(cfg, tasks)
     learner.load_state_dict(payload["learner"])
     return cfg, learner.eval()  # ready for inference: batch norm uses its running statistics
 
 
 def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = None,
-                     steps: list[int] | None = None, dataset: ClassDataset | None = None) -> dict[str, Estimate]:
-    """Mean ± 95% CI on the fixed test tasks.
+                     steps: list[int] | None = None, dataset: ClassDataset | None = None,
+                     split: str = "test") -> dict[str, Estimate]:
+    """Mean ± 95% CI on the fixed test tasks (or, with ``split`` "val", the validation tasks: for choices such
+    as a baseline's test-time step size, which must never be made on the test tasks).
 
     Regression rows are numbers of adaptation steps; classification rows are
     the run's evaluation settings ("5-way 1-shot", ..., see ``eval_settings``),
@@ -160,18 +175,44 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     learner.to(device)
     num_tasks = num_tasks or cfg.evaluation.test_tasks
     steps = steps if steps is not None else cfg.evaluation.eval_steps
-    tasks = build_tasks(cfg, "test") if dataset is None else None
+    tasks = build_tasks(cfg, split) if dataset is None else None
+    if isinstance(learner, RLMetaLearner):
+        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device)
+        return {("return per trial" if s is None else step_label(s)): e for s, e in results.items()}
     if dataset is None and not isinstance(tasks, EpisodeTasks):
-        results = evaluate(learner, fixed_batches(tasks, num_tasks, "test"), steps=steps, device=device)
+        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device)
         return {step_label(s): e for s, e in results.items()}
     rows = {}
     for way, shot in eval_settings(cfg):
         episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)
-        batches = fixed_batches(episodes, num_tasks, "test", shuffle_support=learner.reads_support_in_order)
+        batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order)
         results = evaluate(learner, batches, steps=steps, device=device)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows
+
+
+def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps: tuple[int, ...] = (0, 1, 3),
+                     split: str = "test") -> list[dict]:
+    """For the first ``goals`` fixed test goals of a 2D-navigation run: one trajectory (the first sampled, up to
+    its end) before adaptation and after each number of ``steps``, as ``plots.plot_navigation_trajectories``
+    draws them (Finn et al.'s Figure 4)."""
+    if cfg.task.family != "nav2d" or not learner.uses_adaptation_steps:
+        raise ValueError(f"trajectory figures are for 2D-navigation runs of maml-rl / pretrained-rl, not "
+                         f"{cfg.method.name} on {cfg.task.family}")
+    tasks = build_tasks(cfg, split).fixed_tasks(goals, split=split)
+    _, history = learner.adapt(tasks, max(steps))
+    panels = []
+    for task in range(goals):
+        paths = {}
+        for step in steps:
+            episodes = history[step]
+            length = int(episodes.masks[task, 0].sum())
+            positions = torch.cat([torch.zeros(1, 2), episodes.observations[task, 0, 1:length, :2]])
+            paths[step_label(step)] = positions.numpy()
+        goal = tasks.env.goals[task].tolist()
+        panels.append({"goal": goal, "paths": paths, "title": f"test goal ({goal[0]:.2f}, {goal[1]:.2f})"})
+    return panels
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:

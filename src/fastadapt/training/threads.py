@@ -5,6 +5,9 @@ small network (the sinusoid MLP: 40x40 matrices) each operation is far too small
 threads only synchronise; and when another process keeps a core busy, the threads waiting for it spin:
 the demo took 20 minutes on 2 cores beside one other training job, 76 seconds on one thread. So small
 networks run on one thread, and larger ones on the cores that are idle (by the load average) at start.
+The count is recorded in checkpoints and a resumed run keeps it; two fresh runs of a convolutional
+network with the same seed give the same numbers when they run on the same number of threads
+(``--threads N`` pins it).
 """
 from __future__ import annotations
 
@@ -36,10 +39,16 @@ def busy_cores() -> int:
         return 0
 
 
-def choose_threads(cfg: Config, model_name: str) -> tuple[int, str]:
-    """(threads, why) for a run of ``cfg`` whose network is ``model_name`` ('mlp', 'conv4', ...)."""
+def choose_threads(cfg: Config, model_name: str, started_with: int | None = None) -> tuple[int, str]:
+    """(threads, why) for a run of ``cfg`` whose network is ``model_name`` ('mlp', 'conv4', ...).
+
+    ``started_with`` is the thread count a resumed run's checkpoint records: the same count again, because
+    a convolution's sums are split by thread, so another count changes the weights in their last bits.
+    """
     if cfg.training.threads is not None:
         return cfg.training.threads, "as --threads asked"
+    if started_with is not None:
+        return started_with, "as the run was started, so it continues exactly; --threads N to change"
     if model_name in SMALL_MODELS:
         return 1, f"a small {model_name} network: more threads would only wait on each other; --threads N to change"
     cores, busy = available_cores(), busy_cores()

@@ -15,12 +15,12 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training.allocator import reuse_freed_memory
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fastadapt.training.config import Config
-from fastadapt.training.evaluation import evaluate, metric_name
+from fastadapt.training.evaluation import evaluate, higher_is_better, metric_name
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -32,7 +32,10 @@ class NonFiniteLossError(FloatingPointError):
 def build_optimizer(
     cfg: Config, learner: MetaLearner
 ) -> tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The outer optimizer; None for a learner with nothing to train (k-NN), which may only run 0 iterations."""
+    """The outer optimizer; None for a learner with nothing to train (k-NN), which may only run 0 iterations,
+    and for an RL learner whose update needs none (TRPO)."""
+    if isinstance(learner, RLMetaLearner) and not learner.uses_optimizer:
+        return None, None
     params = [p for p in learner.parameters() if p.requires_grad]
     if not params:
         if cfg.training.iterations > 0:
@@ -127,7 +130,7 @@ class Trainer:
         self.best_score: float | None = None
         self.best_iteration: int | None = None
         self.seconds_before = 0.0  # training time of the run's earlier sessions, when resumed
-        self.higher_is_better = metric_name(learner) == "accuracy"
+        self.higher_is_better = higher_is_better(learner)
         self._stall_noted = False
         self._start: float | None = None  # when this session's fit began
 
@@ -146,6 +149,7 @@ class Trainer:
             "best_iteration": self.best_iteration,
             "seconds": self.seconds_before + self._session_seconds(),
             "rng": rng_state(self.generator),
+            "threads": torch.get_num_threads(),  # a resumed run uses as many (see training.threads)
             "config": self.cfg.to_dict(),
         }
 
@@ -205,6 +209,8 @@ class Trainer:
 
     # --- the loop ---
     def step(self, batch: TaskBatch) -> dict[str, float]:
+        if isinstance(self.learner, RLMetaLearner):
+            return self.rl_step(batch)
         loss, metrics = self.learner.meta_loss(batch.to(self.device))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -217,6 +223,19 @@ class Trainer:
         if self.gradient_hook is not None:
             self.gradient_hook(self.learner)
         self.optimizer.step()
+        if self.scheduler:
+            self.scheduler.step()
+        return metrics
+
+    def rl_step(self, batch) -> dict[str, float]:
+        """An RL learner's outer update is not one optimizer step on one loss (a TRPO step with its line search,
+        several PPO epochs): it takes the whole update, with the trainer's optimizer if it uses one."""
+        metrics = self.learner.meta_update(batch.to(self.device), self.optimizer)
+        if not math.isfinite(metrics["return"]):
+            raise NonFiniteLossError(f"the mean return is {metrics['return']} at iteration {self.iteration}: "
+                                     f"the run diverged; the last good checkpoint is {self.run_dir / LAST}")
+        if self.gradient_hook is not None:
+            self.gradient_hook(self.learner)
         if self.scheduler:
             self.scheduler.step()
         return metrics
@@ -296,7 +315,8 @@ class Trainer:
                 record: dict[str, float] = {}
                 if self.iteration % cfg.log_every == 0 or done:
                     record = {key: value / since_log for key, value in running.items()}
-                    record["lr"] = self.optimizer.param_groups[0]["lr"]
+                    if self.optimizer is not None:
+                        record["lr"] = self.optimizer.param_groups[0]["lr"]
                     training_accuracy = record.get("accuracy")
                     running, since_log = {}, 0
                 if self.iteration % cfg.val_every == 0 or done:
@@ -307,6 +327,8 @@ class Trainer:
                     if is_writer:
                         self._log(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("iteration", "seconds")})
+                elif "return" in running:  # RL: the running mean return since the last log line, every step
+                    bar.set_postfix({"return": f"{running['return'] / since_log:.4g}"}, refresh=False)
                 if self.should_stop(stop):
                     self._save(LAST, is_writer)
                     raise TrainingInterrupted(self.run_dir, self.iteration, self.iteration)

@@ -1,0 +1,98 @@
+"""Bernoulli bandits (Duan et al. 2016, RL^2, section 4.1): RL^2 against random, UCB1 and Thompson sampling,
+each scored by the total reward of one trial on the same 1,000 fixed test bandits (arms' probabilities ~ U[0, 1]).
+
+    python benchmarks/rl_bandits.py --output-dir runs/bench-bandits              # n = 10, k = 5 and n = 100, k = 10
+
+1. trains the RL^2 presets (rl-bandit-rl2-k5-n10, rl-bandit-rl2), or reuses / resumes their runs
+   (same test bandits for every method: the test split's seeds);
+2. chooses UCB1's exploration coefficient c on 1,000 *validation* bandits from a grid (the paper tuned its
+   baselines too);
+3. evaluates every method on the test bandits (plus the exact Bayes-optimal policy where its DP is small) and
+   prints one table per setting, with the paper's figures the issue quotes, and writes results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
+from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.config import load_preset
+from fastadapt.training.evaluation import Estimate, format_table
+from fastadapt.training.runs import evaluate_learner, load_run, train
+from fastadapt.training.trainer import BEST, LAST
+
+#: (arms k, pulls n) -> the RL^2 preset
+SETTINGS = {(5, 10): "rl-bandit-rl2-k5-n10", (10, 100): "rl-bandit-rl2"}
+#: Duan et al. 2016, Table 1, as issue 12 quotes them (n = 100, k = 10)
+PAPER = {(10, 100): {"RL^2": 83.5, "Gittins": 82.8, "random": 49.9}}
+TARGETS = {(5, 10): 6.5, (10, 100): 80.0}
+UCB_GRID = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
+ROW = "return per trial"
+
+
+def rl2_run(preset: str, output_dir: Path) -> str:
+    cfg = load_preset(preset).replace(output_dir=str(output_dir / preset))
+    run_dir = Path(cfg.training.output_dir)
+    last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
+    if not ((run_dir / BEST).exists() and last is not None and last["iteration"] >= cfg.training.iterations):
+        train(cfg, resume=last is not None, progress=False)
+    return str(run_dir)
+
+
+def baseline(name: str, arms: int, pulls: int, output_dir: Path, **method) -> tuple:
+    """The run of a bandit algorithm (nothing to train: ``train`` saves it with 0 iterations)."""
+    suffix = "".join(f"-{key}{value}" for key, value in method.items())
+    cfg = load_preset(f"rl-bandit-{name}").replace(arms=arms, horizon=pulls, **method,
+                                                     output_dir=str(output_dir / f"{name}-k{arms}-n{pulls}{suffix}"))
+    if not (Path(cfg.training.output_dir) / BEST).exists():
+        train(cfg, progress=False)
+    return load_run(cfg.training.output_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="runs/bench-bandits")
+    parser.add_argument("--settings", nargs="+", default=["5x10", "10x100"], help="k x n pairs to run")
+    args = parser.parse_args()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    record = {}
+    for text in args.settings:
+        arms, pulls = (int(v) for v in text.split("x"))
+        column: dict[str, dict[str, Estimate | str]] = {}
+        cfg, learner = load_run(rl2_run(SETTINGS[arms, pulls], output_dir))
+        column["RL^2 (ours)"] = evaluate_learner(cfg, learner)[ROW]
+        scores = {}
+        for c in UCB_GRID:
+            cfg, learner = baseline("ucb1", arms, pulls, output_dir, ucb_exploration=c)
+            scores[c] = evaluate_learner(cfg, learner, split="val")[ROW].mean
+        chosen = max(scores, key=scores.get)
+        cfg, learner = baseline("ucb1", arms, pulls, output_dir, ucb_exploration=chosen)
+        column[f"UCB1 (c = {chosen}, chosen on validation)"] = evaluate_learner(cfg, learner)[ROW]
+        for name, label in (("thompson", "Thompson sampling"), ("random-arms", "random")):
+            cfg, learner = baseline(name, arms, pulls, output_dir)
+            column[label] = evaluate_learner(cfg, learner)[ROW]
+        if arms * pulls <= BAYES_OPTIMAL_LIMIT:
+            cfg, learner = baseline("bayes-optimal", arms, pulls, output_dir)
+            column["Bayes-optimal (exact DP, the ceiling)"] = evaluate_learner(cfg, learner)[ROW]
+        for name, value in PAPER.get((arms, pulls), {}).items():
+            column[f"{name} (paper)"] = f"{value:.1f}"
+        print(format_table({"total reward": column},
+                           f"\nBernoulli bandits, n = {pulls} pulls, k = {arms} arms: total reward per trial on "
+                           f"1,000 fixed test bandits (mean ± 95% CI); UCB1's c on validation: "
+                           + ", ".join(f"{c}: {s:.2f}" for c, s in scores.items())))
+        ours = column["RL^2 (ours)"].mean
+        print(f"RL^2 {ours:.2f} (target >= {TARGETS[arms, pulls]}: {'met' if ours >= TARGETS[arms, pulls] else 'NOT met'})")
+        record[text] = {row: (v.to_dict() if isinstance(v, Estimate) else v) for row, v in column.items()}
+        record[text]["ucb1_validation"] = scores
+    (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"wrote {output_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

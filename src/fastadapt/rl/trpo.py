@@ -1,0 +1,98 @@
+"""Trust region policy optimisation (Schulman et al. 2015): one constrained step on a surrogate objective.
+
+Given a closure returning (surrogate loss to minimise, mean KL from the policy that collected the data),
+``trpo_step``:
+
+1. takes the gradient g of the loss;
+2. solves H s = -g by conjugate gradient, where H is the Hessian of the KL (the Fisher information), used
+   only through exact Hessian-vector products (double backward; for MAML-RL they reach through the inner
+   gradient step, so no finite differences are needed);
+3. scales s so that the quadratic model of the KL equals ``max_kl``: beta = sqrt(2 max_kl / s^T H s);
+4. backtracks (beta, ratio * beta, ratio^2 * beta, ...) until the loss decreases and the KL, measured
+   exactly, is within ``max_kl``; if no step qualifies the parameters stay where they were.
+
+``curvature_kl``, if given, is a cheaper KL (e.g. on a subset of the batch, as rllab's ``subsample_factor``)
+whose Hessian stands in for the full one in steps 2-3; the line search still measures the full KL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+
+@dataclass(frozen=True)
+class TRPOSettings:
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    line_search_steps: int = 15
+    #: share of the batch (tasks, for MAML-RL) whose KL Hessian the conjugate gradient uses; 1.0: all
+    curvature_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.max_kl > 0:
+            raise ValueError(f"max_kl (the TRPO trust region) must be positive, got {self.max_kl}")
+        if self.cg_iterations < 1 or self.line_search_steps < 1:
+            raise ValueError("cg_iterations and line_search_steps must be at least 1")
+        if not 0 < self.backtrack_ratio < 1:
+            raise ValueError(f"backtrack_ratio must lie in (0, 1), got {self.backtrack_ratio}")
+        if self.cg_damping < 0:
+            raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
+        if not 0 < self.curvature_fraction <= 1:
+            raise ValueError(f"curvature_fraction must lie in (0, 1], got {self.curvature_fraction}")
+
+
+def conjugate_gradient(matrix_vector: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
+                       iterations: int, tolerance: float = 1e-10) -> torch.Tensor:
+    """Approximately solve A x = b for symmetric positive-definite A given only x -> A x."""
+    x = torch.zeros_like(b)
+    residual, direction = b.clone(), b.clone()
+    residual_norm = residual @ residual
+    for _ in range(iterations):
+        if residual_norm < tolerance:
+            break
+        product = matrix_vector(direction)
+        alpha = residual_norm / (direction @ product)
+        x = x + alpha * direction
+        residual = residual - alpha * product
+        new_norm = residual @ residual
+        direction = residual + (new_norm / residual_norm) * direction
+        residual_norm = new_norm
+    return x
+
+
+def trpo_step(parameters: list[torch.nn.Parameter], loss_and_kl: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+              settings: TRPOSettings, curvature_kl: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+    """Update ``parameters`` in place; returns the loss before/after, the KL reached and the backtracks taken."""
+    loss, kl = loss_and_kl()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"TRPO surrogate loss is {loss.item()}: the returns or the policy contain NaN/inf")
+    gradient = parameters_to_vector(torch.autograd.grad(loss, parameters, retain_graph=curvature_kl is None))
+    if curvature_kl is not None:
+        kl = curvature_kl()
+    kl_gradient = parameters_to_vector(torch.autograd.grad(kl, parameters, create_graph=True))
+
+    def fisher_vector(v: torch.Tensor) -> torch.Tensor:
+        product = torch.autograd.grad(kl_gradient @ v, parameters, retain_graph=True)
+        return parameters_to_vector(product) + settings.cg_damping * v
+
+    direction = conjugate_gradient(fisher_vector, -gradient, settings.cg_iterations)
+    curvature = direction @ fisher_vector(direction)
+    old = parameters_to_vector(parameters).detach()
+    info = {"loss_before": loss.item(), "loss_after": loss.item(), "kl": 0.0, "backtracks": settings.line_search_steps}
+    if not curvature > 0:  # zero gradient (nothing to learn from this batch) or numerical trouble: no step
+        return info
+    full_step = torch.sqrt(2 * settings.max_kl / curvature) * direction
+    with torch.no_grad():
+        for backtrack in range(settings.line_search_steps):
+            vector_to_parameters(old + settings.backtrack_ratio**backtrack * full_step, parameters)
+            new_loss, new_kl = loss_and_kl()
+            if new_kl <= settings.max_kl and new_loss < loss:
+                info.update(loss_after=new_loss.item(), kl=new_kl.item(), backtracks=backtrack)
+                return info
+        vector_to_parameters(old, parameters)
+    return info

@@ -1,0 +1,140 @@
+"""Task distributions p(T) over MDPs: 2D navigation goals, Bernoulli bandits, random tabular MDPs.
+
+A task is an MDP. ``sample(num_tasks, generator)`` draws a batch of them as an
+``MDPBatch``: a batched simulator over the tasks' parameters (see
+``fastadapt.environments``) plus one seed per task. Every random draw made
+while acting in a task (its trajectories' noise, the policy's sampling noise)
+derives from that seed, so a task's rollouts do not depend on which other
+tasks share the batch or the process; fixed evaluation tasks
+(``fixed_tasks``) are fully reproducible, rollouts included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastadapt.environments import BatchedBernoulliBandit, BatchedEnv, BatchedNavigation2D, BatchedTabularMDP, Spaces
+from fastadapt.environments.navigation import GOAL_RANGE, navigation_spaces
+from fastadapt.environments.noise import derive_seeds
+from fastadapt.tasks.base import SPLIT_SEED_OFFSETS
+
+SEED_LIMIT = 2**32
+
+
+@dataclass
+class MDPBatch:
+    """A batch of MDPs: ``env`` simulates all of them, ``seeds`` (tasks,) is each task's source of randomness."""
+
+    env: BatchedEnv
+    seeds: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.seeds.shape != (self.env.num_tasks,):
+            raise ValueError(f"MDPBatch needs one seed per task: {self.env.num_tasks} tasks, "
+                             f"seeds of shape {tuple(self.seeds.shape)}")
+
+    @property
+    def num_tasks(self) -> int:
+        return self.env.num_tasks
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+    def __getitem__(self, index: slice | torch.Tensor) -> "MDPBatch":
+        return MDPBatch(self.env.select(index), self.seeds[index])
+
+    def split(self, chunk_size: int) -> list["MDPBatch"]:
+        return [self[i : i + chunk_size] for i in range(0, self.num_tasks, chunk_size)]
+
+    def to(self, device: torch.device | str) -> "MDPBatch":
+        return MDPBatch(self.env.to(device), self.seeds.to(device))
+
+    def trajectory_seeds(self, trajectories: int, round_: int) -> torch.Tensor:
+        """Seeds (tasks, trajectories) for the ``round_``-th batch of trajectories sampled in each task
+        (round 0 before adaptation, round k after k adaptation steps)."""
+        index = torch.arange(trajectories, device=self.seeds.device)
+        return derive_seeds(self.seeds[:, None], round_, index)
+
+
+class MDPTaskDistribution:
+    """Shared by the families: seeds, fixed tasks by split. Subclasses define ``spaces`` and ``_env``."""
+
+    spaces: Spaces
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+
+    def _env(self, num_tasks: int, generator: torch.Generator) -> BatchedEnv:
+        raise NotImplementedError
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> MDPBatch:
+        if not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
+        env = self._env(num_tasks, generator)
+        return MDPBatch(env, torch.randint(0, SEED_LIMIT, (num_tasks,), generator=generator))
+
+    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> MDPBatch:
+        """A reproducible set of tasks (and their seeds): the same arguments give the same MDPs and rollouts."""
+        if split not in SPLIT_SEED_OFFSETS:
+            raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_SEED_OFFSETS)}")
+        return self.sample(num_tasks, torch.Generator().manual_seed(seed + SPLIT_SEED_OFFSETS[split]))
+
+
+class Navigation2DTasks(MDPTaskDistribution):
+    """Finn et al.'s 2D navigation: goals uniform in ``goal_range`` squared ([-0.5, 0.5]^2), horizon 100.
+    ``observe_goal`` gives the oracle's observations (position and goal)."""
+
+    def __init__(self, horizon: int = 100, goal_range: tuple[float, float] = GOAL_RANGE, observe_goal: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(dtype)
+        if not goal_range[0] < goal_range[1]:
+            raise ValueError(f"goal_range must have low < high, got {goal_range}")
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon must be a positive number of steps, got {horizon!r}")
+        self.horizon, self.goal_range, self.observe_goal = horizon, goal_range, observe_goal
+        self.spaces = navigation_spaces(observe_goal)
+
+    def _env(self, num_tasks: int, generator: torch.Generator) -> BatchedNavigation2D:
+        low, high = self.goal_range
+        goals = low + (high - low) * torch.rand(num_tasks, 2, generator=generator, dtype=self.dtype)
+        return BatchedNavigation2D(goals, self.horizon, self.observe_goal)
+
+
+class BanditTasks(MDPTaskDistribution):
+    """RL^2's bandits: ``arms`` (k) Bernoulli arms with success probabilities ~ U[0, 1], ``pulls`` (n) per trial."""
+
+    def __init__(self, arms: int = 10, pulls: int = 100, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(dtype)
+        if not isinstance(arms, int) or arms < 2:
+            raise ValueError(f"a bandit needs at least 2 arms, got {arms!r}")
+        if not isinstance(pulls, int) or pulls < 1:
+            raise ValueError(f"pulls (the horizon of a trial) must be a positive integer, got {pulls!r}")
+        self.arms, self.pulls = arms, pulls
+        self.spaces = Spaces(observation_size=1, action_kind="discrete", action_size=arms)
+
+    def _env(self, num_tasks: int, generator: torch.Generator) -> BatchedBernoulliBandit:
+        return BatchedBernoulliBandit(torch.rand(num_tasks, self.arms, generator=generator, dtype=self.dtype),
+                                      self.pulls)
+
+
+class TabularMDPTasks(MDPTaskDistribution):
+    """RL^2's random MDPs: transitions P[s, a] ~ flat Dirichlet, mean rewards mu[s, a] ~ N(1, 1), rewards
+    ~ N(mu, 1); episodes of ``horizon`` steps from state 0, ``episodes`` (n) episodes per trial."""
+
+    def __init__(self, states: int = 10, actions: int = 5, horizon: int = 10, episodes: int = 10,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(dtype)
+        for name, value in (("states", states), ("actions", actions), ("horizon", horizon), ("episodes", episodes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.states, self.actions, self.horizon, self.episodes = states, actions, horizon, episodes
+        self.spaces = Spaces(observation_size=states, action_kind="discrete", action_size=actions)
+
+    def _env(self, num_tasks: int, generator: torch.Generator) -> BatchedTabularMDP:
+        shape = (num_tasks, self.states, self.actions)
+        # A flat Dirichlet is a normalised vector of independent Exp(1) draws.
+        exponential = -torch.log1p(-torch.rand(*shape, self.states, generator=generator, dtype=torch.float64))
+        transitions = (exponential / exponential.sum(-1, keepdim=True)).to(self.dtype)
+        reward_means = 1.0 + torch.randn(*shape, generator=generator, dtype=self.dtype)
+        return BatchedTabularMDP(transitions, reward_means, self.horizon, self.episodes)

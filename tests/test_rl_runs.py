@@ -1,0 +1,149 @@
+"""Meta-RL through the run machinery: presets, small end-to-end CLI runs, exact resume, one-line errors."""
+import json
+
+import pytest
+import torch
+
+from fastadapt.cli import main
+from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.config import Config, load_preset, preset_names
+from fastadapt.training.runs import evaluate_learner, load_run, train
+from fastadapt.training.trainer import Trainer
+
+TINY_NAV = ["--horizon", "8", "--trajectories", "3", "--meta-batch-size", "3", "--hidden-sizes", "8", "8",
+            "--val-tasks", "3", "--test-tasks", "3", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_rl_preset_is_a_valid_run_configuration():
+    names = [n for n in preset_names() if n.startswith("rl-")]
+    assert {"rl-nav2d-maml", "rl-nav2d-pretrained", "rl-nav2d-random", "rl-nav2d-oracle", "rl-bandit-rl2",
+            "rl-bandit-rl2-k5-n10", "rl-bandit-ucb1", "rl-bandit-thompson", "rl-bandit-random-arms",
+            "rl-bandit-bayes-optimal", "rl-mdp-rl2"} <= set(names)
+    maml = load_preset("rl-nav2d-maml")
+    assert (maml.method.inner_lr, maml.method.max_kl, maml.task.horizon, maml.task.trajectories,
+            maml.training.meta_batch_size, maml.model.hidden_sizes) == (0.1, 0.01, 100, 20, 20, [100, 100])
+
+
+def test_cli_trains_evaluates_and_plots_maml_rl_on_2d_navigation(tmp_path, capsys):
+    run = tmp_path / "maml"
+    assert main(["train", "rl-nav2d-maml", "--iterations", "2", "--val-every", "1", "--log-every", "1",
+                 "--output-dir", str(run),
+                 *TINY_NAV]) == 0
+    out = capsys.readouterr().out
+    assert "2D navigation, horizon 8" in out and "3 fixed test tasks" in out
+    for row in ("0 steps", "1 step", "2 steps", "3 steps"):
+        assert row in out
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2] and "val_return" in log[-1] and "return_pre_update" in log[0]
+    assert main(["eval", str(run), "--json", str(tmp_path / "eval.json")]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert set(results) == {"0 steps", "1 step", "2 steps", "3 steps"}
+    assert main(["plot", str(run)]) == 0
+    assert (run / "trajectories.png").stat().st_size > 10_000 and (run / "learning_curves.png").exists()
+
+
+def test_cli_trains_rl2_and_evaluates_bandit_baselines(tmp_path, capsys):
+    assert main(["train", "rl-bandit-rl2", "--arms", "3", "--horizon", "5", "--recurrent-size", "8",
+                 "--meta-batch-size", "8", "--iterations", "2", "--ppo-epochs", "1", "--val-tasks", "4",
+                 "--test-tasks", "5", "--output-dir", str(tmp_path / "rl2"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Bernoulli bandits, k=3 arms, n=5 pulls" in out and "return per trial" in out
+    for algorithm in ("ucb1", "thompson", "random-arms"):
+        assert main(["train", f"rl-bandit-{algorithm}", "--arms", "3", "--horizon", "5", "--test-tasks", "5",
+                     "--val-tasks", "4", "--output-dir", str(tmp_path / algorithm), "--no-progress"]) == 0
+        assert "return per trial" in capsys.readouterr().out
+
+
+class Killed(Exception):
+    pass
+
+
+def _params(learner):
+    return {k: v.clone() for k, v in learner.state_dict().items()}
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(algorithm="maml-rl", tasks="nav2d", horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
+         inner_lr=0.1),
+    dict(algorithm="rl2", tasks="bandit", arms=3, horizon=5, trajectories=2, meta_batch_size=4, recurrent_size=8,
+         ppo_epochs=2, ppo_minibatches=2),
+], ids=["maml-rl", "rl2"])
+def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, overrides):
+    def cfg(name):
+        return Config(iterations=6, log_every=1, val_every=2, checkpoint_every=2, val_tasks=2, test_tasks=2,
+                      output_dir=str(tmp_path / name), **overrides)
+
+    _, straight = train(cfg("a"), progress=False)
+    config = cfg("b").resolved()
+    tasks = build_tasks(config)
+    learner = build_learner(config, tasks)
+    calls = {"n": 0}
+
+    def kill_at_iteration_5(_):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer(config, learner, tasks, progress=False, gradient_hook=kill_at_iteration_5).fit()
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["iteration"] == 4
+    torch.manual_seed(12345)  # resuming must not depend on the global RNG at restart
+    _, resumed = train(cfg("b"), resume=True, progress=False)
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_rl_evaluation_is_reproducible_and_reads_validation_tasks_on_request(tmp_path):
+    train(Config(algorithm="maml-rl", tasks="nav2d", horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
+                 iterations=1, val_tasks=2, test_tasks=3, eval_steps=[0, 1], output_dir=str(tmp_path / "r")),
+          progress=False)
+    cfg, learner = load_run(tmp_path / "r")
+    first, again = evaluate_learner(cfg, learner), evaluate_learner(cfg, learner)
+    assert first == again and set(first) == {"0 steps", "1 step"} and first["1 step"].num_tasks == 3
+    assert evaluate_learner(cfg, learner, split="val") != first
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tasks", "nav3d", "--algorithm", "maml-rl"], "unknown tasks 'nav3d' (--tasks): did you mean 'nav2d'?"),
+    (["--tasks", "nav2d", "--algorithm", "maml-rl", "--horizon", "0"], "horizon must be a positive integer"),
+    (["--tasks", "nav2d", "--algorithm", "maml-rl", "--policy", "categorical"],
+     "a categorical policy needs discrete actions, but this task's actions are continuous"),
+    (["--tasks", "nav2d", "--algorithm", "maml"], "reinforcement-learning family: use --algorithm"),
+    (["--tasks", "sinusoid", "--algorithm", "rl2"], "rl2 learns in MDPs"),
+    (["--tasks", "bandit", "--algorithm", "ucb1", "--iterations", "5"], "nothing to train"),
+    (["--tasks", "nav2d", "--algorithm", "rl2", "--policy", "gaussian"], "rl2 needs --policy gru"),
+    (["--tasks", "nav2d", "--algorithm", "maml-rl", "--gamma", "1.5"], "gamma must lie in [0, 1]"),
+    (["--tasks", "nav2d", "--algorithm", "maml-rl", "--nproc", "2", "--meta-batch-size", "4"],
+     "--nproc: maml-rl runs in one process"),
+])
+def test_bad_rl_settings_are_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["train", *args, "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("fastadapt: error:") and err.count("\n") == 1
+
+
+def test_a_nan_return_stops_the_run_with_a_one_line_error(tmp_path, capsys, monkeypatch):
+    from fastadapt.environments import navigation
+
+    real_step = navigation.BatchedNavigation2D.step
+
+    def step_with_nan(self, actions):
+        observations, rewards, terminated = real_step(self, actions)
+        return observations, rewards * float("nan"), terminated
+
+    monkeypatch.setattr(navigation.BatchedNavigation2D, "step", step_with_nan)
+    assert main(["train", "--tasks", "nav2d", "--algorithm", "maml-rl", "--iterations", "1", *TINY_NAV,
+                 "--output-dir", str(tmp_path / "run")]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the line saying how many threads the run uses
+    assert last.startswith("fastadapt: error: a rollout returned a non-finite (NaN or inf) reward")
