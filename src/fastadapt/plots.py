@@ -111,3 +111,28 @@ def plot_navigation_trajectories(panels: list[dict], path: Path, title: str = ""
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_adaptation_curves(curves: dict[str, dict[int, tuple[float, float]]], path: Path, title: str = "",
+                           references: dict[str, dict[int, float]] | None = None) -> Path:
+    """Finn et al. 2017's Figure 5: mean return against the number of policy-gradient steps at test time, one
+    line per learner with its 95% CI as error bars. ``curves``: {learner: {steps: (mean, ci95)}};
+    ``references``: {label: {steps: value}}, drawn dashed (a paper's numbers)."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for name, points in curves.items():
+        steps = sorted(points)
+        ax.errorbar(steps, [points[s][0] for s in steps], yerr=[points[s][1] for s in steps], marker="o",
+                    capsize=3, lw=1.6, label=name)
+    for name, points in (references or {}).items():
+        steps = sorted(points)
+        ax.plot(steps, [points[s] for s in steps], ls="--", marker="x", color="gray", label=name)
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -32,7 +32,7 @@ MAX_CHUNK_VALUES = 512 * 28 * 28
 #: episodes (which the best checkpoint's score was measured on). ``data_root`` may change for Omniglot
 #: (where the same archives are found; their checksums key the decoded cache), not for a folder.
 RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "log_every", "val_every", "checkpoint_every",
-                               "test_tasks", "eval_steps", "threads"})
+                               "test_tasks", "eval_steps", "threads", "rollout_workers"})
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK,
