@@ -231,3 +231,20 @@ def test_without_mujoco_the_locomotion_commands_name_the_extra_to_install(tmp_pa
     err = capsys.readouterr().err.strip()
     assert err == ('fastadapt: error: --tasks ant-direction needs MuJoCo, which is not installed: '
                    'pip install "fastadapt[mujoco]"')
+
+
+def test_cli_trains_a_tiny_locomotion_run_and_plots_its_curves_and_frames(tmp_path, capsys):
+    from fastadapt.cli import main
+
+    run = tmp_path / "cheetah"
+    assert main(["train", "rl-halfcheetah-fwd-bwd-maml-cpu", "--iterations", "1", "--horizon", "6",
+                 "--trajectories", "2", "--meta-batch-size", "2", "--hidden-sizes", "8", "--val-tasks", "2",
+                 "--test-tasks", "2", "--rollout-workers", "0", "--output-dir", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "HalfCheetah forward/backward, horizon 6" in out and "2 fixed test tasks" in out and "3 steps" in out
+    assert main(["plot", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert (run / "learning_curves.png").exists()
+    if "no frames" in out:
+        pytest.skip(f"headless rendering does not work here: {out.strip().splitlines()[-1]}")
+    assert (run / "frames.png").stat().st_size > 10_000

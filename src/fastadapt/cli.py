@@ -142,8 +142,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from fastadapt.plots import plot_learning_curves, plot_navigation_trajectories
-    from fastadapt.training.runs import load_metrics, load_run, navigation_paths
+    from fastadapt.plots import plot_frame_strip, plot_learning_curves, plot_navigation_trajectories
+    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
+    from fastadapt.training.runs import load_metrics, load_run, locomotion_frames, navigation_paths
 
     run_dir = Path(args.run_dir)
     path = plot_learning_curves(load_metrics(run_dir), Path(args.output or run_dir / "learning_curves.png"),
@@ -155,6 +156,17 @@ def cmd_plot(args: argparse.Namespace) -> None:
         figure = plot_navigation_trajectories(
             navigation_paths(cfg, learner), run_dir / "trajectories.png",
             title=f"{cfg.method.name}: one sampled trajectory per test goal before and after adaptation")
+        print(f"wrote {figure}")
+    if cfg.task.family in LOCOMOTION_FAMILIES and cfg.method.name in ("maml-rl", "pretrained-rl"):
+        cfg, learner = load_run(run_dir, "best")
+        try:
+            rows = locomotion_frames(cfg, learner)
+        except Exception as error:  # no OpenGL for headless rendering here: the curves are still written
+            print(f"no frames: MuJoCo could not render headless ({type(error).__name__}: {error}); set MUJOCO_GL to "
+                  "egl or osmesa where one of them is installed")
+            return
+        figure = plot_frame_strip(rows, run_dir / "frames.png", title=f"{cfg.method.name} on {cfg.task.family}: "
+                                  "the first sampled trajectory before and after one policy-gradient step")
         print(f"wrote {figure}")
 
 

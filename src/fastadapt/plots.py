@@ -136,3 +136,23 @@ def plot_adaptation_curves(curves: dict[str, dict[int, tuple[float, float]]], pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_frame_strip(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Rows of rendered frames (``locomotion_frames``): each row a trajectory, each frame captioned with its step
+    and the torso's x position, so the direction of travel shows although the camera follows the robot."""
+    columns = max(len(row["frames"]) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 1.55 * len(rows) + 0.4), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax, frame in zip(ax_row, row["frames"] + [None] * columns):
+            ax.axis("off")
+            if frame is not None:
+                ax.imshow(frame["image"])
+                ax.set_title(f"t={frame['t']}  x={frame['x']:+.1f} m", fontsize=7)
+        ax_row[0].text(-0.05, 0.5, row["title"], transform=ax_row[0].transAxes, rotation=90, ha="right",
+                       va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

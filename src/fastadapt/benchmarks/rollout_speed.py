@@ -24,8 +24,20 @@ import torch
 TWO_WORKER_TARGET = 1.6
 
 
-def steps_per_second(family: str, workers: int, tasks: int, trajectories: int, horizon: int, repeats: int) -> float:
-    from fastadapt.environments.parallel import close_rollout_workers
+def process_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steps_per_second(family: str, workers: int, tasks: int, trajectories: int, horizon: int,
+                     repeats: int) -> tuple[float, float | None]:
+    """(measured steps per second, the rate the CPU time allows): the second is the steps over the main process's
+    CPU time plus the busiest worker's, per rollout; the main process and the workers take turns (the policy acts,
+    then the workers step), so on an idle machine with a core per worker it is what the wall clock shows, and on
+    a shared one it says what the measured figure lost to other jobs. None where /proc is missing."""
+    from fastadapt.environments.parallel import close_rollout_workers, rollout_workers
     from fastadapt.models import GaussianMLPPolicy
     from fastadapt.rl import rollout
     from fastadapt.tasks import LocomotionTasks
@@ -36,14 +48,20 @@ def steps_per_second(family: str, workers: int, tasks: int, trajectories: int, h
     policy = GaussianMLPPolicy(distribution.spaces)
     try:
         rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 0))  # starts the workers, builds the envs
-        times = []
+        pids = rollout_workers(distribution.family.env_id, workers, tasks * trajectories).pids
+        times, cpu = [], []
         for repeat in range(repeats):
-            start = time.perf_counter()
+            workers_before = [process_seconds(pid) for pid in pids] if os.path.exists("/proc/self/stat") else None
+            start, main_start = time.perf_counter(), time.process_time()
             rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 1 + repeat))
             times.append(time.perf_counter() - start)
+            if workers_before is not None:
+                busiest = max([process_seconds(pid) - before for pid, before in zip(pids, workers_before)] or [0.0])
+                cpu.append(time.process_time() - main_start + busiest)
     finally:
         close_rollout_workers()
-    return tasks * trajectories * horizon / statistics.median(times)
+    steps = tasks * trajectories * horizon
+    return steps / statistics.median(times), (steps / statistics.median(cpu) if cpu else None)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -69,14 +87,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     print(f"{args.family}: {args.tasks} tasks x {args.trajectories} trajectories x {args.horizon} steps per rollout; "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at start; {platform.processor() or platform.machine()}; "
           f"median of {args.repeats}")
-    results = {}
+    results, bounds = {}, {}
     for workers in args.workers:
-        results[workers] = steps_per_second(args.family, workers, args.tasks, args.trajectories, args.horizon,
-                                            args.repeats)
-        print(f"  {workers} worker{'s' if workers != 1 else ' '}   {results[workers]:10,.0f} environment steps / s",
-              flush=True)
+        results[workers], bounds[workers] = steps_per_second(args.family, workers, args.tasks, args.trajectories,
+                                                             args.horizon, args.repeats)
+        bound = "" if bounds[workers] is None else f"   (CPU time allows {bounds[workers]:10,.0f})"
+        print(f"  {workers} worker{'s' if workers != 1 else ' '}   {results[workers]:10,.0f} environment steps / s"
+              f"{bound}", flush=True)
     if 1 in results and 2 in results:
         ratio = results[2] / results[1]
-        print(f"  2 workers / 1 worker: {ratio:.2f}x (target >= {TWO_WORKER_TARGET}x on an idle 2-core machine: "
-              f"{'met' if ratio >= TWO_WORKER_TARGET else 'NOT met'})")
+        print(f"  2 workers / 1 worker: {ratio:.2f}x measured (target >= {TWO_WORKER_TARGET}x on an idle 2-core "
+              f"machine: {'met' if ratio >= TWO_WORKER_TARGET else 'NOT met'})")
+        if bounds[1] and bounds[2]:
+            print(f"  2 workers / 1 worker by CPU time (main process + busiest worker): {bounds[2] / bounds[1]:.2f}x: "
+                  "what an idle machine with 2 free cores would show; the measured ratio is the one that counts")
     return 0

@@ -28,6 +28,7 @@ import math
 import multiprocessing
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -159,18 +160,19 @@ class RolloutWorkers:
         try:
             return call()
         except BaseException as error:
-            dead = self._dead_workers()
+            # a broken pipe is how a worker's death shows: give a dying process a moment to be reaped
+            dead = self._dead_workers(patience=1.0 if isinstance(error, (EOFError, OSError)) else 0.0)
             self.close(terminate=True)
             if dead:
                 index, pid, exitcode = dead[0]
                 raise RolloutWorkerError(
                     f"rollout worker {index} (pid {pid}) {_death(exitcode)} during {what}; the rollout was abandoned "
-                    f"and the other workers shut down. Nothing after the last checkpoint is lost beyond this "
-                    f"iteration's progress: continue the run from its last checkpoint with --resume"
+                    f"and the other workers shut down (new ones start with the next rollout). Continue the run from "
+                    f"its last checkpoint with --resume"
                 ) from None
             raise error
 
-    def _dead_workers(self, patience: float = 1.0) -> list[tuple[int, int, int | None]]:
+    def _dead_workers(self, patience: float) -> list[tuple[int, int, int | None]]:
         """(index, pid, exit code) of the workers that have exited, waiting up to ``patience`` s for a dying one."""
         if self.vector is None:
             return []
@@ -227,10 +229,12 @@ class RolloutWorkers:
             return
         self.closed = True
         if self.vector is not None:
-            try:
-                self.vector.close(terminate=terminate)
-            except Exception:  # a worker already gone: make sure none is left
-                self.vector.close(terminate=True)
+            with warnings.catch_warnings():  # gymnasium warns when closing mid-step, which is the point here
+                warnings.simplefilter("ignore")
+                try:
+                    self.vector.close(terminate=terminate)
+                except Exception:  # a worker already gone: make sure none is left
+                    self.vector.close(terminate=True)
         else:
             self.local.close()
 
