@@ -219,20 +219,6 @@ def test_a_run_whose_worker_dies_stops_with_the_error_and_resumes_to_the_uninter
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_without_mujoco_the_locomotion_commands_name_the_extra_to_install(tmp_path, capsys, monkeypatch):
-    import importlib.util
-
-    from fastadapt.cli import main
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mujoco" else real(name, *a))
-    assert main(["train", "--algorithm", "maml-rl", "--tasks", "ant-direction", "--output-dir",
-                 str(tmp_path / "r"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == ('fastadapt: error: --tasks ant-direction needs MuJoCo, which is not installed: '
-                   'pip install "fastadapt[mujoco]"')
-
-
 def test_cli_trains_a_tiny_locomotion_run_and_plots_its_curves_and_frames(tmp_path, capsys):
     from fastadapt.cli import main
 

@@ -13,5 +13,9 @@ class MissingExtraError(ImportError):
 
 def require_mujoco(what: str) -> None:
     """Raise ``MissingExtraError`` naming ``what`` if MuJoCo cannot be imported."""
-    if importlib.util.find_spec("mujoco") is None:
+    try:
+        found = importlib.util.find_spec("mujoco") is not None
+    except ImportError:  # an import hook that refuses it
+        found = False
+    if not found:
         raise MissingExtraError(f"{what} needs MuJoCo, which is not installed: pip install \"{MUJOCO_EXTRA}\"")
