@@ -1,16 +1,39 @@
-"""Shared fixtures: the Omniglot archives beside the checkout (../shared), and a private data cache."""
+"""Shared fixtures: the Omniglot archives ($FASTADAPT_DATA, else ../shared beside the checkout), a private
+data cache, and a synthetic stand-in for the full Omniglot for tests that only need its layout."""
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-OMNIGLOT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+from fastadapt.datasets import ClassDataset
+from fastadapt.datasets.omniglot import split_omniglot
+
+SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+ARCHIVES = ("images_background.zip", "images_evaluation.zip")
+
+
+def _omniglot_folder() -> Path:
+    """$FASTADAPT_DATA (or its omniglot/ sub-folder) when it holds the archives, else ../shared's copy."""
+    data = os.environ.get("FASTADAPT_DATA")
+    if data:
+        for folder in (Path(data).expanduser(), Path(data).expanduser() / "omniglot"):
+            if all((folder / name).is_file() for name in ARCHIVES):
+                return folder
+    return SHARED_OMNIGLOT
+
+
+OMNIGLOT_DIR = _omniglot_folder()
 
 
 @pytest.fixture(scope="session")
 def omniglot_dir() -> Path:
-    """The folder holding the full Omniglot archives; skips the test where it is absent."""
-    if not all((OMNIGLOT_DIR / name).is_file() for name in ("images_background.zip", "images_evaluation.zip")):
-        pytest.skip(f"the Omniglot archives are not in {OMNIGLOT_DIR}")
+    """The folder holding the full Omniglot archives; skips the test, saying why, where there is none."""
+    if not all((OMNIGLOT_DIR / name).is_file() for name in ARCHIVES):
+        pytest.skip(f"the Omniglot archives are not in {OMNIGLOT_DIR}; set FASTADAPT_DATA to a folder holding "
+                    f"{' and '.join(ARCHIVES)} to run this test")
     return OMNIGLOT_DIR
 
 
@@ -19,7 +42,7 @@ def omniglot_small_zip() -> Path:
     """The official 5-alphabet images_background_small1.zip; skips the test where it is absent."""
     path = OMNIGLOT_DIR / "images_background_small1.zip"
     if not path.is_file():
-        pytest.skip(f"{path} is absent")
+        pytest.skip(f"{path} is absent (set FASTADAPT_DATA to a folder holding it to run this test)")
     return path
 
 
@@ -30,3 +53,41 @@ def data_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FASTADAPT_CACHE", str(cache))
     monkeypatch.delenv("FASTADAPT_DATA", raising=False)
     return cache
+
+
+@pytest.fixture(scope="session")
+def synthetic_omniglot() -> ClassDataset:
+    """1,623 random 28x28 'characters' named as Omniglot's (964 background, 659 evaluation; 20 drawings each),
+    so every Omniglot split can be built without the archives."""
+    val_alphabets = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
+    names = [f"images_background/{alphabet}/character{c:02d}" for alphabet in val_alphabets for c in range(1, 11)]
+    names += [f"images_background/Alphabet{a:02d}/character{c:02d}" for a in range(29) for c in range(1, 33)][:914]
+    names += [f"images_evaluation/Alphabet{a:02d}/character{c:02d}" for a in range(20) for c in range(1, 34)][:659]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (len(names) * 20, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    return ClassDataset(images, torch.arange(len(names)).repeat_interleave(20), names)
+
+
+@pytest.fixture
+def fake_omniglot(monkeypatch, synthetic_omniglot):
+    """Runs with tasks 'omniglot' read the synthetic stand-in instead of the archives."""
+    from fastadapt.training import builders
+
+    def load(cfg, split):
+        return split_omniglot(synthetic_omniglot, cfg.task.dataset_split, split)
+
+    monkeypatch.setitem(builders.DATASETS, "omniglot", load)
+
+
+@pytest.fixture(scope="session")
+def glyph_folder(tmp_path_factory) -> Path:
+    """root/<class>/<png>: 15 classes, each a random 28x28 glyph, its 10 images noisy copies of it."""
+    root = tmp_path_factory.mktemp("glyphs")
+    rng = np.random.default_rng(0)
+    for c in range(15):
+        glyph = rng.random((28, 28)) > 0.7
+        (root / f"class{c:02d}").mkdir()
+        for i in range(10):
+            noisy = glyph ^ (rng.random((28, 28)) > 0.95)
+            Image.fromarray((noisy * 255).astype(np.uint8)).save(root / f"class{c:02d}" / f"{i}.png")
+    return root

@@ -30,7 +30,9 @@ def test_shapes_labels_and_disjoint_support_and_query(uneven):
     tasks = EpisodeTasks(dataset, n_way=5, k_shot=3, num_query=4)
     batch = tasks.sample(16, torch.Generator().manual_seed(0))
     assert batch.support_x.shape == (16, 15, 1, 4, 4) and batch.query_x.shape == (16, 20, 1, 4, 4)
-    assert batch.support_x.dtype == torch.float32 and 0 <= batch.support_x.min() and batch.support_x.max() <= 1
+    assert batch.support_x.dtype == torch.float32
+    expected = dataset.images[indices_of(batch.support_x).flatten()].float().div(255).view_as(batch.support_x)
+    assert torch.equal(batch.support_x, expected)  # the uint8 pixels scaled to [0, 1], nothing else
     assert batch.support_y.dtype == torch.int64 and tasks.output_size == 5 and tasks.loss == "cross_entropy"
     for t in range(16):
         assert torch.bincount(batch.support_y[t], minlength=5).tolist() == [3] * 5

@@ -95,9 +95,19 @@ def test_sequence_protocol_on_a_shuffled_episode():
     x_seq, y_seq = shuffle_sequence(torch.cat([tasks.support_x, tasks.query_x], 1),
                                     torch.cat([tasks.support_y, tasks.query_y], 1))
     assert sorted(y_seq[0].tolist()) == sorted(torch.cat([tasks.support_y, tasks.query_y], 1)[0].tolist())
-    result = accuracy_by_instance(model.sequence_logits(x_seq, y_seq), y_seq, instances=(1, 2, 5, 6))
-    assert list(result) == [1, 2, 5, 6]
-    assert all(0 <= result[k] <= 1 for k in (1, 2, 5)) and math.isnan(result[6])
+    logits = model.sequence_logits(x_seq, y_seq)
+    result = accuracy_by_instance(logits, y_seq, instances=(1, 2, 5, 6))
+    assert list(result) == [1, 2, 5, 6] and math.isnan(result[6])
+    # the same figures counted one step at a time
+    for k in (1, 2, 5):
+        hits = []
+        for task in range(2):
+            seen = {}
+            for step, label in enumerate(y_seq[task].tolist()):
+                seen[label] = seen.get(label, 0) + 1
+                if seen[label] == k:
+                    hits.append(logits[task, step].argmax().item() == label)
+        assert result[k] == pytest.approx(sum(hits) / len(hits))
 
 
 def test_meta_loss_goes_down():

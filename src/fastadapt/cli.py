@@ -171,16 +171,24 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
+    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
+
     timings = preset_timings()
-    print(f"{'preset':28s} {'method':10s} {'tasks':10s} {'episodes':14s} {'iterations':>10s}  training time "
+    print(f"{'preset':28s} {'method':13s} {'tasks':11s} {'episodes':14s} {'iterations':>10s}  training time "
           f"on {timings.get('machine', 'a 2-core CPU')}")
     for name in preset_names():
         cfg = load_preset(name).resolved()
         task = cfg.task
         shots = f"K={task.k_shot}" if task.family == "sinusoid" else f"{task.n_way}-way {task.k_shot}-shot"
+        if task.family == "bandit":
+            shots = f"k={task.arms}, n={task.horizon or 100}"
+        elif task.family in ("nav2d", "tabular-mdp"):
+            shots = f"{task.trajectories} traj."
+        elif task.family in LOCOMOTION_FAMILIES:
+            shots = f"{task.trajectories} traj., H={task.horizon or 200}"
         per_iteration = timings.get("seconds_per_iteration", {}).get(name)
         estimate = "not measured" if per_iteration is None else _duration(per_iteration * cfg.training.iterations)
-        print(f"{name:28s} {cfg.method.name:10s} {task.family:10s} {shots:14s} {cfg.training.iterations:>10,}  "
+        print(f"{name:28s} {cfg.method.name:13s} {task.family:11s} {shots:14s} {cfg.training.iterations:>10,}  "
               f"{estimate}")
 
 

@@ -186,7 +186,7 @@ class RecurrentPolicy(nn.Module):
         self.actions = action_maths(spaces)
         self.discrete = spaces.action_kind == "discrete"
         self.input_size = spaces.observation_size + spaces.action_size + 2
-        self.cell = nn.GRUCell(self.input_size, hidden_size)
+        self.gru = nn.GRU(self.input_size, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, spaces.action_size)
         self.value_head = nn.Linear(hidden_size, 1)
         if not self.discrete:
@@ -196,7 +196,7 @@ class RecurrentPolicy(nn.Module):
     def action_features(self, actions: torch.Tensor) -> torch.Tensor:
         """One-hot for discrete actions, the action itself (in units of the action scale) for continuous ones."""
         if self.discrete:
-            return F.one_hot(actions.long(), self.spaces.action_size).to(self.cell.weight_ih.dtype)
+            return F.one_hot(actions.long(), self.spaces.action_size).to(self.gru.weight_ih_l0.dtype)
         return actions / self.spaces.action_scale
 
     def initial_memory(self, batch_shape: tuple[int, ...], like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -217,9 +217,22 @@ class RecurrentPolicy(nn.Module):
             raise ValueError("RL^2 adapts through its hidden state, not through per-task parameters")
         inputs = torch.cat([observations, memory["action"], memory["reward"], memory["done"]], -1)
         batch_shape = inputs.shape[:-1]
-        hidden = self.cell(inputs.reshape(-1, self.input_size), memory["hidden"].reshape(-1, self.hidden_size))
+        _, hidden = self.gru(inputs.reshape(-1, 1, self.input_size), memory["hidden"].reshape(1, -1, self.hidden_size))
         hidden = hidden.reshape(*batch_shape, self.hidden_size)
         return self._distribution(hidden), self.value_head(hidden).squeeze(-1), {**memory, "hidden": hidden}
+
+    def sequence(self, observations: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                 dones: torch.Tensor) -> tuple[Distribution, torch.Tensor]:
+        """Distributions and values along whole trials (..., steps, ...) in one GRU call: what ``act`` gives step
+        by step when every step happened (no episode ended early), with each step's inputs the previous step's
+        action, reward and end flag (zeros at the start of the trial)."""
+        batch_shape, steps = observations.shape[:-2], observations.shape[-2]
+        previous = torch.cat([self.action_features(actions), rewards[..., None], dones[..., None]], -1)
+        previous = torch.cat([torch.zeros_like(previous[..., :1, :]), previous[..., :-1, :]], -2)
+        inputs = torch.cat([observations, previous], -1).reshape(-1, steps, self.input_size)
+        hidden, _ = self.gru(inputs)
+        hidden = hidden.reshape(*batch_shape, steps, self.hidden_size)
+        return self._distribution(hidden), self.value_head(hidden).squeeze(-1)
 
     def remember(self, previous: dict, current: dict, actions: torch.Tensor, rewards: torch.Tensor,
                  dones: torch.Tensor, alive: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -86,7 +86,10 @@ def rollout(env: BatchedEnv, policy: nn.Module, seeds: torch.Tensor, params: dic
 
 def replay(policy: nn.Module, episodes: Episodes) -> tuple[object, torch.Tensor]:
     """A recurrent policy's distributions and values along recorded trials, with gradients: the same steps
-    ``rollout`` took (hidden state carried across episodes, frozen on padded steps)."""
+    ``rollout`` took (hidden state carried across episodes, frozen on padded steps). Trials without padding
+    (no episode ended early: bandits, tabular MDPs) go through the GRU in one call, else step by step."""
+    if bool(episodes.masks.all()):
+        return policy.sequence(episodes.observations, episodes.actions, episodes.rewards, episodes.dones)
     observations = episodes.observations
     memory = policy.initial_memory(observations.shape[:2], observations)
     dists, values = [], []

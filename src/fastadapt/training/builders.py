@@ -55,6 +55,7 @@ def _folder(cfg: Config, split: str) -> ClassDataset:
     if (root / "train").is_dir():
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root} has a train/ sub-folder but no {split}/ one; give it {split}/<class>/...")
+        _check_disjoint_splits(root)
         return _read_folder(str(root / split), cfg.task.image_size, cfg.task.channels)
     dataset = _read_folder(str(root), cfg.task.image_size, cfg.task.channels)
     order = torch.randperm(dataset.num_classes, generator=torch.Generator().manual_seed(0)).tolist()
@@ -65,6 +66,17 @@ def _folder(cfg: Config, split: str) -> ClassDataset:
         raise ValueError(f"data_root {root} has only {dataset.num_classes} classes, too few to split 60/20/20 "
                          "into train/val/test; give it more classes, or train/, val/ and test/ sub-folders")
     return dataset.subset(sorted(parts[split]))
+
+
+def _check_disjoint_splits(root: Path) -> None:
+    """A class in two of train/, val/, test/ would let the test set leak into training: refused."""
+    classes = {split: {d.name for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith(".")}
+               for split in ("train", "val", "test") if (root / split).is_dir()}
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(classes.get(first, set()) & classes.get(second, set()))
+        if shared:
+            raise ValueError(f"{root}: {first}/ and {second}/ share the class name(s) {shared[:5]}; a class in "
+                             "two splits would let the evaluation classes leak into training")
 
 
 def describe_split(cfg: Config, split: str) -> str:

@@ -15,6 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
 
 def rng_state(task_generator: torch.Generator) -> dict[str, Any]:
     state = {
@@ -35,6 +40,11 @@ def restore_rng_state(state: dict[str, Any], task_generator: torch.Generator) ->
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: What a checkpoint may hold besides tensors and plain containers: numpy's random state is a uint32 array.
+#: Loading is ``weights_only``, so a checkpoint cannot run code, whoever wrote it.
+_NUMPY_ARRAYS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -58,7 +68,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_ARRAYS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise ValueError(f"checkpoint {path} is unreadable or corrupt ({type(error).__name__}: {error})") from error
     if not isinstance(payload, dict) or "learner" not in payload or "config" not in payload:
