@@ -57,8 +57,8 @@ class EnvSlice(gymnasium.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, env_id: str, size: int, index: int = 0, env_kwargs: dict | None = None) -> None:
-        self.env_id, self.index, self.size, self.env_kwargs = env_id, index, check_positive("size", size), env_kwargs
+    def __init__(self, env_id: str, size: int, index: int = 0) -> None:
+        self.env_id, self.index, self.size = env_id, index, check_positive("size", size)
         self.envs = [self._make()]  # the others at the first reset: gymnasium builds one slice just for its spaces
         single = self.envs[0]
         self.task_option = single.task_option
@@ -70,7 +70,7 @@ class EnvSlice(gymnasium.Env):
         self.terminated = np.zeros(size, dtype=bool)
 
     def _make(self) -> gymnasium.Env:
-        return gymnasium.make(self.env_id, disable_env_checker=True, **(self.env_kwargs or {})).unwrapped
+        return gymnasium.make(self.env_id, disable_env_checker=True).unwrapped
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -103,13 +103,13 @@ class EnvSlice(gymnasium.Env):
             env.close()
 
 
-def _worker_slice(env_id: str, size: int, index: int, env_kwargs: dict) -> EnvSlice:
+def _worker_slice(env_id: str, size: int, index: int) -> EnvSlice:
     """A worker's slice (unpickling this function in a fresh worker imports fastadapt.environments, which
     registers the ids). In a worker, Ctrl-C is ignored: it belongs to the main process, which stops after the
     current step; gymnasium also calls this once in the main process, for the spaces."""
     if multiprocessing.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return EnvSlice(env_id, size, index, env_kwargs)
+    return EnvSlice(env_id, size, index)
 
 
 def _death(exitcode: int | None) -> str:
@@ -126,17 +126,16 @@ class RolloutWorkers:
     ``reset(tasks, seeds)`` starts a batch of n <= workers * slots environments; ``step(actions)`` steps them.
     """
 
-    def __init__(self, env_id: str, workers: int, slots: int, env_kwargs: dict | None = None) -> None:
+    def __init__(self, env_id: str, workers: int, slots: int) -> None:
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"rollout_workers must be a number of processes >= 0, got {workers!r}")
         self.env_id, self.workers, self.slots = env_id, workers, check_positive("slots", slots)
-        self.env_kwargs = dict(env_kwargs or {})
         self.closed, self.count = False, 0
         self.vector: AsyncVectorEnv | None = None
         if workers == 0:
-            self.local = EnvSlice(env_id, slots, 0, self.env_kwargs)
+            self.local = EnvSlice(env_id, slots, 0)
             return
-        makers = [partial(_worker_slice, env_id, slots, index, self.env_kwargs) for index in range(workers)]
+        makers = [partial(_worker_slice, env_id, slots, index) for index in range(workers)]
         try:
             self.vector = AsyncVectorEnv(makers, context="spawn", autoreset_mode=AutoresetMode.DISABLED, copy=False)
         except (EOFError, OSError) as error:
@@ -242,15 +241,15 @@ class RolloutWorkers:
 _POOLS: dict[tuple, RolloutWorkers] = {}
 
 
-def rollout_workers(env_id: str, workers: int, environments: int, env_kwargs: dict | None = None) -> RolloutWorkers:
+def rollout_workers(env_id: str, workers: int, environments: int) -> RolloutWorkers:
     """The process's pool for ``env_id`` and ``workers``, started (or restarted larger, or after a failure)
     so that it holds at least ``environments`` environments."""
-    key = (env_id, workers, tuple(sorted((env_kwargs or {}).items())))
+    key = (env_id, workers)
     pool = _POOLS.get(key)
     if pool is None or pool.closed or pool.capacity < environments:
         if pool is not None:
             pool.close()
-        pool = _POOLS[key] = RolloutWorkers(env_id, workers, math.ceil(environments / max(workers, 1)), env_kwargs)
+        pool = _POOLS[key] = RolloutWorkers(env_id, workers, math.ceil(environments / max(workers, 1)))
     return pool
 
 
