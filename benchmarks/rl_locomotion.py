@@ -77,11 +77,50 @@ def choose_step_size(cfg, learner, num_tasks: int) -> tuple[float, dict[float, f
     return max(scores, key=scores.get), scores
 
 
+def evaluate_method(name: str, output_dir: Path, args: argparse.Namespace) -> dict:
+    """One method's evaluation: the step size chosen on validation tasks (baselines), then every test task's
+    return after 0-3 steps; kept in OUTPUT_DIR/eval-<preset>.json and reused while its best checkpoint is the same."""
+    preset = PRESETS[name]
+    run_dir, facts = run_dir_of(preset, output_dir, not args.no_train, args.rollout_workers)
+    cache = output_dir / f"eval-{preset}.json"
+    if cache.exists():
+        kept = json.loads(cache.read_text())
+        if kept["run"]["best_iteration"] == facts["best_iteration"]:
+            print(f"{name}: reusing {cache} (best checkpoint of iteration {facts['best_iteration']})")
+            return kept
+    start = time.perf_counter()
+    cfg, learner = load_run(run_dir, "best")
+    if args.rollout_workers is not None:
+        cfg = cfg.replace(rollout_workers=args.rollout_workers)
+    evaluation: dict = {"run": {"run_dir": run_dir, **facts}}
+    if name != "MAML":
+        alpha, scores = choose_step_size(cfg, learner, cfg.training.val_tasks)
+        learner.eval_inner_lrs = [alpha, alpha / 2]
+        evaluation["step_size"] = {"chosen": alpha, "validation 1-step return": scores}
+        print(f"{name}: step size {alpha} chosen on {cfg.training.val_tasks} validation tasks "
+              f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
+    results, directions = returns_by_task(cfg, learner, "test", cfg.evaluation.test_tasks, STEPS)
+    evaluation["results"] = {step_label(s): mean_and_ci95(values).to_dict() for s, values in results.items()}
+    evaluation["by_direction"] = {
+        label: {step_label(s): mean_and_ci95(values[directions == sign]).to_dict() for s, values in results.items()}
+        for label, sign in (("forward", 1.0), ("backward", -1.0))}
+    evaluation["run"]["evaluation_seconds"] = round(time.perf_counter() - start, 1)
+    cache.write_text(json.dumps(evaluation, indent=2) + "\n")
+    print(f"{name} ({preset}: {facts['iterations_trained']} of {facts['planned_iterations']} iterations, best at "
+          f"{facts['best_iteration']}, {facts['train_seconds'] / 60:.1f} min of training; evaluated in "
+          f"{time.perf_counter() - start:.0f} s): "
+          + ", ".join(f"{row} {Estimate(**e)}" for row, e in evaluation["results"].items()), flush=True)
+    return evaluation
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/bench-cheetah")
     parser.add_argument("--no-train", action="store_true", help="evaluate the runs' best checkpoints as they are")
     parser.add_argument("--rollout-workers", type=int, help="rollout worker processes (default: one per core)")
+    parser.add_argument("--methods", nargs="+", choices=list(PRESETS), default=list(PRESETS),
+                        help="evaluate only these (the table needs all three; each method's evaluation is kept in "
+                             "OUTPUT_DIR/eval-<preset>.json and reused while its best checkpoint is the same)")
     args = parser.parse_args()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -89,29 +128,15 @@ def main() -> None:
 
     columns: dict[str, dict[str, Estimate]] = {}
     record: dict = {"runs": {}, "step_sizes": {}, "results": {}, "by_direction": {}}
-    for name, preset in PRESETS.items():
-        start = time.perf_counter()
-        run_dir, facts = run_dir_of(preset, output_dir, not args.no_train, args.rollout_workers)
-        record["runs"][name] = {"run_dir": run_dir, **facts}
-        cfg, learner = load_run(run_dir, "best")
-        if args.rollout_workers is not None:
-            cfg = cfg.replace(rollout_workers=args.rollout_workers)
-        if name != "MAML":
-            alpha, scores = choose_step_size(cfg, learner, cfg.training.val_tasks)
-            learner.eval_inner_lrs = [alpha, alpha / 2]
-            record["step_sizes"][name] = {"chosen": alpha, "validation 1-step return": scores}
-            print(f"{name}: step size {alpha} chosen on {cfg.training.val_tasks} validation tasks "
-                  f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
-        results, directions = returns_by_task(cfg, learner, "test", cfg.evaluation.test_tasks, STEPS)
-        columns[name] = {step_label(s): mean_and_ci95(values) for s, values in results.items()}
-        record["results"][name] = {row: e.to_dict() for row, e in columns[name].items()}
-        record["by_direction"][name] = {
-            label: {step_label(s): mean_and_ci95(values[directions == sign]).to_dict() for s, values in results.items()}
-            for label, sign in (("forward", 1.0), ("backward", -1.0))}
-        print(f"{name} ({preset}: {facts['iterations_trained']} of {facts['planned_iterations']} iterations, best "
-              f"at {facts['best_iteration']}, {facts['train_seconds'] / 60:.1f} min of training; evaluated in "
-              f"{time.perf_counter() - start:.0f} s): "
-              + ", ".join(f"{row} {e}" for row, e in columns[name].items()), flush=True)
+    for name in args.methods:
+        evaluation = evaluate_method(name, output_dir, args)
+        record["runs"][name], record["results"][name] = evaluation["run"], evaluation["results"]
+        record["by_direction"][name] = evaluation["by_direction"]
+        if "step_size" in evaluation:
+            record["step_sizes"][name] = evaluation["step_size"]
+        columns[name] = {row: Estimate(**e) for row, e in evaluation["results"].items()}
+    if set(args.methods) != set(PRESETS):
+        return
 
     horizon = load_preset(PRESETS["MAML"]).task.horizon
     table = dict(columns)
