@@ -22,6 +22,8 @@ COMMANDS_HELP = """examples:
   fastadapt bench speed                            # ours vs a per-task loop vs plain training
   fastadapt train rl-nav2d-maml                    # MAML-RL on 2D navigation (Finn et al.), ~30 min on CPU
   fastadapt plot runs/rl-nav2d-maml                # learning curves and trajectories before/after adaptation
+  fastadapt train rl-halfcheetah-fwd-bwd-maml-cpu  # MAML-RL on HalfCheetah forward/backward (needs fastadapt[mujoco])
+  fastadapt bench rollout-speed                    # MuJoCo steps per second with 1 and 2 rollout workers
 """
 
 
@@ -104,7 +106,13 @@ def _eval_title(cfg: Config) -> str:
 
 def rl_eval_title(cfg: Config) -> str:
     task, tasks = cfg.task, cfg.evaluation.test_tasks
-    if task.family == "nav2d":
+    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
+
+    if task.family in LOCOMOTION_FAMILIES:
+        family = LOCOMOTION_FAMILIES[task.family]
+        what = (f"{family.title}, horizon {task.horizon or 200}: return (sum over steps of {family.reward}) averaged "
+                f"over {task.trajectories} trajectories per task, after each number of policy-gradient steps")
+    elif task.family == "nav2d":
         what = (f"2D navigation{' (goal observed: oracle)' if task.observe_goal else ''}, horizon "
                 f"{task.horizon or 100}: return (sum of -L2 distances to the goal) averaged over {task.trajectories} "
                 f"trajectories per goal, after each number of policy-gradient steps")
@@ -164,8 +172,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from fastadapt.plots import plot_learning_curves, plot_navigation_trajectories
-    from fastadapt.training.runs import load_metrics, load_run, navigation_paths
+    from fastadapt.plots import plot_frame_strip, plot_learning_curves, plot_navigation_trajectories
+    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
+    from fastadapt.training.runs import load_metrics, load_run, locomotion_frames, navigation_paths
 
     run_dir = Path(args.run_dir)
     path = plot_learning_curves(load_metrics(run_dir), Path(args.output or run_dir / "learning_curves.png"),
@@ -181,9 +190,22 @@ def cmd_plot(args: argparse.Namespace) -> None:
             title=f"{who}: one sampled trajectory per test goal" + (" before and after adaptation" if len(steps) > 1
                                                                      else ""))
         print(f"wrote {figure}")
+    if cfg.task.family in LOCOMOTION_FAMILIES and cfg.method.name in ("maml-rl", "pretrained-rl"):
+        cfg, learner = load_run(run_dir, "best")
+        try:
+            rows = locomotion_frames(cfg, learner)
+        except Exception as error:  # no OpenGL for headless rendering here: the curves are still written
+            print(f"no frames: MuJoCo could not render headless ({type(error).__name__}: {error}); set MUJOCO_GL to "
+                  "egl or osmesa where one of them is installed")
+            return
+        figure = plot_frame_strip(rows, run_dir / "frames.png", title=f"{cfg.method.name} on {cfg.task.family}: "
+                                  "the first sampled trajectory before and after one policy-gradient step")
+        print(f"wrote {figure}")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
+    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
+
     timings = preset_timings()
     print(f"{'preset':28s} {'method':13s} {'tasks':11s} {'episodes':14s} {'iterations':>10s}  training time "
           f"on {timings.get('machine', 'a 2-core CPU')}")
@@ -195,6 +217,8 @@ def cmd_presets(args: argparse.Namespace) -> None:
             shots = f"k={task.arms}, n={task.horizon or 100}"
         elif task.family in ("nav2d", "tabular-mdp"):
             shots = f"{task.trajectories} traj."
+        elif task.family in LOCOMOTION_FAMILIES:
+            shots = f"{task.trajectories} traj., H={task.horizon or 200}"
         per_iteration = timings.get("seconds_per_iteration", {}).get(name)
         estimate = "not measured" if per_iteration is None else _duration(per_iteration * cfg.training.iterations)
         print(f"{name:28s} {cfg.method.name:13s} {task.family:11s} {shots:14s} {cfg.training.iterations:>10,}  "
@@ -218,9 +242,9 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from fastadapt.benchmarks import rl_speed, speed
+    from fastadapt.benchmarks import rl_speed, rollout_speed, speed
 
-    benchmark = {"speed": speed, "rl-speed": rl_speed}[args.benchmark]
+    benchmark = {"speed": speed, "rl-speed": rl_speed, "rollout-speed": rollout_speed}[args.benchmark]
     benchmark.main(args.args, prog=f"fastadapt bench {args.benchmark}")
 
 
@@ -311,9 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=cmd_presets)
 
     bench = commands.add_parser("bench", help="benchmarks: `fastadapt bench speed --help`")
-    bench.add_argument("benchmark", choices=["speed", "rl-speed"],
+    bench.add_argument("benchmark", choices=["speed", "rl-speed", "rollout-speed"],
                        help="speed: steps per second against a per-task loop; rl-speed: the batched RL simulator "
-                            "against gymnasium, and a MAML-RL meta-iteration against a per-task loop "
+                            "against gymnasium, and a MAML-RL meta-iteration against a per-task loop; "
+                            "rollout-speed: MuJoCo environment steps per second with 1 and 2 rollout workers "
                             "(no default: name one)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (default: none)")
     bench.set_defaults(func=cmd_bench)
@@ -327,6 +352,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 def main(argv: list[str] | None = None) -> int:
     from fastadapt.datasets.download import DownloadError
+    from fastadapt.environments.extras import MissingExtraError
+    from fastadapt.environments.parallel import RolloutWorkerError
     from fastadapt.training.allocator import reuse_freed_memory
     from fastadapt.training.distributed import WorkerError
     from fastadapt.training.trainer import TrainingInterrupted
@@ -343,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastadapt: stopped at iteration {stopped.iteration}; {where} in {stopped.run_dir}. "
               f"Continue with: {again}", file=sys.stderr)
         return 130
-    except (*USER_ERRORS, DownloadError, WorkerError) as error:
+    except RolloutWorkerError as error:
+        again = shlex.join(["fastadapt", *argv, *([] if "--resume" in argv else ["--resume"])])
+        print(f"fastadapt: error: {error}" + (f": {again}" if args.command == "train" else ""), file=sys.stderr)
+        return 2
+    except (*USER_ERRORS, DownloadError, WorkerError, MissingExtraError) as error:
         print(f"fastadapt: error: {error}", file=sys.stderr)
         return 2
     return 0

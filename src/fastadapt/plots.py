@@ -111,3 +111,48 @@ def plot_navigation_trajectories(panels: list[dict], path: Path, title: str = ""
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_adaptation_curves(curves: dict[str, dict[int, tuple[float, float]]], path: Path, title: str = "",
+                           references: dict[str, dict[int, float]] | None = None) -> Path:
+    """Finn et al. 2017's Figure 5: mean return against the number of policy-gradient steps at test time, one
+    line per learner with its 95% CI as error bars. ``curves``: {learner: {steps: (mean, ci95)}};
+    ``references``: {label: {steps: value}}, drawn dashed (a paper's numbers)."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for name, points in curves.items():
+        steps = sorted(points)
+        ax.errorbar(steps, [points[s][0] for s in steps], yerr=[points[s][1] for s in steps], marker="o",
+                    capsize=3, lw=1.6, label=name)
+    for name, points in (references or {}).items():
+        steps = sorted(points)
+        ax.plot(steps, [points[s] for s in steps], ls="--", marker="x", color="gray", label=name)
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_frame_strip(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Rows of rendered frames (``locomotion_frames``): each row a trajectory, each frame captioned with its step
+    and the torso's x position, so the direction of travel shows although the camera follows the robot."""
+    columns = max(len(row["frames"]) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 1.55 * len(rows) + 0.4), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax, frame in zip(ax_row, row["frames"] + [None] * columns):
+            ax.axis("off")
+            if frame is not None:
+                ax.imshow(frame["image"])
+                ax.set_title(f"t={frame['t']}  x={frame['x']:+.1f} m", fontsize=7)
+        ax_row[0].text(-0.05, 0.5, row["title"], transform=ax_row[0].transAxes, rotation=90, ha="right",
+                       va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -7,6 +7,7 @@ from fastadapt.tasks.signature import TaskSignature
 
 __all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks", "ClassMiniBatches", "TaskSignature"]
 
-from fastadapt.tasks.mdp import BanditTasks, MDPBatch, Navigation2DTasks, TabularMDPTasks  # noqa: E402
+from fastadapt.tasks.mdp import (BanditTasks, LocomotionTasks, MDPBatch, Navigation2DTasks,  # noqa: E402
+                                 TabularMDPTasks)
 
-__all__ += ["MDPBatch", "Navigation2DTasks", "BanditTasks", "TabularMDPTasks"]
+__all__ += ["MDPBatch", "Navigation2DTasks", "BanditTasks", "TabularMDPTasks", "LocomotionTasks"]

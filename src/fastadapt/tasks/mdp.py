@@ -1,4 +1,5 @@
-"""Task distributions p(T) over MDPs: 2D navigation goals, Bernoulli bandits, random tabular MDPs.
+"""Task distributions p(T) over MDPs: 2D navigation goals, Bernoulli bandits, random tabular MDPs, and the MuJoCo
+locomotion goals (directions, velocities) of HalfCheetah and Ant.
 
 A task is an MDP. ``sample(num_tasks, generator)`` draws a batch of them as an
 ``MDPBatch``: a batched simulator over the tasks' parameters (see
@@ -10,13 +11,16 @@ tasks share the batch or the process; fixed evaluation tasks
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from fastadapt.environments import BatchedBernoulliBandit, BatchedEnv, BatchedNavigation2D, BatchedTabularMDP, Spaces
 from fastadapt.environments.navigation import GOAL_RANGE, navigation_spaces
+from fastadapt.environments.extras import require_mujoco
 from fastadapt.environments.noise import derive_seeds
+from fastadapt.environments.parallel import BatchedGymnasium
 from fastadapt.tasks.base import SPLIT_SEED_OFFSETS
 
 SEED_LIMIT = 2**32
@@ -138,3 +142,64 @@ class TabularMDPTasks(MDPTaskDistribution):
         transitions = (exponential / exponential.sum(-1, keepdim=True)).to(self.dtype)
         reward_means = 1.0 + torch.randn(*shape, generator=generator, dtype=self.dtype)
         return BatchedTabularMDP(transitions, reward_means, self.horizon, self.episodes)
+
+
+@dataclass(frozen=True)
+class LocomotionFamily:
+    """A MuJoCo locomotion task family: its gymnasium id, sizes, and its goal distribution: ``goal`` is "sign"
+    (a direction -1 or +1, equally likely), "velocity" (uniform in [0, 2]) or "circle" (a unit vector, uniform)."""
+
+    env_id: str
+    title: str
+    reward: str  # the per-step reward, in words, for tables
+    observation_size: int
+    action_size: int
+    goal: str
+
+    @property
+    def task_size(self) -> int:
+        return 2 if self.goal == "circle" else 1
+
+    def draw(self, num_tasks: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """(num_tasks, task_size) goals, from the distribution the environment itself draws from."""
+        if self.goal == "sign":
+            return (2 * torch.randint(0, 2, (num_tasks, 1), generator=generator) - 1).to(dtype)
+        if self.goal == "velocity":
+            return 2.0 * torch.rand(num_tasks, 1, generator=generator, dtype=dtype)
+        angles = 2 * math.pi * torch.rand(num_tasks, generator=generator, dtype=torch.float64)
+        return torch.stack([angles.cos(), angles.sin()], dim=-1).to(dtype)
+
+
+#: --tasks name -> family (Finn et al. 2017, section 5.3; Rothfuss et al. 2019)
+LOCOMOTION_FAMILIES = {
+    "halfcheetah-fwd-bwd": LocomotionFamily("fastadapt/HalfCheetahForwardBackward-v0", "HalfCheetah forward/backward",
+                                            "direction x forward velocity - control cost", 17, 6, "sign"),
+    "halfcheetah-vel": LocomotionFamily("fastadapt/HalfCheetahVelocity-v0", "HalfCheetah goal velocity",
+                                        "-|velocity - goal| - control cost", 17, 6, "velocity"),
+    "ant-fwd-bwd": LocomotionFamily("fastadapt/AntForwardBackward-v0", "Ant forward/backward",
+                                    "direction x forward velocity + 1 - control and contact costs", 105, 8, "sign"),
+    "ant-direction": LocomotionFamily("fastadapt/AntDirection-v0", "Ant 2D direction",
+                                      "direction . velocity + 1 - control and contact costs", 105, 8, "circle"),
+}
+
+
+class LocomotionTasks(MDPTaskDistribution):
+    """A MuJoCo locomotion family (``LOCOMOTION_FAMILIES``); its trajectories run in ``workers`` rollout processes
+    (0: in this process), which changes where they run, never what they are."""
+
+    def __init__(self, family: str, horizon: int = 200, workers: int = 2, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(dtype)
+        if family not in LOCOMOTION_FAMILIES:
+            raise ValueError(f"unknown locomotion family {family!r}; choose one of {sorted(LOCOMOTION_FAMILIES)}")
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon must be a positive number of steps, got {horizon!r}")
+        if not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"rollout_workers must be a number of processes >= 0, got {workers!r}")
+        require_mujoco(f"--tasks {family}")
+        self.name, self.family, self.horizon, self.workers = family, LOCOMOTION_FAMILIES[family], horizon, workers
+        self.spaces = Spaces(observation_size=self.family.observation_size, action_kind="continuous",
+                             action_size=self.family.action_size, action_scale=1.0)
+
+    def _env(self, num_tasks: int, generator: torch.Generator) -> BatchedGymnasium:
+        return BatchedGymnasium(self.family.draw(num_tasks, generator, self.dtype), self.family.env_id, self.spaces,
+                                self.horizon, self.workers)

@@ -21,11 +21,12 @@ from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
 from fastadapt.models import MLP, CategoricalMLPPolicy, Conv4, GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.models.conv4 import NORMS
 from fastadapt.rl import TRPOSettings
-from fastadapt.tasks import (BanditTasks, ClassMiniBatches, EpisodeTasks, Navigation2DTasks, SinusoidTasks,
-                             TabularMDPTasks)
+from fastadapt.tasks import (BanditTasks, ClassMiniBatches, EpisodeTasks, LocomotionTasks, Navigation2DTasks,
+                             SinusoidTasks, TabularMDPTasks)
 from fastadapt.tasks.base import TaskDistribution
-from fastadapt.tasks.mdp import MDPTaskDistribution
+from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
 from fastadapt.training.config import Config
+from fastadapt.training.threads import available_cores
 
 #: Queries per class in training episodes when the config leaves num_query unset.
 DEFAULT_TRAIN_QUERY = 15
@@ -120,10 +121,18 @@ def _tabular_mdp(cfg: Config, split: str) -> MDPTaskDistribution:
                            episodes=cfg.task.trial_episodes)
 
 
+def _locomotion(cfg: Config, split: str) -> MDPTaskDistribution:
+    """A MuJoCo family; its rollouts run in ``rollout_workers`` processes (default: one per available core)."""
+    workers = cfg.training.rollout_workers
+    return LocomotionTasks(cfg.task.family, horizon=cfg.task.horizon or 200,
+                           workers=available_cores() if workers is None else workers)
+
+
 RL_FAMILIES: dict[str, Callable[[Config, str], MDPTaskDistribution]] = {
     "nav2d": _nav2d,
     "bandit": _bandit,
     "tabular-mdp": _tabular_mdp,
+    **{family: _locomotion for family in LOCOMOTION_FAMILIES},
 }
 
 TASK_FAMILIES: dict[str, Callable[[Config, str], TaskDistribution]] = {"sinusoid": _sinusoid, **RL_FAMILIES}

@@ -46,7 +46,9 @@ class TaskSettings:
 
     family: str = setting("sinusoid", "task family: sinusoid, omniglot, folder, or digits (scikit-learn's, for "
                                       "cross-domain evaluation); reinforcement learning: nav2d (2D navigation), "
-                                      "bandit (Bernoulli bandits) or tabular-mdp", flat="tasks")
+                                      "bandit (Bernoulli bandits), tabular-mdp, or the MuJoCo locomotion families "
+                                      "halfcheetah-fwd-bwd, halfcheetah-vel, ant-fwd-bwd, ant-direction (need the "
+                                      "fastadapt[mujoco] extra)", flat="tasks")
     k_shot: int = setting(10, "support examples per class (classification) or support points (regression)")
     num_query: int | None = setting(None, "query examples per class in training episodes "
                                           "(default: 15 for images, k_shot for sinusoid)")
@@ -58,8 +60,8 @@ class TaskSettings:
                                                 "as three new classes")
     image_size: int = setting(28, "images are resized to image_size x image_size")
     channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); default: as the images are")
-    horizon: int | None = setting(None, "RL: steps per episode (default: 100 for nav2d, 10 for tabular-mdp), or "
-                                        "pulls per trial for bandit (n, default 100)")
+    horizon: int | None = setting(None, "RL: steps per episode (default: 100 for nav2d, 10 for tabular-mdp, 200 for "
+                                        "the MuJoCo families), or pulls per trial for bandit (n, default 100)")
     trajectories: int = setting(20, "RL: trajectories sampled in each task before each adaptation step "
                                     "(MAML-RL), or trials per task in a meta-batch (RL^2)")
     observe_goal: bool = setting(False, "nav2d: the observation holds the goal too (the oracle baseline)")
@@ -194,9 +196,14 @@ class TrainingSettings:
     checkpoint_every: int = setting(1000, "write last.pt every this many iterations")
     threads: int | None = setting(None, "CPU threads (default: 1 for a small network such as the sinusoid MLP, "
                                         "else the cores that are idle when the run starts)")
+    rollout_workers: int | None = setting(None, "MuJoCo families: processes that step the environments (0: this "
+                                                "process; default: one per available core); the trajectories are "
+                                                "the same for any number")
 
     def validate(self) -> None:
         _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every", "threads")
+        if self.rollout_workers is not None and self.rollout_workers < 0:
+            raise ConfigError(f"config: rollout_workers must be >= 0, got {self.rollout_workers}")
         if self.iterations < 0:
             raise ConfigError(f"config: iterations must be >= 0, got {self.iterations}")
         if self.lr_decay_every < 0:
@@ -226,7 +233,8 @@ class EvaluationSettings:
 
 
 #: Tasks per meta-batch by task family when the config leaves it unset; 4 episodes for image families.
-DEFAULT_META_BATCH = {"sinusoid": 25, "nav2d": 20, "bandit": 250, "tabular-mdp": 250}
+DEFAULT_META_BATCH = {"sinusoid": 25, "nav2d": 20, "bandit": 250, "tabular-mdp": 250, "halfcheetah-fwd-bwd": 40,
+                      "halfcheetah-vel": 40, "ant-fwd-bwd": 40, "ant-direction": 40}
 
 SECTIONS: dict[str, type] = {
     "task": TaskSettings,

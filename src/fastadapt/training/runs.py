@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from functools import partial
 from pathlib import Path
 from typing import Iterable
 
+import gymnasium
 import torch
 
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.datasets.base import ClassDataset
+from fastadapt.environments.noise import derive_seeds
+from fastadapt.rl.rollout import ENV_STREAM
 from fastadapt.tasks import EpisodeTasks
+from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (RL_FAMILIES, RL_METHODS, build_learner, build_tasks, check_config, eval_settings,
-                                         resolve_device, resolve_model)
+from fastadapt.training.builders import (RL_FAMILIES, RL_METHODS, build_learner, build_tasks, check_config,
+                                         eval_settings, resolve_device, resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
@@ -34,7 +39,7 @@ MAX_CHUNK_VALUES = 512 * 28 * 28
 #: episodes (which the best checkpoint's score was measured on). ``data_root`` may change for Omniglot
 #: (where the same archives are found; their checksums key the decoded cache), not for a folder.
 RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "log_every", "val_every", "checkpoint_every",
-                               "test_tasks", "eval_steps", "threads"})
+                               "test_tasks", "eval_steps", "threads", "rollout_workers"})
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK,
@@ -213,6 +218,50 @@ def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps:
         goal = tasks.env.goals[task].tolist()
         panels.append({"goal": goal, "paths": paths, "title": f"test goal ({goal[0]:.2f}, {goal[1]:.2f})"})
     return panels
+
+
+def locomotion_frames(cfg: Config, learner: RLMetaLearner, steps: tuple[int, ...] = (0, 1), every: int = 20,
+                      split: str = "test", size: tuple[int, int] = (240, 160)) -> list[dict]:
+    """Frames of the adapted robot for a strip: for two fixed test tasks (for a direction family, the first forward
+    and the first backward one), the first trajectory sampled before adaptation and after each number of
+    ``steps``, one frame every ``every`` steps. The trajectory is replayed in a rendering copy of the environment
+    with its seed and recorded actions, which gives the same states. Rendering runs headless through MuJoCo's
+    EGL backend unless MUJOCO_GL says otherwise."""
+    distribution = build_tasks(cfg, split)
+    if not isinstance(distribution, LocomotionTasks) or not learner.uses_adaptation_steps:
+        raise ValueError(f"frames are for MuJoCo runs of maml-rl / pretrained-rl, not {cfg.method.name} on "
+                         f"{cfg.task.family}")
+    tasks = distribution.fixed_tasks(cfg.evaluation.test_tasks, split=split)
+    goals = tasks.env.tasks
+    if LOCOMOTION_FAMILIES[cfg.task.family].goal == "sign" and len(set(goals[:, 0].tolist())) == 2:
+        chosen = [int((goals[:, 0] == 1).nonzero()[0]), int((goals[:, 0] == -1).nonzero()[0])]
+    else:
+        chosen = [0, min(1, len(goals) - 1)]
+    shown = tasks[torch.tensor(chosen)]
+    _, history = learner.adapt(shown, max(steps))
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    env = gymnasium.make(distribution.family.env_id, render_mode="rgb_array", camera_name="track", width=size[0],
+                         height=size[1]).unwrapped
+    rows = []
+    try:
+        for row, task in enumerate(chosen):
+            goal = goals[task].tolist()
+            for step in steps:
+                seed = int(derive_seeds(shown.trajectory_seeds(cfg.task.trajectories, step), ENV_STREAM)[row, 0])
+                env.reset(seed=seed, options={env.task_option: goal[0] if len(goal) == 1 else goal})
+                episodes, frames = history[step], []
+                length = int(episodes.masks[row, 0].sum())
+                for t in range(length + 1):
+                    if t % every == 0 or t == length:
+                        frames.append({"t": t, "x": float(env.data.qpos[0]), "image": env.render()})
+                    if t < length:
+                        env.step(episodes.actions[row, 0, t].double().numpy())
+                label = " ".join(f"{g:+.2f}" for g in goal)
+                rows.append({"title": f"task {label}, {step_label(step)}: return {episodes.returns[row, 0]:.1f}",
+                             "frames": frames})
+    finally:
+        env.close()
+    return rows
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:

@@ -1,0 +1,104 @@
+"""Rollout throughput on MuJoCo: environment steps per second with 1 and with 2 rollout worker processes.
+
+Each measurement is a whole batched rollout as MAML-RL samples it: ``tasks`` x ``trajectories`` environments of a
+locomotion family for ``horizon`` steps, the 2 x 100 Gaussian policy acting on all of them at once in torch (one
+thread) between steps. The workers are started (and the environments built) before timing; the median of
+``repeats`` rollouts is reported. Both worker counts are timed in one run, one after the other, so that they see
+the same machine; the figure is meaningful only on an otherwise idle machine with at least as many cores as
+workers (the load average is printed for that reason).
+
+    fastadapt bench rollout-speed                          # HalfCheetah, 10 tasks x 20 trajectories x 100 steps
+    fastadapt bench rollout-speed --family ant-fwd-bwd --workers 1 2 4
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+#: what the issue asks: 2 workers at least this many times the steps per second of 1 worker on a 2-core machine
+TWO_WORKER_TARGET = 1.6
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steps_per_second(family: str, workers: int, tasks: int, trajectories: int, horizon: int,
+                     repeats: int) -> tuple[float, float | None]:
+    """(measured steps per second, the rate the CPU time allows): the second is the steps over the main process's
+    CPU time plus the busiest worker's, per rollout; the main process and the workers take turns (the policy acts,
+    then the workers step), so on an idle machine with a core per worker it is what the wall clock shows, and on
+    a shared one it says what the measured figure lost to other jobs. None where /proc is missing."""
+    from fastadapt.environments.parallel import close_rollout_workers, rollout_workers
+    from fastadapt.models import GaussianMLPPolicy
+    from fastadapt.rl import rollout
+    from fastadapt.tasks import LocomotionTasks
+
+    distribution = LocomotionTasks(family, horizon=horizon, workers=workers)
+    batch = distribution.fixed_tasks(tasks, "val")
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(distribution.spaces)
+    try:
+        rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 0))  # starts the workers, builds the envs
+        pids = rollout_workers(distribution.family.env_id, workers, tasks * trajectories).pids
+        times, cpu = [], []
+        for repeat in range(repeats):
+            workers_before = [process_seconds(pid) for pid in pids] if os.path.exists("/proc/self/stat") else None
+            start, main_start = time.perf_counter(), time.process_time()
+            rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 1 + repeat))
+            times.append(time.perf_counter() - start)
+            if workers_before is not None:
+                busiest = max([process_seconds(pid) - before for pid, before in zip(pids, workers_before)] or [0.0])
+                cpu.append(time.process_time() - main_start + busiest)
+    finally:
+        close_rollout_workers()
+    steps = tasks * trajectories * horizon
+    return steps / statistics.median(times), (steps / statistics.median(cpu) if cpu else None)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", default="halfcheetah-fwd-bwd", help="locomotion family (default: %(default)s)")
+    parser.add_argument("--tasks", type=int, default=10, help="tasks (default: %(default)s)")
+    parser.add_argument("--trajectories", type=int, default=20, help="trajectories per task (default: %(default)s)")
+    parser.add_argument("--horizon", type=int, default=100, help="steps per trajectory (default: %(default)s)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time "
+                                                                                "(default: 1 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rollouts; the median counts (default: 3)")
+    args = parser.parse_args(argv)
+    for name in ("tasks", "trajectories", "horizon", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer")
+    if any(w < 0 for w in args.workers):
+        parser.error("--workers must be >= 0 (0: step in this process)")
+    from fastadapt.environments.extras import require_mujoco
+
+    require_mujoco("fastadapt bench rollout-speed")
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{args.family}: {args.tasks} tasks x {args.trajectories} trajectories x {args.horizon} steps per rollout; "
+          f"{os.cpu_count()} CPUs, load average {load:.1f} at start; {platform.processor() or platform.machine()}; "
+          f"median of {args.repeats}")
+    results, bounds = {}, {}
+    for workers in args.workers:
+        results[workers], bounds[workers] = steps_per_second(args.family, workers, args.tasks, args.trajectories,
+                                                             args.horizon, args.repeats)
+        bound = "" if bounds[workers] is None else f"   (CPU time allows {bounds[workers]:10,.0f})"
+        print(f"  {workers} worker{'s' if workers != 1 else ' '}   {results[workers]:10,.0f} environment steps / s"
+              f"{bound}", flush=True)
+    if 1 in results and 2 in results:
+        ratio = results[2] / results[1]
+        print(f"  2 workers / 1 worker: {ratio:.2f}x measured (target >= {TWO_WORKER_TARGET}x on an idle 2-core "
+              f"machine: {'met' if ratio >= TWO_WORKER_TARGET else 'NOT met'})")
+        if bounds[1] and bounds[2]:
+            print(f"  2 workers / 1 worker by CPU time (main process + busiest worker): {bounds[2] / bounds[1]:.2f}x: "
+                  "what an idle machine with 2 free cores would show; the measured ratio is the one that counts")
+    return 0
