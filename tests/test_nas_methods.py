@@ -38,8 +38,8 @@ def test_tnas_alpha_meta_gradient_matches_finite_differences():
     assert all(g.abs().max() > 1e-4 for g in grads)  # the check is not vacuous
     # directional derivatives along random directions (every entry of both alphas) and along single entries
     generator = torch.Generator().manual_seed(0)
-    directions = [[torch.randn(a.shape, generator=generator, dtype=a.dtype) for a in alphas] for _ in range(3)]
-    for which, index in ((0, 0), (1, 7)):
+    directions = [[torch.randn(a.shape, generator=generator, dtype=a.dtype) for a in alphas] for _ in range(2)]
+    for which, index in ((1, 7),):
         directions.append([torch.zeros_like(a) for a in alphas])
         directions[-1][which].view(-1)[index] = 1.0
     eps = 1e-6

@@ -18,3 +18,8 @@ from fastadapt.algorithms.metanet import MetaNet  # noqa: E402
 from fastadapt.algorithms.snail import SNAIL  # noqa: E402
 
 __all__ += ["MANN", "MetaNet", "SNAIL"]
+
+from fastadapt.algorithms.metanas import MetaNAS  # noqa: E402
+from fastadapt.algorithms.tnas import TNAS  # noqa: E402
+
+__all__ += ["MetaNAS", "TNAS"]

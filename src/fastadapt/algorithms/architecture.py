@@ -14,12 +14,9 @@ size: ``inner_lr`` for weights, ``alpha_inner_lr`` for alpha. On top of MAML thi
   temperature stays at ``temperature_start``.
 
 The meta-iteration counter is a buffer, so a checkpoint carries it and a resumed run continues the
-schedule exactly. The outer optimizer sees two groups of parameters, ``weight_parameters()`` and
-``architecture_parameters()``, so alpha can have its own meta learning rate.
+schedule exactly. ``architecture_parameters()`` lets the outer optimizer give alpha its own learning rate.
 """
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -70,12 +67,8 @@ class ArchitectureLearning:
 
     # --- parameter groups ---
     def architecture_parameters(self) -> list[nn.Parameter]:
+        """The alphas; the outer optimizer may give them their own learning rate (``alpha_meta_lr``)."""
         return [p for name, p in self.model.named_parameters() if name.startswith(ALPHA_PREFIX)]
-
-    def weight_parameters(self) -> Iterator[nn.Parameter]:
-        """Every other parameter of the learner (network weights, and e.g. learned step sizes)."""
-        alphas = {id(p) for p in self.architecture_parameters()}
-        return (p for p in self.parameters() if id(p) not in alphas)
 
     # --- hooks into MAML's inner loop ---
     def inner_learning_rates(self) -> Params:

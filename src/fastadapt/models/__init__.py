@@ -6,3 +6,7 @@ __all__ = ["MLP"]
 from fastadapt.models.conv4 import Conv4  # noqa: E402
 
 __all__ += ["Conv4"]
+
+from fastadapt.models.darts import DiscreteNetwork, Genotype, SearchNetwork, SearchSpace  # noqa: E402
+
+__all__ += ["DiscreteNetwork", "Genotype", "SearchNetwork", "SearchSpace"]

@@ -146,7 +146,11 @@ class Genotype:
         return cls.from_dict(values)
 
     def check_fits(self, space: SearchSpace) -> None:
-        """Raise if this genotype cannot build cells of ``space`` (node counts, cell types)."""
+        """Raise if this genotype cannot build cells of ``space`` (node counts, cell types, operations)."""
+        missing = sorted({op for t in CELL_TYPES for node in self.cells(t) for op, _ in node} - set(space.operations))
+        if missing:
+            raise ValueError(f"genotype uses operations {missing} that are not among the network's candidate "
+                             f"operations {list(space.operations)}")
         for cell_type in space.cell_types:
             if len(self.cells(cell_type)) != space.nodes:
                 raise ValueError(f"genotype has {len(self.cells(cell_type))} {cell_type} nodes, but the network "
@@ -208,9 +212,9 @@ class Cell(nn.Module):
 class _CellNetwork(nn.Module):
     """Stem, cells and head; subclasses say which edges each cell has."""
 
-    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, norm: str) -> None:
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int | None, norm: str) -> None:
         super().__init__()
-        if in_channels < 1 or num_classes < 1:
+        if in_channels < 1 or (num_classes is not None and num_classes < 1):
             raise ValueError(f"network sizes must be positive, got in_channels={in_channels}, num_classes={num_classes}")
         self.space, self.in_channels, self.norm = space, in_channels, norm
         stem_channels = space.stem_multiplier * space.channels
@@ -225,7 +229,8 @@ class _CellNetwork(nn.Module):
             nodes = self._cell_nodes("reduce" if reduction else "normal")
             self.cells.append(Cell(nodes, space, c_prev_prev, c_prev, channels, reduction, reduction_prev, norm))
             c_prev_prev, c_prev, reduction_prev = c_prev, space.nodes * channels, reduction
-        self.head = nn.Linear(c_prev, num_classes)
+        self.feature_size = c_prev
+        self.head = None if num_classes is None else nn.Linear(c_prev, num_classes)
 
     def _cell_nodes(self, cell_type: str) -> list[list[tuple[int, int, Sequence[str]]]]:
         raise NotImplementedError
@@ -234,7 +239,7 @@ class _CellNetwork(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, channels, height, width) -> (batch, num_classes) logits."""
+        """(batch, channels, height, width) -> (batch, num_classes) logits, or (batch, features) without a head."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects images (batch, {self.in_channels}, height, width), "
                              f"got shape {tuple(x.shape)}")
@@ -243,13 +248,14 @@ class _CellNetwork(nn.Module):
         for cell in self.cells:
             cell_weights = None if weights is None else weights["reduce" if cell.reduction else "normal"]
             s0, s1 = s1, cell(s0, s1, cell_weights)
-        return self.head(s1.mean((2, 3)))
+        features = s1.mean((2, 3))
+        return features if self.head is None else self.head(features)
 
 
 class SearchNetwork(_CellNetwork):
     """The supernet: every edge mixes all candidate operations by softmax(alpha / temperature)."""
 
-    def __init__(self, space: SearchSpace, in_channels: int = 1, num_classes: int = 5,
+    def __init__(self, space: SearchSpace, in_channels: int = 1, num_classes: int | None = 5,
                  norm: str = "transductive") -> None:
         super().__init__(space, in_channels, num_classes, norm)
         # Small random alphas, as in DARTS: near-uniform operation weights that still break ties.
@@ -299,7 +305,7 @@ def discretise(weights: Mapping[str, torch.Tensor], space: SearchSpace) -> Genot
 class DiscreteNetwork(_CellNetwork):
     """The ordinary network of a genotype: each node sums its two chosen edges, one operation each."""
 
-    def __init__(self, genotype: Genotype, space: SearchSpace, in_channels: int = 1, num_classes: int = 5,
+    def __init__(self, genotype: Genotype, space: SearchSpace, in_channels: int = 1, num_classes: int | None = 5,
                  norm: str = "transductive") -> None:
         genotype.check_fits(space)
         self.genotype = genotype

@@ -59,19 +59,24 @@ class SeparableConv(nn.Sequential):
 
 
 class FactorizedReduce(nn.Module):
-    """Halves height and width without discarding pixels: two 1x1 stride-2 convolutions, the second on the
-    image shifted by one pixel, concatenated. The shifted path is zero-padded so odd sizes round up."""
+    """Halves height and width without discarding pixels: two 1x1 convolutions at stride 2, the second on the
+    image shifted by one pixel, concatenated. The shifted path is zero-padded so odd sizes round up.
+
+    The stride is taken by subsampling before a stride-1 convolution, which computes the same: the backward
+    pass of a strided 1x1 convolution on channels-last tensors with a few channels corrupts the heap in
+    torch 2.13's oneDNN kernels on CPU (MAML's per-task predictions run channels-last).
+    """
 
     def __init__(self, c_in: int, c_out: int, norm: str) -> None:
         super().__init__()
-        self.even = _conv(c_in, c_out // 2, 1, 2, 0, norm)
-        self.odd = _conv(c_in, c_out - c_out // 2, 1, 2, 0, norm)
+        self.even = _conv(c_in, c_out // 2, 1, 1, 0, norm)
+        self.odd = _conv(c_in, c_out - c_out // 2, 1, 1, 0, norm)
         self.norm = _norm_layer(norm, c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
         shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.norm(torch.cat([self.even(x), self.odd(shifted)], dim=1))
+        return self.norm(torch.cat([self.even(x[:, :, ::2, ::2]), self.odd(shifted[:, :, ::2, ::2])], dim=1))
 
 
 def _skip(channels: int, stride: int, norm: str) -> nn.Module:

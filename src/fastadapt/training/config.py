@@ -74,9 +74,25 @@ class ModelSettings:
     conv_channels: int = setting(64, "channels of every Conv-4 block")
     norm: str = setting("auto", "normalisation: transductive, batch, layer, or auto (transductive for "
                                 "gradient-based methods, batch for the rest)")
+    # DARTS networks: the supernet that metanas / tnas search, and model 'darts', the discrete network of a genotype
+    cells: int = setting(3, "DARTS networks: cells (normal and reduction) between stem and head")
+    nodes: int = setting(3, "DARTS networks: intermediate nodes per cell")
+    cell_channels: int = setting(8, "DARTS networks: channels per node in the first cells (doubled by each "
+                                    "reduction cell)")
+    stem_multiplier: int = setting(3, "DARTS networks: the stem convolution has stem_multiplier x cell_channels "
+                                      "channels")
+    operations: list[str] = setting(
+        help="DARTS search space: candidate operations on every edge (sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, "
+             "conv_3x3, max_pool_3x3, avg_pool_3x3, skip_connect, zero)",
+        factory=lambda: ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "conv_3x3", "max_pool_3x3",
+                         "avg_pool_3x3", "skip_connect", "zero"])
+    reduction_cells: list[int] | None = setting(None, "DARTS networks: indices of the reduction cells "
+                                                      "(default: at 1/3 and 2/3 of the cells, as DARTS)")
+    architecture: str | None = setting(None, "model darts: a genotype JSON file, or the directory of a metanas / "
+                                             "tnas run (its architecture.json)")
 
     def validate(self) -> None:
-        _positive(self, "conv_channels")
+        _positive(self, "conv_channels", "cells", "nodes", "cell_channels", "stem_multiplier")
         if any(width < 1 for width in self.hidden_sizes):
             raise ConfigError(f"config: hidden_sizes must hold positive integers, got {self.hidden_sizes}")
 
@@ -94,9 +110,26 @@ class MethodSettings:
     cosine_scale: float | None = setting(None, "Matching Networks: learned scale on the cosine, from this value")
     neighbours: int = setting(1, "k of k-NN")
     encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
+    alpha_inner_lr: float = setting(0.1, "metanas / tnas: inner-loop step size of the architecture weights alpha")
+    warmup_iterations: int = setting(0, "metanas / tnas: meta-iterations with alpha frozen before the search")
+    temperature_start: float = setting(1.0, "metanas / tnas: softmax temperature over operations at the first "
+                                            "inner step")
+    temperature_end: float = setting(1.0, "metanas / tnas: temperature at the last inner step and for "
+                                          "predictions (annealed linearly over the inner steps)")
+    outer_update: str = setting("reptile", "metanas: reptile (move towards the adapted weights and alphas) or "
+                                           "fomaml (first-order MAML gradient)")
 
     def validate(self) -> None:
         _positive(self, "inner_steps", "neighbours")
+        if self.warmup_iterations < 0:
+            raise ConfigError(f"config: warmup_iterations must be >= 0, got {self.warmup_iterations}")
+        if not self.alpha_inner_lr >= 0:
+            raise ConfigError(f"config: alpha_inner_lr must be >= 0, got {self.alpha_inner_lr}")
+        if not (self.temperature_start > 0 and self.temperature_end > 0):
+            raise ConfigError(f"config: temperature_start and temperature_end must be positive, got "
+                              f"{self.temperature_start} and {self.temperature_end}")
+        if self.outer_update not in ("reptile", "fomaml"):
+            raise ConfigError(f"config: outer_update must be reptile or fomaml, got {self.outer_update!r}")
         if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
             raise ConfigError(f"config: eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
         if not self.inner_lr > 0:
@@ -112,6 +145,8 @@ class TrainingSettings:
     iterations: int = setting(10_000, "meta-training iterations (meta-batches)")
     meta_batch_size: int = setting(25, "tasks per meta-batch")
     meta_lr: float = setting(1e-3, "learning rate beta of the outer optimizer")
+    alpha_meta_lr: float | None = setting(None, "metanas / tnas: outer learning rate of the architecture weights "
+                                                "(default: meta_lr)")
     meta_optimizer: str = setting("adam", "outer optimizer: adam or sgd")
     lr_decay_every: int = setting(0, "multiply the outer learning rate by lr_decay every this many iterations "
                                      "(0: never)")
@@ -133,6 +168,8 @@ class TrainingSettings:
             raise ConfigError(f"config: lr_decay_every must be >= 0, got {self.lr_decay_every}")
         if not self.meta_lr > 0:
             raise ConfigError(f"config: meta_lr must be a positive learning rate, got {self.meta_lr}")
+        if self.alpha_meta_lr is not None and not self.alpha_meta_lr > 0:
+            raise ConfigError(f"config: alpha_meta_lr must be a positive learning rate, got {self.alpha_meta_lr}")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,17 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable
 
+import torch
+
+from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
 from fastadapt.tasks import EpisodeTasks
-from fastadapt.training.builders import build_learner, build_tasks, eval_settings, resolve_device
+from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
+from fastadapt.training.builders import (
+    ARCHITECTURE_FILE, build_learner, build_tasks, eval_settings, resolve_device, search_space,
+)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
@@ -81,7 +87,38 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
             trainer = distributed.DistributedTrainer(group, cfg, learner, tasks, val_batches, progress=progress)
         if resume:
             trainer.resume()
-        return trainer.fit(), learner
+        result = trainer.fit()
+        if isinstance(learner, ArchitectureLearning) and distributed.is_main_process():
+            write_architecture(run_dir)
+        return result, learner
+
+
+def write_architecture(run_dir: str | Path) -> tuple[Config, ArchitectureLearning]:
+    """Save the meta-architecture of a metanas / tnas run's best checkpoint as RUN_DIR/architecture.json;
+    returns the run's config and best learner."""
+    cfg, learner = load_run(run_dir, "best")
+    if not isinstance(learner, ArchitectureLearning):
+        raise ValueError(f"{run_dir} is a {cfg.method.name} run, which searches no architecture")
+    learner.architecture().save(Path(run_dir) / ARCHITECTURE_FILE)
+    return cfg, learner
+
+
+@torch.no_grad()
+def task_architectures(cfg: Config, learner: ArchitectureLearning, num_tasks: int) -> list[Genotype]:
+    """The architecture each of ``num_tasks`` fixed *validation* tasks adapts the meta-architecture to."""
+    learner.eval()
+    genotypes = []
+    for batch in fixed_batches(build_tasks(cfg, "val"), num_tasks, "val"):
+        genotypes += learner.task_architectures(learner.adapt(batch.support_x, batch.support_y))
+    return genotypes
+
+
+def architecture_size(cfg: Config, genotype: Genotype) -> tuple[int, int]:
+    """Parameters and FLOPs per image of the discrete network of ``genotype`` built with ``cfg``'s model settings
+    for its tasks (``count_flops``: 2 per multiply-accumulate of convolutions and linear layers)."""
+    tasks = build_tasks(cfg, "test")
+    network = DiscreteNetwork(genotype, search_space(cfg), tasks.input_shape[0], tasks.output_size)
+    return count_parameters(network), count_flops(network, tasks.input_shape)
 
 
 def initialise_from(learner: MetaLearner, run_dir: str | Path) -> None:
