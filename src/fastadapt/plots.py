@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Path:
@@ -71,9 +72,10 @@ def plot_cells(genotype, path: Path, title: str = "") -> Path:
         def draw_edge(start, end, text="", style="-"):
             ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", linestyle=style, lw=1.2,
                                                                   shrinkA=14, shrinkB=14, color="0.3"))
-            if text:
-                ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, text, fontsize=7, ha="center",
-                        va="center", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+            if text:  # a third of the way from the source: edges into one node converge, their labels would meet
+                x, y = start[0] + (end[0] - start[0]) / 3, start[1] + (end[1] - start[1]) / 3
+                ax.text(x, y, text, fontsize=7, ha="center", va="center",
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
 
         for j, node in enumerate(nodes):
             for op, source in node:
@@ -108,6 +110,7 @@ def plot_task_architectures(meta, per_task: list, operations: list[str], path: P
     total = len(meta_edges)
     ax = axes[0][0]
     ax.hist(changed, bins=[b - 0.5 for b in range(total + 2)], color="tab:blue", alpha=0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"edges differing from the meta-architecture (of {total})")
     ax.set_ylabel("tasks")
     ax.set_title(f"{len(per_task)} tasks: {sum(c > 0 for c in changed)} with their own architecture")

@@ -1,0 +1,146 @@
+"""Does a searched architecture beat a hand-designed one of the same size? The issue-14 experiment.
+
+    python benchmarks/nas.py --output-dir runs/nas                # search, retrain 4 networks, test once
+    python benchmarks/nas.py --output-dir runs/nas --iterations 2000 --set meta_lr=0.002
+
+1. **Search**: ``fastadapt train omniglot-metanas-cpu`` into OUT/search (its wall and CPU time are
+   recorded); the meta-architecture of its best *validation* checkpoint is OUT/search/architecture.json.
+2. **Retrain from scratch** with the same method and budget (first-order MAML, ``RETRAIN`` below) at
+   5-way and 20-way 1-shot: the discrete network of that architecture, and a Conv-4 whose width makes
+   its parameter count closest to it. Each run keeps its best validation checkpoint.
+3. **Test once**: each best checkpoint on the 600 fixed test episodes (15 queries per class); the
+   results are written to OUT/results.json and never recomputed, so rerunning the script prints the
+   same table without looking at the test set again.
+
+Every stage is an ordinary run directory, so a stopped benchmark resumes where it stopped. Times are
+the runs' own clocks on whatever machine runs this, with whatever else runs beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import yaml
+
+from fastadapt.models import Conv4
+from fastadapt.models.darts import count_flops, count_parameters
+from fastadapt.training.builders import build_learner, build_tasks, load_architecture
+from fastadapt.training.config import Config, load_preset
+from fastadapt.training.runs import evaluate_learner, load_run, train
+from fastadapt.training.trainer import LAST
+
+SEARCH_PRESET = "omniglot-metanas-cpu"
+#: Retraining, identical for the searched network and the Conv-4 (first-order MAML, transductive batch
+#: statistics): the MAML paper's inner loops (5-way: one step of 0.4, three at test; 20-way: five steps
+#: of 0.1), shortened budgets for the CPU box, Adam 1e-3.
+RETRAIN = {
+    5: dict(n_way=5, inner_lr=0.4, inner_steps=1, eval_inner_steps=3, meta_batch_size=16, iterations=3000),
+    20: dict(n_way=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch_size=4, iterations=3000),
+}
+COMMON = dict(algorithm="fomaml", tasks="omniglot", dataset_split="maml", k_shot=1, num_query=1, meta_lr=1e-3,
+              log_every=50, val_every=250, val_tasks=200, checkpoint_every=50, test_tasks=600, eval_steps=[],
+              eval_ways=[], eval_shots=[1])
+CONV4_WIDTHS = range(4, 129)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_train(cfg: Config) -> dict:
+    """Train (or resume, or skip a finished run); the wall and CPU seconds this call spent."""
+    run_dir = Path(cfg.training.output_dir)
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    result, _ = train(cfg, resume=(run_dir / LAST).exists(), progress=False)
+    return {"iterations": result.iterations, "wall_seconds": round(time.perf_counter() - wall, 1),
+            "cpu_seconds": round(cpu_seconds() - cpu, 1)}
+
+
+def matched_conv4_width(parameters: int, n_way: int, image_shape: tuple[int, ...]) -> int:
+    """The Conv-4 width whose parameter count is closest to ``parameters``."""
+    return min(CONV4_WIDTHS, key=lambda h: abs(count_parameters(Conv4(image_shape[0], h, n_way, image_size=image_shape[1:]))
+                                               - parameters))
+
+
+def network_size(cfg: Config) -> tuple[int, int]:
+    """Parameters and FLOPs per image of the network a config trains."""
+    tasks = build_tasks(cfg, "train")
+    model = build_learner(cfg, tasks).model
+    return count_parameters(model), count_flops(model, tasks.input_shape)
+
+
+def main(argv: list[str] | None = None, prog: str = "benchmarks/nas.py") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", default="runs/nas")
+    parser.add_argument("--data-root", help="the Omniglot zips' folder (default: as fastadapt finds it)")
+    parser.add_argument("--iterations", type=int, help="retraining meta-iterations (default: RETRAIN's)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="retraining settings for both networks, values read as YAML")
+    parser.add_argument("--search-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings of the search run on top of its preset")
+    parser.add_argument("--ways", type=int, nargs="*", default=[5, 20], choices=sorted(RETRAIN))
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"data_root": args.data_root} if args.data_root else {}
+    read = lambda pairs: {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}  # noqa: E731
+    record_path = out / "results.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+
+    search = load_preset(SEARCH_PRESET).replace(output_dir=str(out / "search"), **data, **read(args.search_set))
+    if "search" not in record or record["search"]["iterations"] < search.training.iterations:
+        record["search"] = timed_train(search)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    architecture = out / "search" / "architecture.json"
+    print(f"search: {record['search']}; architecture {architecture}")
+
+    for way in args.ways:
+        settings = {**COMMON, **RETRAIN[way], **data, **read(args.set)}
+        if args.iterations:
+            settings["iterations"] = args.iterations
+        space = {k: getattr(search.model, k) for k in ("cells", "nodes", "cell_channels", "stem_multiplier",
+                                                       "operations", "reduction_cells")}
+        darts = Config(**settings, model="darts", architecture=str(architecture), **space,
+                       output_dir=str(out / f"darts-{way}way"))
+        parameters, flops = network_size(darts)
+        width = matched_conv4_width(parameters, way, build_tasks(darts, "train").input_shape)
+        conv4 = Config(**settings, model="conv4", conv_channels=width, output_dir=str(out / f"conv4-{way}way"))
+        for name, cfg in (("searched", darts), (f"Conv-4-{width}", conv4)):
+            key = f"{name} {way}-way"
+            entry = record.setdefault("runs", {}).setdefault(key, {})
+            if entry.get("training", {}).get("iterations") != cfg.training.iterations:
+                entry["training"] = timed_train(cfg)
+            entry["parameters"], entry["flops"] = network_size(cfg)
+            if "test" not in entry:  # the test episodes are looked at once, after training
+                run_cfg, learner = load_run(cfg.training.output_dir, "best")
+                estimate = next(iter(evaluate_learner(run_cfg, learner).values()))
+                entry["test"] = estimate.to_dict()
+                entry["best_val_accuracy"] = max(r.get("val_accuracy", 0) for r in
+                                                 map(json.loads, (Path(cfg.training.output_dir) / "metrics.jsonl")
+                                                     .read_text().splitlines()))
+            record_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(table(record))
+    return 0
+
+
+def table(record: dict) -> str:
+    """Markdown: one row per network, its parameters per way (the heads differ), FLOPs per image (smallest way),
+    test accuracy ± 95% CI per way, in percent."""
+    networks: dict[str, dict[int, dict]] = {}
+    for key, entry in record.get("runs", {}).items():
+        name, way = key.rsplit(" ", 1)
+        networks.setdefault(name, {})[int(way.split("-")[0])] = entry
+    ways = sorted({w for entries in networks.values() for w in entries})
+    lines = ["| network | parameters | MFLOPs per image | " + " | ".join(f"{w}-way 1-shot" for w in ways) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in ways) + " |"]
+    for name, entries in networks.items():
+        first = entries[min(entries)]
+        params = " / ".join(f"{entries[w]['parameters']:,}" for w in ways if w in entries)
+        cells = [f"{entries[w]['test']['mean'] * 100:.2f} ± {entries[w]['test']['ci95'] * 100:.2f}"
+                 if w in entries and "test" in entries[w] else "-" for w in ways]
+        lines.append(f"| {name} | {params} | {first['flops'] / 1e6:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
