@@ -12,12 +12,13 @@ def test_matched_conv4_is_the_closest_in_parameters():
 
 
 def test_table_lists_parameters_flops_and_accuracy_per_way():
-    def run(mean, parameters):
-        return {"parameters": parameters, "flops": 2.5e6, "test": {"mean": mean, "ci95": 0.004, "num_tasks": 600}}
+    def run(name, way, mean, parameters):
+        return {"name": name, "way": way, "parameters": parameters, "flops": 2.5e6,
+                "test": {"mean": mean, "ci95": 0.004, "num_tasks": 600}}
 
-    record = {"runs": {"searched 5-way": run(0.9512, 27_000), "searched 20-way": run(0.8011, 27_500),
-                       "Conv-4-31 5-way": run(0.9433, 26_900)}}
-    lines = table(record).splitlines()
+    lines = table([run("searched", 5, 0.9512, 27_000), run("searched", 20, 0.8011, 27_500),
+                   run("Conv-4-31", 5, 0.9433, 26_900), {"name": "search", "way": 5}]).splitlines()
     assert lines[0] == "| network | parameters | MFLOPs per image | 5-way 1-shot | 20-way 1-shot |"
     assert lines[2] == "| searched | 27,000 / 27,500 | 2.50 | 95.12 ± 0.40 | 80.11 ± 0.40 |"
     assert lines[3] == "| Conv-4-31 | 26,900 | 2.50 | 94.33 ± 0.40 | - |"
+    assert len(lines) == 4

@@ -1,16 +1,20 @@
 """Does a searched architecture beat a hand-designed one of the same size? The issue-14 experiment.
 
     python benchmarks/nas.py --output-dir runs/nas                # search, retrain 4 networks, test once
-    python benchmarks/nas.py --output-dir runs/nas --iterations 2000 --set meta_lr=0.002
+    python benchmarks/nas.py --search runs/omniglot-metanas-cpu   # retrain the architecture of a finished search
+    python benchmarks/nas.py --ways 20 --networks searched &      # two retrainings side by side...
+    python benchmarks/nas.py --ways 5 20 --networks conv4; python benchmarks/nas.py --ways 5 --networks searched
+    python benchmarks/nas.py                                      # ...then the table
 
 1. **Search**: ``fastadapt train omniglot-metanas-cpu`` into OUT/search (its wall and CPU time are
-   recorded); the meta-architecture of its best *validation* checkpoint is OUT/search/architecture.json.
+   recorded), or ``--search RUN_DIR``, a finished search; the meta-architecture of its best
+   *validation* checkpoint is RUN_DIR/architecture.json.
 2. **Retrain from scratch** with the same method and budget (first-order MAML, ``RETRAIN`` below) at
    5-way and 20-way 1-shot: the discrete network of that architecture, and a Conv-4 whose width makes
    its parameter count closest to it. Each run keeps its best validation checkpoint.
 3. **Test once**: each best checkpoint on the 600 fixed test episodes (15 queries per class); the
-   results are written to OUT/results.json and never recomputed, so rerunning the script prints the
-   same table without looking at the test set again.
+   results are written to RUN_DIR/benchmark.json and never recomputed, so rerunning the script prints
+   the same table without looking at the test set again.
 
 Every stage is an ordinary run directory, so a stopped benchmark resumes where it stopped. Times are
 the runs' own clocks on whatever machine runs this, with whatever else runs beside it.
@@ -46,6 +50,8 @@ COMMON = dict(algorithm="fomaml", tasks="omniglot", dataset_split="maml", k_shot
               log_every=50, val_every=250, val_tasks=100, checkpoint_every=50, test_tasks=600, eval_steps=[],
               eval_ways=[], eval_shots=[1])
 CONV4_WIDTHS = range(4, 129)
+#: Each run directory's benchmark record: its training time, size and test accuracy.
+RECORD = "benchmark.json"
 
 
 def cpu_seconds() -> float:
@@ -90,65 +96,73 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/nas.py") -> int:
                         help="retraining settings for both networks, values read as YAML")
     parser.add_argument("--search-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings of the search run on top of its preset")
+    parser.add_argument("--search", metavar="RUN_DIR", help="a finished search run to take the architecture from "
+                                                           "(default: train OUT/search)")
     parser.add_argument("--ways", type=int, nargs="*", default=[5, 20], choices=sorted(RETRAIN))
+    parser.add_argument("--networks", nargs="*", default=["searched", "conv4"], choices=["searched", "conv4"],
+                        help="which retrainings this call runs (two calls may run side by side)")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = {"data_root": args.data_root} if args.data_root else {}
     read = lambda pairs: {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}  # noqa: E731
-    record_path = out / "results.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
 
-    search = load_preset(SEARCH_PRESET).replace(output_dir=str(out / "search"), **data, **read(args.search_set))
-    if "search" not in record or record["search"]["iterations"] < search.training.iterations:
-        record["search"] = timed_train(search)
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
-    architecture = out / "search" / "architecture.json"
-    print(f"search: {record['search']}; architecture {architecture}")
-
+    search_dir = Path(args.search) if args.search else out / "search"
+    if args.search:
+        search = Config.load(search_dir / "config.yaml")
+        print(f"search: {search_dir}")
+    else:
+        search = load_preset(SEARCH_PRESET).replace(output_dir=str(search_dir), **data, **read(args.search_set))
+        print(f"search: {stage(search, 'search')['training']}")
+    space = {k: getattr(search.model, k) for k in ("cells", "nodes", "cell_channels", "stem_multiplier",
+                                                   "operations", "reduction_cells")}
     for way in args.ways:
         settings = {**COMMON, **RETRAIN[way], **data, **read(args.set)}
         if args.iterations:
             settings["iterations"] = args.iterations
-        space = {k: getattr(search.model, k) for k in ("cells", "nodes", "cell_channels", "stem_multiplier",
-                                                       "operations", "reduction_cells")}
-        darts = Config(**settings, model="darts", architecture=str(architecture), **space,
+        darts = Config(**settings, model="darts", architecture=str(search_dir), **space,
                        output_dir=str(out / f"darts-{way}way"))
-        parameters, flops = network_size(darts)
+        parameters, _ = network_size(darts)
         width = matched_conv4_width(parameters, way, build_tasks(darts, "train").input_shape)
         conv4 = Config(**settings, model="conv4", conv_channels=width, output_dir=str(out / f"conv4-{way}way"))
-        for name, cfg in (("searched", darts), (f"Conv-4-{width}", conv4)):
-            key = f"{name} {way}-way"
-            entry = record.setdefault("runs", {}).setdefault(key, {})
-            if entry.get("training", {}).get("iterations") != cfg.training.iterations:
-                entry["training"] = timed_train(cfg)
-            entry["parameters"], entry["flops"] = network_size(cfg)
-            if "test" not in entry:  # the test episodes are looked at once, after training
-                run_cfg, learner = load_run(cfg.training.output_dir, "best")
-                estimate = next(iter(evaluate_learner(run_cfg, learner).values()))
-                entry["test"] = estimate.to_dict()
-                entry["best_val_accuracy"] = max(r.get("val_accuracy", 0) for r in
-                                                 map(json.loads, (Path(cfg.training.output_dir) / "metrics.jsonl")
-                                                     .read_text().splitlines()))
-            record_path.write_text(json.dumps(record, indent=2) + "\n")
-    print(table(record))
+        for network, name, cfg in (("searched", "searched", darts), ("conv4", f"Conv-4-{width}", conv4)):
+            if network in args.networks:
+                stage(cfg, name, test=True)
+    print(table([json.loads(path.read_text()) for path in sorted(out.glob(f"*/{RECORD}"))]))
     return 0
 
 
-def table(record: dict) -> str:
+def stage(cfg: Config, name: str, test: bool = False) -> dict:
+    """Train a run (resume it, or skip it when finished); with ``test``, its size and, once, its best
+    checkpoint's accuracy on the test episodes. Kept in RUN_DIR/benchmark.json."""
+    run_dir = Path(cfg.training.output_dir)
+    path = run_dir / RECORD
+    entry = json.loads(path.read_text()) if path.exists() else {"name": name, "way": cfg.task.n_way}
+    if entry.get("training", {}).get("iterations") != cfg.training.iterations:
+        entry["training"] = timed_train(cfg)
+        path.write_text(json.dumps(entry, indent=2) + "\n")
+    if test and "test" not in entry:  # the test episodes are looked at once, after training
+        entry["parameters"], entry["flops"] = network_size(cfg)
+        run_cfg, learner = load_run(run_dir, "best")
+        entry["test"] = next(iter(evaluate_learner(run_cfg, learner).values())).to_dict()
+        entry["best_val_accuracy"] = max(json.loads(line).get("val_accuracy", 0.0)
+                                         for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        path.write_text(json.dumps(entry, indent=2) + "\n")
+    return entry
+
+
+def table(entries: list[dict]) -> str:
     """Markdown: one row per network, its parameters per way (the heads differ), FLOPs per image (smallest way),
     test accuracy ± 95% CI per way, in percent."""
     networks: dict[str, dict[int, dict]] = {}
-    for key, entry in record.get("runs", {}).items():
-        name, way = key.rsplit(" ", 1)
-        networks.setdefault(name, {})[int(way.split("-")[0])] = entry
-    ways = sorted({w for entries in networks.values() for w in entries})
+    for entry in entries:
+        if "test" in entry:
+            networks.setdefault(entry["name"], {})[entry["way"]] = entry
+    ways = sorted({w for by_way in networks.values() for w in by_way})
     lines = ["| network | parameters | MFLOPs per image | " + " | ".join(f"{w}-way 1-shot" for w in ways) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in ways) + " |"]
-    for name, entries in networks.items():
-        first = entries[min(entries)]
-        params = " / ".join(f"{entries[w]['parameters']:,}" for w in ways if w in entries)
-        cells = [f"{entries[w]['test']['mean'] * 100:.2f} ± {entries[w]['test']['ci95'] * 100:.2f}"
-                 if w in entries and "test" in entries[w] else "-" for w in ways]
-        lines.append(f"| {name} | {params} | {first['flops'] / 1e6:.2f} | " + " | ".join(cells) + " |")
+    for name, by_way in networks.items():
+        params = " / ".join(f"{by_way[w]['parameters']:,}" for w in ways if w in by_way)
+        cells = [f"{by_way[w]['test']['mean'] * 100:.2f} ± {by_way[w]['test']['ci95'] * 100:.2f}" if w in by_way
+                 else "-" for w in ways]
+        lines.append(f"| {name} | {params} | {by_way[min(by_way)]['flops'] / 1e6:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
