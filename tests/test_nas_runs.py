@@ -105,8 +105,8 @@ def test_search_plot_and_retrain_through_the_cli(glyph_folder, tmp_path, capsys)
     assert main(["plot", str(retrain)]) == 0 and (retrain / "cells.png").exists()
 
     path = tmp_path / "arch.json"
-    genotype.save(path)  # a JSON file works as well as a run directory
-    assert main(["train", "--algorithm", "maml", "--model", "darts", "--architecture", str(path),
+    genotype.save(path)  # a JSON file works as well as a run directory, and the network embeds for ProtoNet too
+    assert main(["train", "--algorithm", "protonet", "--model", "darts", "--architecture", str(path),
                  "--data-root", str(glyph_folder), *TINY, *SPACE, "--iterations", "2", "--no-eval",
                  "--output-dir", str(tmp_path / "from-json")]) == 0
 
