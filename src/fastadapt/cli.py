@@ -76,9 +76,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
     else:
         print(f"nothing trained (0 iterations); run saved in {result.run_dir}")
+    _print_architecture(cfg, result.run_dir)
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
         print(format_table({cfg.method.name: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
+
+
+def _print_architecture(cfg: Config, run_dir: Path) -> None:
+    """For a search: the meta-architecture it found; for model darts: the architecture trained. With the size of
+    the discrete network."""
+    from fastadapt.training.builders import ARCHITECTURE_FILE, ARCHITECTURE_SEARCH, load_architecture
+    from fastadapt.training.runs import architecture_size
+
+    if cfg.method.name in ARCHITECTURE_SEARCH:
+        source = run_dir / ARCHITECTURE_FILE
+        what = f"meta-architecture of the best checkpoint ({source})"
+    elif cfg.model.name == "darts":
+        source, what = cfg.model.architecture, f"architecture {cfg.model.architecture}"
+    else:
+        return
+    genotype = load_architecture(str(source))
+    parameters, flops = architecture_size(cfg, genotype)
+    print(f"{what}: {parameters:,} parameters, {flops / 1e6:.2f} MFLOPs per image as a discrete network")
+    for cell_type in ("normal", "reduce"):
+        if genotype.cells(cell_type):
+            nodes = "; ".join(", ".join(f"{op}({source})" for op, source in node) for node in genotype.cells(cell_type))
+            print(f"  {cell_type}: {nodes}")
 
 
 def _eval_title(cfg: Config) -> str:
@@ -172,14 +195,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from fastadapt.plots import plot_frame_strip, plot_learning_curves, plot_navigation_trajectories
+    from fastadapt.plots import (plot_cells, plot_frame_strip, plot_learning_curves, plot_navigation_trajectories,
+                                 plot_task_architectures)
     from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
-    from fastadapt.training.runs import load_metrics, load_run, locomotion_frames, navigation_paths
+    from fastadapt.training.builders import ARCHITECTURE_SEARCH, load_architecture
+    from fastadapt.training.runs import (load_metrics, load_run, locomotion_frames, navigation_paths, task_architectures,
+                                         write_architecture)
 
     run_dir = Path(args.run_dir)
     path = plot_learning_curves(load_metrics(run_dir), Path(args.output or run_dir / "learning_curves.png"),
                                 title=str(run_dir))
     print(f"wrote {path}")
+    folder = path.parent
     cfg = Config.load(run_dir / "config.yaml")
     if cfg.task.family == "nav2d" and cfg.method.name in ("maml-rl", "pretrained-rl"):
         cfg, learner = load_run(run_dir, "best")
@@ -201,6 +228,19 @@ def cmd_plot(args: argparse.Namespace) -> None:
         figure = plot_frame_strip(rows, run_dir / "frames.png", title=f"{cfg.method.name} on {cfg.task.family}: "
                                   "the first sampled trajectory before and after one policy-gradient step")
         print(f"wrote {figure}")
+    if cfg.method.name in ARCHITECTURE_SEARCH:
+        cfg, learner = write_architecture(run_dir)
+        meta = learner.architecture()
+        print(f"wrote {run_dir / 'architecture.json'}")
+        print(f"wrote {plot_cells(meta, folder / 'cells.png', title=f'{run_dir}: meta-architecture')}")
+        per_task = task_architectures(cfg, learner, args.tasks)
+        title = f"{run_dir}: architectures of {len(per_task)} validation tasks after {learner.eval_inner_steps} steps"
+        figure = plot_task_architectures(meta, per_task, list(cfg.model.operations),
+                                         folder / "task_architectures.png", title)
+        print(f"wrote {figure}")
+    elif cfg.model.name == "darts":
+        genotype = load_architecture(cfg.model.architecture)
+        print(f"wrote {plot_cells(genotype, folder / 'cells.png', title=f'{run_dir}: {cfg.model.architecture}')}")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -325,10 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     predict.set_defaults(func=cmd_predict)
 
-    plot = commands.add_parser("plot", help="plot a run's learning curves as PNG (and, for 2D navigation, "
-                                            "trajectories before and after adaptation)")
+    plot = commands.add_parser("plot", help="plot a run's learning curves as PNG; for 2D navigation also "
+                                            "trajectories before and after adaptation, for MuJoCo frames of the "
+                                            "robot, for a DARTS model or search its cells and how the architecture "
+                                            "changes per task")
     plot.add_argument("run_dir", help="a run directory (holding metrics.jsonl)")
-    plot.add_argument("--output", metavar="PNG", help="where to write (default: RUN_DIR/learning_curves.png)")
+    plot.add_argument("--output", metavar="PNG", help="the learning curves' PNG (default: RUN_DIR/learning_curves.png;"
+                                                      " other figures go beside it)")
+    plot.add_argument("--tasks", type=int, default=100,
+                      help="metanas / tnas: validation tasks whose adapted architectures are drawn (default: 100)")
     plot.set_defaults(func=cmd_plot)
 
     presets = commands.add_parser("presets", help="list the shipped presets, with their training time")

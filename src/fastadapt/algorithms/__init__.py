@@ -31,3 +31,8 @@ from fastadapt.algorithms.pretrained_rl import PretrainedPolicy  # noqa: E402
 from fastadapt.algorithms.rl2 import RL2  # noqa: E402
 
 __all__ += ["RLMetaLearner", "MAMLRL", "PretrainedPolicy", "RL2", "RandomArms", "UCB1", "ThompsonSampling", "BayesOptimal"]
+
+from fastadapt.algorithms.metanas import MetaNAS  # noqa: E402
+from fastadapt.algorithms.tnas import TNAS  # noqa: E402
+
+__all__ += ["MetaNAS", "TNAS"]

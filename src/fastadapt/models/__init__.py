@@ -10,3 +10,7 @@ __all__ += ["Conv4"]
 from fastadapt.models.policies import CategoricalMLPPolicy, GaussianMLPPolicy, RecurrentPolicy, mlp_policy  # noqa: E402
 
 __all__ += ["GaussianMLPPolicy", "CategoricalMLPPolicy", "RecurrentPolicy", "mlp_policy"]
+
+from fastadapt.models.darts import DiscreteNetwork, Genotype, SearchNetwork, SearchSpace  # noqa: E402
+
+__all__ += ["DiscreteNetwork", "Genotype", "SearchNetwork", "SearchSpace"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fastadapt import algorithms
+from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
 from fastadapt.datasets.digits import load_digits_dataset
@@ -23,6 +24,7 @@ from fastadapt.models.conv4 import NORMS
 from fastadapt.rl import TRPOSettings
 from fastadapt.tasks import (BanditTasks, ClassMiniBatches, EpisodeTasks, LocomotionTasks, Navigation2DTasks,
                              SinusoidTasks, TabularMDPTasks)
+from fastadapt.models.darts import DiscreteNetwork, Genotype, SearchNetwork, SearchSpace
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
 from fastadapt.training.config import Config
@@ -32,6 +34,8 @@ from fastadapt.training.threads import available_cores
 DEFAULT_TRAIN_QUERY = 15
 #: Share of a folder's classes that go to train and val when it has no train/val/test sub-folders.
 FOLDER_SPLIT = {"train": 0.6, "val": 0.2}
+#: The file in a metanas / tnas run directory that holds its meta-architecture (of the best checkpoint).
+ARCHITECTURE_FILE = "architecture.json"
 
 
 # --- task families ---
@@ -217,6 +221,11 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
     if cfg.task.family in RL_FAMILIES:
         return build_policy(cfg, tasks)
     kind = resolve_model(cfg)
+    if cfg.method.name in ARCHITECTURE_SEARCH and kind != "supernet":
+        raise ValueError(f"{cfg.method.name} searches an architecture: its model is the DARTS supernet "
+                         f"(--model supernet or auto), not {kind!r}")
+    if kind in ("supernet", "darts"):
+        return _darts_network(cfg, tasks, kind, head)
     if kind == "mlp":
         return MLP(getattr(tasks, "input_size", 1), tasks.output_size, tuple(cfg.model.hidden_sizes))
     if kind == "conv4":
@@ -230,7 +239,43 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
         if head or cfg.method.name not in PIXEL_INPUT:
             raise ValueError(f"model 'pixels' (no network: raw pixels) serves {sorted(PIXEL_INPUT)} only")
         return nn.Flatten()
-    raise ValueError(f"unknown model {cfg.model.name!r}; choose 'mlp', 'conv4', 'pixels' or 'auto'")
+    raise ValueError(f"unknown model {cfg.model.name!r}; choose 'mlp', 'conv4', 'supernet', 'darts', 'pixels' "
+                     "or 'auto'")
+
+
+def search_space(cfg: Config) -> SearchSpace:
+    """The DARTS macro-architecture and candidate operations the model settings describe."""
+    m = cfg.model
+    return SearchSpace(cells=m.cells, nodes=m.nodes, channels=m.cell_channels, stem_multiplier=m.stem_multiplier,
+                       operations=tuple(m.operations),
+                       reduction_cells=None if m.reduction_cells is None else tuple(m.reduction_cells))
+
+
+def load_architecture(source: str) -> Genotype:
+    """A genotype from a JSON file, or from a metanas / tnas run directory's architecture.json."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / ARCHITECTURE_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"architecture: {path} does not exist; a metanas / tnas run writes it when "
+                                    f"training ends, and `fastadapt plot {source}` writes it for any such run")
+    return Genotype.load(path)
+
+
+def _darts_network(cfg: Config, tasks: TaskDistribution, kind: str, head: bool) -> nn.Module:
+    """The supernet (metanas, tnas) or model 'darts': the discrete network of ``architecture``."""
+    shape = getattr(tasks, "input_shape", None)
+    if shape is None:
+        raise ValueError(f"model {kind!r} needs image tasks, but {cfg.task.family!r} tasks are not images")
+    space, classes = search_space(cfg), tasks.output_size if head else None
+    if kind == "supernet":
+        if cfg.method.name not in ARCHITECTURE_SEARCH:
+            raise ValueError(f"model 'supernet' is searched by {sorted(ARCHITECTURE_SEARCH)}; to train a found "
+                             "architecture use --model darts --architecture PATH")
+        return SearchNetwork(space, shape[0], classes, resolve_norm(cfg))
+    if cfg.model.architecture is None:
+        raise ValueError("model 'darts' needs --architecture: a genotype JSON file or a metanas / tnas run directory")
+    return DiscreteNetwork(load_architecture(cfg.model.architecture), space, shape[0], classes, resolve_norm(cfg))
 
 
 def _finetunes_encoder(cfg: Config) -> bool:
@@ -252,6 +297,11 @@ def _gradient_based(cls: type[algorithms.MAML], **fixed) -> Callable[[Config, Ta
         method = cfg.method
         options = dict(inner_lr=method.inner_lr, inner_steps=method.inner_steps,
                        eval_inner_steps=method.eval_inner_steps, first_order=method.first_order)
+        if issubclass(cls, ArchitectureLearning):
+            options.update(alpha_inner_lr=method.alpha_inner_lr, warmup_iterations=method.warmup_iterations,
+                           temperature_start=method.temperature_start, temperature_end=method.temperature_end)
+        if cls is algorithms.MetaNAS:
+            options["outer"] = method.outer_update
         options.update(fixed)
         return cls(build_model(cfg, tasks), tasks.loss, **options)
 
@@ -369,6 +419,8 @@ ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
     "metasgd": _gradient_based(algorithms.MetaSGD),
     "reptile": _gradient_based(algorithms.Reptile),
     "pretrained": _gradient_based(algorithms.Pretrained),
+    "metanas": _gradient_based(algorithms.MetaNAS),
+    "tnas": _gradient_based(algorithms.TNAS),
     "protonet": _classifier(_protonet),
     "matching": _classifier(_matching),
     "knn": _classifier(_knn),
@@ -395,7 +447,9 @@ BANDIT_ALGORITHMS = frozenset({"random-arms", "ucb1", "thompson", "bayes-optimal
 POLICIES = ("auto", "gaussian", "categorical", "gru")
 #: Methods that may read raw pixels instead of an embedding (model "pixels").
 PIXEL_INPUT = frozenset({"knn", "mann"})
-GRADIENT_BASED = frozenset({"maml", "fomaml", "metasgd", "reptile", "pretrained"})
+GRADIENT_BASED = frozenset({"maml", "fomaml", "metasgd", "reptile", "pretrained", "metanas", "tnas"})
+#: Methods that search an architecture (a DARTS supernet's alphas) along with the weights.
+ARCHITECTURE_SEARCH = frozenset({"metanas", "tnas"})
 #: Methods that compare queries with the support set, so one trained model serves any number of ways and shots.
 ANY_WAY = frozenset({"protonet", "matching", "knn"}) | MINIBATCH_TRAINED
 #: Methods built for the training shot count too (SNAIL's sequence length).
@@ -442,14 +496,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_model(cfg: Config) -> str:
-    """The network's name, with 'auto' resolved: the MLP for sinusoid regression and for RL policies (whose
-    kind is ``model.policy``), Conv-4 for images."""
+    """The network's name, with 'auto' resolved: the DARTS supernet for an architecture search, the MLP for
+    sinusoid regression and for RL policies (whose kind is ``model.policy``), Conv-4 for images."""
     if cfg.model.name != "auto":
         return cfg.model.name
+    if cfg.method.name in ARCHITECTURE_SEARCH:
+        return "supernet"
     return "mlp" if cfg.task.family in ("sinusoid", *RL_FAMILIES) else "conv4"
 
 
-MODELS = ("auto", "mlp", "conv4", "pixels")
+MODELS = ("auto", "mlp", "conv4", "pixels", "supernet", "darts")
 META_OPTIMIZERS = ("adam", "sgd")
 
 

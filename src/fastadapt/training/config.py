@@ -94,8 +94,25 @@ class ModelSettings:
                                   "gru for rl2, else gaussian for continuous actions and categorical for discrete")
     recurrent_size: int = setting(256, "RL^2: hidden units of the GRU policy")
 
+    # DARTS networks: the supernet that metanas / tnas search, and model 'darts', the discrete network of a genotype
+    cells: int = setting(3, "DARTS networks: cells (normal and reduction) between stem and head")
+    nodes: int = setting(3, "DARTS networks: intermediate nodes per cell")
+    cell_channels: int = setting(8, "DARTS networks: channels per node in the first cells (doubled by each "
+                                    "reduction cell)")
+    stem_multiplier: int = setting(3, "DARTS networks: the stem convolution has stem_multiplier x cell_channels "
+                                      "channels")
+    operations: list[str] = setting(
+        help="DARTS search space: candidate operations on every edge (sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, "
+             "conv_3x3, max_pool_3x3, avg_pool_3x3, skip_connect, zero)",
+        factory=lambda: ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "conv_3x3", "max_pool_3x3",
+                         "avg_pool_3x3", "skip_connect", "zero"])
+    reduction_cells: list[int] | None = setting(None, "DARTS networks: indices of the reduction cells "
+                                                      "(default: at 1/3 and 2/3 of the cells, as DARTS)")
+    architecture: str | None = setting(None, "model darts: a genotype JSON file, or the directory of a metanas / "
+                                             "tnas run (its architecture.json)")
+
     def validate(self) -> None:
-        _positive(self, "conv_channels", "recurrent_size")
+        _positive(self, "conv_channels", "recurrent_size", "cells", "nodes", "cell_channels", "stem_multiplier")
         if any(width < 1 for width in self.hidden_sizes):
             raise ConfigError(f"config: hidden_sizes must hold positive integers, got {self.hidden_sizes}")
 
@@ -139,6 +156,14 @@ class MethodSettings:
     entropy_coef: float = setting(0.0, "PPO (rl2): weight of the entropy bonus")
     max_grad_norm: float = setting(1.0, "PPO (rl2): gradients are clipped to this norm")
     ucb_exploration: float = setting(1.0, "ucb1: exploration coefficient c (1: Auer et al.'s)")
+    alpha_inner_lr: float = setting(0.1, "metanas / tnas: inner-loop step size of the architecture weights alpha")
+    warmup_iterations: int = setting(0, "metanas / tnas: meta-iterations with alpha frozen before the search")
+    temperature_start: float = setting(1.0, "metanas / tnas: softmax temperature over operations at the first "
+                                            "inner step")
+    temperature_end: float = setting(1.0, "metanas / tnas: temperature at the last inner step and for "
+                                          "predictions (annealed linearly over the inner steps)")
+    outer_update: str = setting("reptile", "metanas: reptile (move towards the adapted weights and alphas) or "
+                                           "fomaml (first-order MAML gradient)")
 
     def validate(self) -> None:
         _positive(self, "inner_steps", "neighbours", "finetune_steps", "cg_iterations",
@@ -164,6 +189,15 @@ class MethodSettings:
         for name in ("cg_damping", "value_coef", "entropy_coef", "ucb_exploration"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config: {name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_iterations < 0:
+            raise ConfigError(f"config: warmup_iterations must be >= 0, got {self.warmup_iterations}")
+        if not self.alpha_inner_lr >= 0:
+            raise ConfigError(f"config: alpha_inner_lr must be >= 0, got {self.alpha_inner_lr}")
+        if not (self.temperature_start > 0 and self.temperature_end > 0):
+            raise ConfigError(f"config: temperature_start and temperature_end must be positive, got "
+                              f"{self.temperature_start} and {self.temperature_end}")
+        if self.outer_update not in ("reptile", "fomaml"):
+            raise ConfigError(f"config: outer_update must be reptile or fomaml, got {self.outer_update!r}")
         if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
             raise ConfigError(f"config: eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
         if not self.inner_lr > 0:
@@ -180,6 +214,8 @@ class TrainingSettings:
     meta_batch_size: int | None = setting(None, "tasks per meta-batch (default: 25 for regression, as in the "
                                                 "MAML paper; 4 episodes for image classification)")
     meta_lr: float = setting(1e-3, "learning rate beta of the outer optimizer")
+    alpha_meta_lr: float | None = setting(None, "metanas / tnas: outer learning rate of the architecture weights "
+                                                "(default: meta_lr)")
     meta_optimizer: str = setting("adam", "outer optimizer: adam or sgd")
     lr_decay_every: int = setting(0, "multiply the outer learning rate by lr_decay every this many iterations "
                                      "(0: never)")
@@ -210,6 +246,8 @@ class TrainingSettings:
             raise ConfigError(f"config: lr_decay_every must be >= 0, got {self.lr_decay_every}")
         if not self.meta_lr > 0:
             raise ConfigError(f"config: meta_lr must be a positive learning rate, got {self.meta_lr}")
+        if self.alpha_meta_lr is not None and not self.alpha_meta_lr > 0:
+            raise ConfigError(f"config: alpha_meta_lr must be a positive learning rate, got {self.alpha_meta_lr}")
 
 
 @dataclass(frozen=True)

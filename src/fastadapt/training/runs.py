@@ -14,16 +14,19 @@ from typing import Iterable
 import gymnasium
 import torch
 
+from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.environments.noise import derive_seeds
 from fastadapt.rl.rollout import ENV_STREAM
 from fastadapt.tasks import EpisodeTasks
+from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (RL_FAMILIES, RL_METHODS, build_learner, build_tasks, check_config,
-                                         eval_settings, resolve_device, resolve_model)
+from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, RL_METHODS, build_learner, build_tasks, check_config,
+                                         eval_settings, resolve_device, resolve_model,
+                                         search_space)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
@@ -122,7 +125,38 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         if resume:
             iteration = trainer.resume()
             trainer.say(f"resuming {run_dir} from iteration {iteration} of {cfg.training.iterations}")
-        return trainer.fit(), learner
+        result = trainer.fit()
+        if isinstance(learner, ArchitectureLearning) and distributed.is_main_process():
+            write_architecture(run_dir)
+        return result, learner
+
+
+def write_architecture(run_dir: str | Path) -> tuple[Config, ArchitectureLearning]:
+    """Save the meta-architecture of a metanas / tnas run's best checkpoint as RUN_DIR/architecture.json;
+    returns the run's config and best learner."""
+    cfg, learner = load_run(run_dir, "best")
+    if not isinstance(learner, ArchitectureLearning):
+        raise ValueError(f"{run_dir} is a {cfg.method.name} run, which searches no architecture")
+    learner.architecture().save(Path(run_dir) / ARCHITECTURE_FILE)
+    return cfg, learner
+
+
+@torch.no_grad()
+def task_architectures(cfg: Config, learner: ArchitectureLearning, num_tasks: int) -> list[Genotype]:
+    """The architecture each of ``num_tasks`` fixed *validation* tasks adapts the meta-architecture to."""
+    learner.eval()
+    genotypes = []
+    for batch in fixed_batches(build_tasks(cfg, "val"), num_tasks, "val"):
+        genotypes += learner.task_architectures(learner.adapt(batch.support_x, batch.support_y))
+    return genotypes
+
+
+def architecture_size(cfg: Config, genotype: Genotype) -> tuple[int, int]:
+    """Parameters and FLOPs per image of the discrete network of ``genotype`` built with ``cfg``'s model settings
+    for its tasks (``count_flops``: 2 per multiply-accumulate of convolutions and linear layers)."""
+    tasks = build_tasks(cfg, "test")
+    network = DiscreteNetwork(genotype, search_space(cfg), tasks.input_shape[0], tasks.output_size)
+    return count_parameters(network), count_flops(network, tasks.input_shape)
 
 
 def threads_started_with(run_dir: Path) -> int | None:

@@ -42,10 +42,18 @@ def build_optimizer(
             raise ValueError(f"algorithm {cfg.method.name!r} has no parameters to meta-train; "
                              "run it with --iterations 0 to save and evaluate it")
         return None, None
+    groups: list = params
+    if cfg.training.alpha_meta_lr is not None:
+        if not hasattr(learner, "architecture_parameters"):
+            raise ValueError(f"alpha_meta_lr: algorithm {cfg.method.name!r} has no architecture weights")
+        # Architecture weights get their own learning rate (MetaNAS: 0.6 against 1.0 for the weights).
+        alphas = {id(p) for p in learner.architecture_parameters()}
+        groups = [{"params": [p for p in params if id(p) not in alphas]},
+                  {"params": [p for p in params if id(p) in alphas], "lr": cfg.training.alpha_meta_lr}]
     if cfg.training.meta_optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.training.meta_lr)
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=cfg.training.meta_lr)
     elif cfg.training.meta_optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.training.meta_lr)
+        optimizer = torch.optim.SGD(groups, lr=cfg.training.meta_lr)
     else:
         raise ValueError(f"unknown meta_optimizer {cfg.training.meta_optimizer!r}; choose 'adam' or 'sgd'")
     scheduler = None
