@@ -48,7 +48,7 @@ def main() -> None:
             start = time.perf_counter()
             train(cfg, progress=False, nproc=n)
             rates[n] = args.iterations / (time.perf_counter() - start)
-            weights[n] = load_checkpoint(Path(cfg.output_dir) / "last.pt")["learner"]
+            weights[n] = load_checkpoint(Path(cfg.training.output_dir) / "last.pt")["learner"]
             print(f"{n} process(es), {max(1, cores // n)} thread(s) each: {rates[n]:.3f} it/s", flush=True)
     base = args.nproc[0]
     for n in args.nproc[1:]:

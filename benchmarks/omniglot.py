@@ -75,7 +75,7 @@ def startup_seconds(preset: str, data_root: str | None) -> float:
 def mann_instance_accuracy(cfg: Config, learner: MANN, num_tasks: int, instances: int = 10) -> dict[int, float]:
     """Santoro et al.'s protocol: accuracy at the 1st, 2nd, 3rd, 5th and 10th presentation of each class in
     fixed test sequences of n_way x ``instances`` images in a random order, labels shown one step late."""
-    episodes = EpisodeTasks(build_tasks(cfg, "test").dataset, cfg.n_way, instances - 1, 1)
+    episodes = EpisodeTasks(build_tasks(cfg, "test").dataset, cfg.task.n_way, instances - 1, 1)
     torch.manual_seed(0)
     correct: dict[int, list[float]] = {}
     learner.eval()
@@ -110,16 +110,16 @@ def main() -> None:
         name = Path(preset).stem
         cfg = load_preset(preset).replace(**overrides, output_dir=str(Path(args.output_dir) / name))
         train(cfg, resume=True, progress=False)
-        metrics = load_metrics(cfg.output_dir) if cfg.iterations else []
+        metrics = load_metrics(cfg.training.output_dir) if cfg.training.iterations else []
         train_seconds = metrics[-1]["seconds"] if metrics else 0.0  # the run's own clock (since its last resume)
         start = time.perf_counter()
-        cfg, learner = load_run(cfg.output_dir, "best")
+        cfg, learner = load_run(cfg.training.output_dir, "best")
         results = evaluate_learner(cfg, learner)
         columns[name] = results
         if isinstance(learner, MANN):
-            by_instance = mann_instance_accuracy(cfg, learner, cfg.test_tasks)
+            by_instance = mann_instance_accuracy(cfg, learner, cfg.evaluation.test_tasks)
             records.append({"preset": preset, "accuracy_by_instance": by_instance})
-            print(f"{name}: accuracy by instance on {cfg.test_tasks} test sequences of {cfg.n_way} classes x 10: "
+            print(f"{name}: accuracy by instance on {cfg.evaluation.test_tasks} test sequences of {cfg.task.n_way} classes x 10: "
                   + ", ".join(f"{k}: {v:.4f}" for k, v in by_instance.items()), flush=True)
         records.append({"preset": preset, "train_seconds": train_seconds, "config": cfg.to_dict(),
                         "results": {row: e.to_dict() for row, e in results.items()}})
@@ -128,7 +128,7 @@ def main() -> None:
               f"{time.perf_counter() - start:.0f} s; "
               + ", ".join(f"{row} {e}" for row, e in results.items()), flush=True)
     if columns:
-        print(format_table(columns, f"Omniglot test accuracy, {cfg.test_tasks} fixed episodes with {cfg.eval_query} "
+        print(format_table(columns, f"Omniglot test accuracy, {cfg.evaluation.test_tasks} fixed episodes with {cfg.evaluation.eval_query} "
                                     f"queries per class (mean ± 95% CI); {machine()}"))
         Path(args.output_dir, "results.json").write_text(json.dumps({"machine": machine(), "runs": records}, indent=2))
 

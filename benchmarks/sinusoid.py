@@ -39,7 +39,7 @@ def main() -> None:
             start = time.perf_counter()
             train(cfg, resume=True, progress=False)
             seconds = time.perf_counter() - start
-            cfg, learner = load_run(cfg.output_dir, "best")
+            cfg, learner = load_run(cfg.training.output_dir, "best")
             results = evaluate_learner(cfg, learner)
             columns[f"{algorithm} K={k}"] = results
             records.append({"algorithm": algorithm, "k_shot": k, "iterations": args.iterations,

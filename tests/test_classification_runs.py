@@ -141,7 +141,7 @@ def test_every_omniglot_preset_builds_and_states_its_protocol():
             "omniglot-metanet", "omniglot-knn-pixels"} <= set(names)
     for name in names:
         cfg = load_preset(name)
-        assert cfg.tasks == "omniglot" and cfg.test_tasks >= 600 and cfg.eval_query == 15, name
+        assert cfg.task.family == "omniglot" and cfg.evaluation.test_tasks >= 600 and cfg.evaluation.eval_query == 15, name
         assert eval_settings(cfg)[0][0] in (5, 20), name
 
 

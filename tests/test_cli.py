@@ -23,7 +23,7 @@ def test_train_eval_plot_and_resume(tmp_path, capsys):
     assert main(["eval", str(run), "--json", str(tmp_path / "r.json"), "--steps", "0", "1"]) == 0
     payload = json.loads((tmp_path / "r.json").read_text())
     assert set(payload["results"]) == {"0 steps", "1 step"}
-    assert payload["results"]["1 step"]["num_tasks"] == 20 and payload["config"]["algorithm"] == "maml"
+    assert payload["results"]["1 step"]["num_tasks"] == 20 and payload["config"]["method"]["name"] == "maml"
     assert "1 step" in capsys.readouterr().out
 
     assert main(["eval", str(run), "--json", "-", "--tasks", "30"]) == 0

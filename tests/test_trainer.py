@@ -150,6 +150,6 @@ def test_every_shipped_preset_loads_and_builds():
 
     for name in preset_names():
         cfg = load_preset(name)
-        tasks = build_tasks(cfg) if cfg.tasks == "sinusoid" else None
+        tasks = build_tasks(cfg) if cfg.task.family == "sinusoid" else None
         if tasks is not None:
             assert build_learner(cfg, tasks) is not None

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import typing
 from pathlib import Path
 
-from fastadapt.training.config import Config, load_preset, preset_names
+from fastadapt.training.config import SECTIONS, Config, base_type, load_preset, preset_names, settings
 
 COMMANDS_HELP = """examples:
   fastadapt demo                                   # MAML on sinusoid, table + figure, ~3 min on CPU
@@ -22,25 +21,25 @@ COMMANDS_HELP = """examples:
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per Config field, so every hyperparameter is settable from the command line."""
-    hints = typing.get_type_hints(Config)
-    group = parser.add_argument_group("run settings (override the preset)")
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        hint = hints[field.name]
-        optional = type(None) in typing.get_args(hint)  # "X | None" -> X
-        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-        if hint is bool:
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+    """One --flag per setting, grouped by the config's sections, so every setting is settable here."""
+    groups = {name: parser.add_argument_group(f"{name} settings ({SECTIONS[name].__doc__.rstrip('.')})")
+              for name in SECTIONS}
+    for s in settings():
+        flag, group = "--" + s.flat.replace("_", "-"), groups[s.section]
+        help_text = f"{s.help} (default: {s.default})".replace("%", "%%")
+        base = base_type(s.hint)
+        if base is bool:
+            group.add_argument(flag, dest=s.flat, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(base) is list:
-            group.add_argument(flag, dest=field.name, type=typing.get_args(base)[0], nargs="*", default=None)
+            group.add_argument(flag, dest=s.flat, type=typing.get_args(base)[0], nargs="*", default=None,
+                               help=help_text)
         else:
-            group.add_argument(flag, dest=field.name, type=base, default=None, metavar=field.name.upper())
+            group.add_argument(flag, dest=s.flat, type=base, default=None, metavar=s.flat.upper(), help=help_text)
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
     cfg = load_preset(args.preset) if args.preset else Config()
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    overrides = {s.flat: getattr(args, s.flat) for s in settings() if getattr(args, s.flat) is not None}
     return cfg.replace(**overrides)
 
 
@@ -65,29 +64,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     if result.iterations:
         figure = plot_learning_curves(load_metrics(result.run_dir), result.run_dir / "learning_curves.png",
-                                      title=f"{cfg.algorithm} on {cfg.tasks}")
+                                      title=f"{cfg.method.name} on {cfg.task.family}")
         print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
     else:
         print(f"nothing trained (0 iterations); run saved in {result.run_dir}")
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
-        print(format_table({cfg.algorithm: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
+        print(format_table({cfg.method.name: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
 
 
 def _eval_title(cfg: Config) -> str:
-    if cfg.tasks == "sinusoid":
-        return f"{cfg.tasks}, K={cfg.k_shot}: MSE on {cfg.test_tasks} fixed test tasks (mean ± 95% CI)"
+    if cfg.task.family == "sinusoid":
+        return (f"{cfg.task.family}, K={cfg.task.k_shot}: MSE on {cfg.evaluation.test_tasks} fixed test tasks "
+                "(mean ± 95% CI)")
     from fastadapt.training.builders import resolve_norm
 
-    data = f"omniglot, {cfg.dataset_split} split" if cfg.tasks == "omniglot" else f"folder {cfg.data_root}"
-    if cfg.encoder_from:
-        network = f"encoder from {cfg.encoder_from}"
-    elif cfg.model == "pixels":
+    task = cfg.task
+    data = f"omniglot, {task.dataset_split} split" if task.family == "omniglot" else f"folder {task.data_root}"
+    if cfg.method.encoder_from:
+        network = f"encoder from {cfg.method.encoder_from}"
+    elif cfg.model.name == "pixels":
         network = "raw pixels"
     else:
         network = f"norm: {resolve_norm(cfg)}"
-    return (f"{data}: accuracy on {cfg.test_tasks} fixed test episodes, {cfg.eval_query} queries per class "
-            f"(mean ± 95% CI); trained {cfg.n_way}-way {cfg.k_shot}-shot, {network}")
+    return (f"{data}: accuracy on {cfg.evaluation.test_tasks} fixed test episodes, "
+            f"{cfg.evaluation.eval_query} queries per class "
+            f"(mean ± 95% CI); trained {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {network}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -103,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.json == "-":
         print(json.dumps(payload, indent=2))
         return
-    print(format_table({cfg.algorithm: results}, _eval_title(cfg)))
+    print(format_table({cfg.method.name: results}, _eval_title(cfg)))
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -122,8 +124,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_presets(args: argparse.Namespace) -> None:
     for name in preset_names():
         cfg = load_preset(name)
-        shots = f"K={cfg.k_shot}" if cfg.tasks == "sinusoid" else f"{cfg.n_way}-way {cfg.k_shot}-shot"
-        print(f"{name:28s} {cfg.algorithm:10s} {cfg.tasks:10s} {shots:14s} {cfg.iterations} iterations")
+        task = cfg.task
+        shots = f"K={task.k_shot}" if task.family == "sinusoid" else f"{task.n_way}-way {task.k_shot}-shot"
+        print(f"{name:28s} {cfg.method.name:10s} {task.family:10s} {shots:14s} {cfg.training.iterations} iterations")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

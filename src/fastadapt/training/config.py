@@ -1,119 +1,373 @@
-"""Run configuration: one flat dataclass, YAML presets shipped with the package, CLI overrides.
+"""Run configuration, grouped by concern: what a task is, the model, the method, the training loop, the
+evaluation. Shipped presets are YAML files with one mapping per section; the command line sets any
+setting with a flat flag (``--k-shot 5`` is ``task.k_shot``), as does ``Config(k_shot=5)`` in Python.
 
-Everything a run needs to be rebuilt (and resumed) is in this object, and it is
-saved as ``config.yaml`` next to the run's checkpoints.
+Everything a run needs to be rebuilt (and resumed) is in this object, and it is saved as
+``config.yaml`` next to the run's checkpoints. Every value is type-checked when a config is built,
+so a YAML file with ``meta_lr: 1e-3`` (which YAML reads as a string) is refused with the setting's name.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 
-@dataclass
-class Config:
-    # what to learn
-    algorithm: str = "maml"
-    tasks: str = "sinusoid"
-    # task distribution
-    k_shot: int = 10
-    num_query: int | None = None
-    n_way: int = 5
-    dataset_split: str = "maml"
-    data_root: str | None = None
-    rotate_train_classes: bool = False  # each training class also rotated by 90, 180, 270 degrees, as new classes
-    image_size: int = 28
-    channels: int | None = None
-    # model
-    model: str = "auto"
-    hidden_sizes: list[int] = field(default_factory=lambda: [40, 40])
-    conv_channels: int = 64
-    norm: str = "auto"
-    # method options (metric- and model-based methods)
-    full_context_embeddings: bool = False
-    cosine_scale: float | None = None  # Matching Networks: learned scale on the cosine, from this value
-    neighbours: int = 1
-    encoder_from: str | None = None
-    # inner loop (optimization-based methods)
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    eval_inner_steps: int | None = None
-    first_order: bool = False
-    # outer loop
-    init_from: str | None = None  # a run directory: start from its best weights, with a fresh optimizer
-    meta_lr: float = 1e-3
-    meta_optimizer: str = "adam"
-    lr_decay_every: int = 0
-    lr_decay: float = 0.5
-    meta_batch_size: int = 25
-    iterations: int = 10_000
-    # bookkeeping
-    seed: int = 0
-    device: str = "auto"
-    output_dir: str = "runs/latest"
-    log_every: int = 100
-    val_every: int = 1000
-    val_tasks: int = 200
-    checkpoint_every: int = 1000
-    # evaluation
-    test_tasks: int = 1000
-    eval_steps: list[int] = field(default_factory=lambda: [0, 1, 10])
-    eval_shots: list[int] = field(default_factory=list)
-    eval_ways: list[int] = field(default_factory=list)
-    eval_query: int = 15
+def setting(default: Any = dataclasses.MISSING, help: str = "", flat: str | None = None,
+            factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help line; ``flat`` is its command-line / flat name when not the field's own."""
+    metadata = {"help": help, "flat": flat}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
-    def __post_init__(self) -> None:
-        self.validate()
+
+class ConfigError(ValueError):
+    """A setting has the wrong type or an impossible value."""
+
+
+def _positive(section: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a task is: the task family and the shape of its episodes."""
+
+    family: str = setting("sinusoid", "task family: sinusoid, omniglot or folder", flat="tasks")
+    k_shot: int = setting(10, "support examples per class (classification) or support points (regression)")
+    num_query: int | None = setting(None, "query examples per class in training episodes "
+                                          "(default: 15 for images, k_shot for sinusoid)")
+    n_way: int = setting(5, "classes per episode")
+    dataset_split: str = setting("maml", "Omniglot's class split: maml, vinyals or background")
+    data_root: str | None = setting(None, "folder holding the data (Omniglot zips, or class sub-folders for "
+                                          "tasks folder); default $FASTADAPT_DATA, else download")
+    rotate_train_classes: bool = setting(False, "each training class also rotated by 90, 180 and 270 degrees, "
+                                                "as three new classes")
+    image_size: int = setting(28, "images are resized to image_size x image_size")
+    channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); default: as the images are")
 
     def validate(self) -> None:
-        positive_ints = ("k_shot", "n_way", "meta_batch_size", "image_size", "log_every", "val_every",
-                         "val_tasks", "checkpoint_every", "test_tasks", "inner_steps", "conv_channels",
-                         "neighbours", "eval_query")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
-        if self.iterations < 0:
-            raise ValueError(f"config: iterations must be >= 0, got {self.iterations}")
-        if self.num_query is not None and self.num_query < 1:
-            raise ValueError(f"config: num_query must be a positive integer, got {self.num_query}")
-        for name in ("inner_lr", "meta_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"config: {name} must be a positive learning rate, got {getattr(self, name)}")
-        for name in ("eval_ways", "eval_shots"):
-            if any(not isinstance(v, int) or v < 1 for v in getattr(self, name)):
-                raise ValueError(f"config: {name} must hold positive integers, got {getattr(self, name)}")
+        _positive(self, "k_shot", "n_way", "image_size", "num_query")
         if self.channels not in (None, 1, 3):
-            raise ValueError(f"config: channels must be 1 (grayscale), 3 (RGB) or null (as the data is), "
-                             f"got {self.channels!r}")
+            raise ConfigError(f"config: channels must be 1 (grayscale), 3 (RGB) or null (as the data is), "
+                              f"got {self.channels!r}")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The network the method adapts or embeds with."""
+
+    name: str = setting("auto", "network: mlp, conv4, pixels (no network) or auto (mlp for sinusoid, "
+                                "conv4 for images)", flat="model")
+    hidden_sizes: list[int] = setting(help="hidden layer widths of the MLP", factory=lambda: [40, 40])
+    conv_channels: int = setting(64, "channels of every Conv-4 block")
+    norm: str = setting("auto", "normalisation: transductive, batch, layer, or auto (transductive for "
+                                "gradient-based methods, batch for the rest)")
+
+    def validate(self) -> None:
+        _positive(self, "conv_channels")
+        if any(width < 1 for width in self.hidden_sizes):
+            raise ConfigError(f"config: hidden_sizes must hold positive integers, got {self.hidden_sizes}")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """How to learn: the meta-learning method and its own options."""
+
+    name: str = setting("maml", "meta-learning method (see `fastadapt presets` and the README)", flat="algorithm")
+    inner_lr: float = setting(0.01, "step size alpha of the inner loop (gradient-based methods)")
+    inner_steps: int = setting(1, "inner-loop gradient steps in training (gradient-based methods)")
+    eval_inner_steps: int | None = setting(None, "inner-loop steps at evaluation (default: inner_steps)")
+    first_order: bool = setting(False, "drop second-order terms of the meta-gradient (MAML)")
+    full_context_embeddings: bool = setting(False, "Matching Networks: full context embeddings")
+    cosine_scale: float | None = setting(None, "Matching Networks: learned scale on the cosine, from this value")
+    neighbours: int = setting(1, "k of k-NN")
+    encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
+
+    def validate(self) -> None:
+        _positive(self, "inner_steps", "neighbours")
+        if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
+            raise ConfigError(f"config: eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
+        if not self.inner_lr > 0:
+            raise ConfigError(f"config: inner_lr must be a positive learning rate, got {self.inner_lr}")
+        if self.cosine_scale is not None and not self.cosine_scale > 0:
+            raise ConfigError(f"config: cosine_scale must be positive, got {self.cosine_scale}")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The outer loop and the run's bookkeeping."""
+
+    iterations: int = setting(10_000, "meta-training iterations (meta-batches)")
+    meta_batch_size: int = setting(25, "tasks per meta-batch")
+    meta_lr: float = setting(1e-3, "learning rate beta of the outer optimizer")
+    meta_optimizer: str = setting("adam", "outer optimizer: adam or sgd")
+    lr_decay_every: int = setting(0, "multiply the outer learning rate by lr_decay every this many iterations "
+                                     "(0: never)")
+    lr_decay: float = setting(0.5, "factor of each learning-rate decay")
+    init_from: str | None = setting(None, "a run directory: start from its best weights, with a fresh optimizer")
+    seed: int = setting(0, "seed of every random stream of the run")
+    device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    output_dir: str = setting("runs/latest", "the run directory")
+    log_every: int = setting(100, "log training metrics every this many iterations")
+    val_every: int = setting(1000, "validate (and keep the best checkpoint) every this many iterations")
+    val_tasks: int = setting(200, "fixed validation tasks")
+    checkpoint_every: int = setting(1000, "write last.pt every this many iterations")
+
+    def validate(self) -> None:
+        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every")
+        if self.iterations < 0:
+            raise ConfigError(f"config: iterations must be >= 0, got {self.iterations}")
+        if self.lr_decay_every < 0:
+            raise ConfigError(f"config: lr_decay_every must be >= 0, got {self.lr_decay_every}")
+        if not self.meta_lr > 0:
+            raise ConfigError(f"config: meta_lr must be a positive learning rate, got {self.meta_lr}")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The fixed test tasks a finished run is scored on (mean ± 95% CI)."""
+
+    test_tasks: int = setting(1000, "fixed test tasks (episodes)")
+    eval_steps: list[int] = setting(help="adaptation steps to report (gradient-based methods)",
+                                    factory=lambda: [0, 1, 10])
+    eval_shots: list[int] = setting(help="shots to evaluate at (default: k_shot)", factory=list)
+    eval_ways: list[int] = setting(help="ways to evaluate at (default: n_way)", factory=list)
+    eval_query: int = setting(15, "query examples per class in evaluation episodes")
+
+    def validate(self) -> None:
+        _positive(self, "test_tasks", "eval_query")
+        for name in ("eval_ways", "eval_shots"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ConfigError(f"config: {name} must hold positive integers, got {getattr(self, name)}")
         if any(s < 0 for s in self.eval_steps):
-            raise ValueError(f"config: eval_steps must be >= 0, got {self.eval_steps}")
+            raise ConfigError(f"config: eval_steps must be >= 0, got {self.eval_steps}")
 
-    # --- (de)serialisation ---
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config: unknown option(s) {unknown}; known options are {sorted(known)}")
-        return cls(**values)
+SECTIONS: dict[str, type] = {
+    "task": TaskSettings,
+    "model": ModelSettings,
+    "method": MethodSettings,
+    "training": TrainingSettings,
+    "evaluation": EvaluationSettings,
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where one setting lives: section, field, flat name (the command-line flag without --), help, type."""
+
+    section: str
+    name: str
+    flat: str
+    help: str
+    hint: Any
+    default: Any
+
+
+def settings() -> Iterator[Setting]:
+    """Every setting of every section, in declaration order."""
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            yield Setting(section, f.name, f.metadata.get("flat") or f.name, f.metadata.get("help", ""),
+                          hints[f.name], default)
+
+
+FLAT: dict[str, Setting] = {}
+for _s in settings():
+    if _s.flat in FLAT:
+        raise AssertionError(f"config setting name {_s.flat!r} is not unique")
+    FLAT[_s.flat] = _s
+
+
+def _describe(hint: Any) -> str:
+    optional = type(None) in typing.get_args(hint)
+    base = base_type(hint)
+    if typing.get_origin(base) is list:
+        text = f"a list of {typing.get_args(base)[0].__name__}"
+    else:
+        text = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[base]
+    return text + (" or null" if optional else "")
+
+
+def base_type(hint: Any) -> Any:
+    """``int | None`` -> int; other hints as they are."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _checked(s: Setting, value: Any) -> Any:
+    """``value`` as the setting's type (an int is a valid float), or a ConfigError naming the setting."""
+    if value is None and type(None) in typing.get_args(s.hint):
+        return None
+    base = base_type(s.hint)
+    if typing.get_origin(base) is list:
+        item = typing.get_args(base)[0]
+        converted = [_scalar(item, v) for v in value] if isinstance(value, (list, tuple)) else _BAD
+        ok = converted is not _BAD and _BAD not in converted
+    else:
+        converted = _scalar(base, value)
+        ok = converted is not _BAD
+    if ok:
+        return converted
+    strings = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+        if isinstance(value, (list, tuple)) else []
+    hint = ""
+    if any(_looks_numeric(v) for v in strings):
+        hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+    raise ConfigError(f"config: {s.section}.{s.name} (--{s.flat.replace('_', '-')}) must be "
+                      f"{_describe(s.hint)}, got {value!r}{hint}")
+
+
+_BAD = object()
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` where that loses nothing (int -> float), else _BAD; a bool is no number."""
+    if kind is bool:
+        return value if isinstance(value, bool) else _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if kind is int:
+        return value if isinstance(value, int) else _BAD
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) else _BAD
+    if kind is str:
+        return value if isinstance(value, str) else _BAD
+    return _BAD
+
+
+class Config:
+    """All settings of a run, as five sections: ``task``, ``model``, ``method``, ``training``, ``evaluation``.
+
+    Build it from sections, from flat settings, or both::
+
+        Config(algorithm="protonet", tasks="omniglot", k_shot=5)        # flat names, as the CLI flags
+        Config(task=TaskSettings(family="omniglot"), method=MethodSettings(name="protonet"))
+    """
+
+    task: TaskSettings
+    model: ModelSettings
+    method: MethodSettings
+    training: TrainingSettings
+    evaluation: EvaluationSettings
+
+    def __init__(self, **values: Any) -> None:
+        nested: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in values.items():
+            if _is_section(key, value):
+                if isinstance(value, SECTIONS[key]):
+                    value = dataclasses.asdict(value)
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config: section {key!r} must be a mapping of settings, got {value!r}")
+                for name, item in value.items():
+                    nested[key][self._field_of(key, name)] = item
+            elif key in FLAT:
+                nested[FLAT[key].section][FLAT[key].name] = value
+            else:
+                close = difflib.get_close_matches(key, FLAT, n=1)
+                raise ConfigError(f"config: unknown option {key!r}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else "")
+                                  + f"; known options are {sorted(FLAT)}, or the sections {list(SECTIONS)}")
+        for name, cls in SECTIONS.items():
+            section = cls(**{key: _checked(_by_field[name, key], value) for key, value in nested[name].items()})
+            section.validate()
+            object.__setattr__(self, name, section)
+
+    @staticmethod
+    def _field_of(section: str, name: str) -> str:
+        if (section, name) in _by_field:
+            return name
+        known = sorted(f for s, f in _by_field if s == section)
+        close = difflib.get_close_matches(name, known, n=1)
+        raise ConfigError(f"config: unknown option {section}.{name}"
+                          + (f" (did you mean {close[0]!r}?)" if close else "") + f"; {section} has {known}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Config is read-only: use cfg.replace(name=value) for a changed copy")
+
+    # --- views and copies ---
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested: {section: {setting: value}}, as config.yaml holds it."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def flat(self) -> dict[str, Any]:
+        """{flat name: value} for every setting, the names the command line uses."""
+        return {s.flat: getattr(getattr(self, s.section), s.name) for s in FLAT.values()}
 
     def replace(self, **changes: Any) -> "Config":
-        return Config.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes`` (flat names, or whole sections) applied."""
+        values: dict[str, Any] = self.to_dict()
+        for key, value in changes.items():
+            if _is_section(key, value):
+                if isinstance(value, SECTIONS[key]):
+                    value = dataclasses.asdict(value)
+                values[key] = {**values[key], **value} if isinstance(value, dict) else value
+            elif key in FLAT:
+                values[FLAT[key].section] = {**values[FLAT[key].section], FLAT[key].name: value}
+            else:
+                values[key] = value  # refused, with the list of known settings, by the constructor
+        return Config(**values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in SECTIONS) + ")"
+
+    # --- (de)serialisation ---
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        """From the nested form, or the flat one that config.yaml files and checkpoints before 0.2 hold."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"config: expected a mapping of settings, got {type(values).__name__}")
+        return cls(**values)
 
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: Path) -> "Config":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        try:
+            values = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        try:
+            return cls.from_dict(values or {})
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+
+def _is_section(key: str, value: Any) -> bool:
+    """Whether ``key=value`` sets a whole section; ``model="conv4"`` is the flat setting model.name."""
+    if key not in SECTIONS:
+        return False
+    return key not in FLAT or isinstance(value, (dict, SECTIONS[key]))
+
+
+_by_field: dict[tuple[str, str], Setting] = {(s.section, s.name): s for s in FLAT.values()}
 
 
 def preset_names() -> list[str]:
@@ -124,9 +378,11 @@ def preset_names() -> list[str]:
 def load_preset(name_or_path: str) -> Config:
     """A shipped preset by name (see ``preset_names()``) or any YAML file by path."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
         return Config.load(path)
     if name_or_path not in preset_names():
-        raise ValueError(f"unknown preset {name_or_path!r}; choose one of {preset_names()} or give a .yaml path")
-    text = resources.files("fastadapt.configs").joinpath(f"{name_or_path}.yaml").read_text()
-    return Config.from_dict(yaml.safe_load(text) or {})
+        raise ConfigError(f"unknown preset {name_or_path!r}; choose one of {preset_names()} or give a .yaml path")
+    with resources.as_file(resources.files("fastadapt.configs").joinpath(f"{name_or_path}.yaml")) as preset:
+        return Config.load(preset)

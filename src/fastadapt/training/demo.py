@@ -65,7 +65,7 @@ def run_demo(output_dir: str | Path = "runs/demo", iterations: int = 20_000, see
         _, learner = train(cfg, resume=True, progress=progress)
         learners[name] = learner
         results[name] = evaluate_learner(cfg, learner)
-        plot_learning_curves(load_metrics(cfg.output_dir), Path(cfg.output_dir) / "learning_curves.png",
+        plot_learning_curves(load_metrics(cfg.training.output_dir), Path(cfg.training.output_dir) / "learning_curves.png",
                              title=f"{name} on sinusoid regression")
     figure = plot_sinusoid_adaptation(adaptation_panels({"MAML": learners["MAML"]}), output_dir / "sinusoid.png")
     baseline_figure = plot_sinusoid_adaptation(adaptation_panels({"pretrained": learners["pretrained"]}),

@@ -171,7 +171,7 @@ class DistributedTrainer(Trainer):
         gradient_hook: Callable[[MetaLearner], None] | None = None,
     ) -> None:
         self.group = group
-        self.share = check_split(cfg.meta_batch_size, group.world_size)
+        self.share = check_split(cfg.training.meta_batch_size, group.world_size)
 
         def hook(learner: MetaLearner) -> None:  # average first, so a user's hook (clipping...) sees the mean
             average_gradients(learner, group.world_size)
@@ -186,7 +186,7 @@ class DistributedTrainer(Trainer):
     def _seed_rank_rng(self) -> None:
         """Give ranks > 0 their own torch stream (dropout masks...); rank 0 keeps the one-process stream."""
         if self.group.rank > 0:
-            torch.manual_seed(hash((self.cfg.seed, self.group.rank, self.iteration)) % 2**63)
+            torch.manual_seed(hash((self.cfg.training.seed, self.group.rank, self.iteration)) % 2**63)
 
     def sample(self) -> TaskBatch:
         """This rank's slice of the full meta-batch, which every rank draws from the same stream."""

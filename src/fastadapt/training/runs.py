@@ -43,39 +43,40 @@ def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: in
 
 def train(cfg: Config, resume: bool = False, progress: bool = True,
           nproc: int | None = None) -> tuple[TrainResult, MetaLearner]:
-    """Meta-train as ``cfg`` says; with ``resume`` continue the run in ``cfg.output_dir``.
+    """Meta-train as ``cfg`` says; with ``resume`` continue the run in ``cfg.training.output_dir``.
 
     ``nproc`` > 1 splits every meta-batch over that many local processes (see
     ``training.distributed``); under torchrun each process runs this function.
     """
-    run_dir = Path(cfg.output_dir)
+    run_dir = Path(cfg.training.output_dir)
     if (run_dir / LAST).exists() and not resume:
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
         )
     if resume and (run_dir / "config.yaml").exists():
-        saved = Config.load(run_dir / "config.yaml").to_dict()
-        changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v)
+        saved = Config.load(run_dir / "config.yaml").flat()
+        changed = sorted(k for k, v in cfg.flat().items() if k not in RESUMABLE_CHANGES and saved[k] != v)
         if changed:
             raise ValueError(f"cannot resume {run_dir}: its config.yaml differs from the requested settings in "
                              f"{changed}; only {sorted(RESUMABLE_CHANGES)} may change when resuming")
     if nproc is not None:
-        distributed.check_split(cfg.meta_batch_size, nproc)
+        distributed.check_split(cfg.training.meta_batch_size, nproc)
     if nproc is not None and nproc > 1 and distributed.launched_world_size() is None:
         distributed.spawn(train, nproc, cfg, resume=resume, progress=progress)
         payload = load_checkpoint(run_dir / (LAST if (run_dir / LAST).exists() else BEST))
         learner = build_learner(cfg, build_tasks(cfg, "train"))
         learner.load_state_dict(payload["learner"])
         return TrainResult(payload["iteration"], payload["best_score"], run_dir), learner
-    with distributed.process_group(cfg.device, nproc) as group:  # None in a single process
+    with distributed.process_group(cfg.training.device, nproc) as group:  # None in a single process
         tasks = build_tasks(cfg, "train")
         learner = build_learner(cfg, tasks)
-        if cfg.init_from is not None and not (run_dir / LAST).exists():
-            initialise_from(learner, cfg.init_from)
+        if cfg.training.init_from is not None and not (run_dir / LAST).exists():
+            initialise_from(learner, cfg.training.init_from)
         val_tasks = build_tasks(cfg, "val")
-        val_batches = partial(fixed_batches, val_tasks, cfg.val_tasks, "val")
+        val_batches = partial(fixed_batches, val_tasks, cfg.training.val_tasks, "val")
         if group is None:
-            trainer = Trainer(cfg, learner, tasks, val_batches, device=resolve_device(cfg.device), progress=progress)
+            trainer = Trainer(cfg, learner, tasks, val_batches, device=resolve_device(cfg.training.device),
+                              progress=progress)
         else:
             trainer = distributed.DistributedTrainer(group, cfg, learner, tasks, val_batches, progress=progress)
         if resume:
@@ -93,7 +94,7 @@ def initialise_from(learner: MetaLearner, run_dir: str | Path) -> None:
     try:
         learner.load_state_dict(payload["learner"])
     except RuntimeError as error:
-        source = payload["config"]["algorithm"]
+        source = Config.from_dict(payload["config"]).method.name
         raise ValueError(f"init_from: the weights in {path} ({source}) do not fit this {type(learner).__name__}: "
                          f"the networks differ. {str(error).splitlines()[0]}") from None
 
@@ -121,17 +122,17 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     each over the same number of fixed test episodes with ``eval_query``
     queries per class, followed by the number of steps when those are swept.
     """
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.training.device)
     learner.to(device)
-    num_tasks = num_tasks or cfg.test_tasks
-    steps = steps if steps is not None else cfg.eval_steps
+    num_tasks = num_tasks or cfg.evaluation.test_tasks
+    steps = steps if steps is not None else cfg.evaluation.eval_steps
     tasks = build_tasks(cfg, "test")
     if not isinstance(tasks, EpisodeTasks):
         results = evaluate(learner, fixed_batches(tasks, num_tasks, "test"), steps=steps, device=device)
         return {step_label(s): e for s, e in results.items()}
     rows = {}
     for way, shot in eval_settings(cfg):
-        episodes = EpisodeTasks(tasks.dataset, way, shot, cfg.eval_query)
+        episodes = EpisodeTasks(tasks.dataset, way, shot, cfg.evaluation.eval_query)
         results = evaluate(learner, fixed_batches(episodes, num_tasks, "test"), steps=steps, device=device)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate

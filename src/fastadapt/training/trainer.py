@@ -32,19 +32,20 @@ def build_optimizer(
     """The outer optimizer; None for a learner with nothing to train (k-NN), which may only run 0 iterations."""
     params = [p for p in learner.parameters() if p.requires_grad]
     if not params:
-        if cfg.iterations > 0:
-            raise ValueError(f"algorithm {cfg.algorithm!r} has no parameters to meta-train; "
+        if cfg.training.iterations > 0:
+            raise ValueError(f"algorithm {cfg.method.name!r} has no parameters to meta-train; "
                              "run it with --iterations 0 to save and evaluate it")
         return None, None
-    if cfg.meta_optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
-    elif cfg.meta_optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.meta_lr)
+    if cfg.training.meta_optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.training.meta_lr)
+    elif cfg.training.meta_optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.training.meta_lr)
     else:
-        raise ValueError(f"unknown meta_optimizer {cfg.meta_optimizer!r}; choose 'adam' or 'sgd'")
+        raise ValueError(f"unknown meta_optimizer {cfg.training.meta_optimizer!r}; choose 'adam' or 'sgd'")
     scheduler = None
-    if cfg.lr_decay_every > 0:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+    if cfg.training.lr_decay_every > 0:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.training.lr_decay_every,
+                                                    gamma=cfg.training.lr_decay)
     return optimizer, scheduler
 
 
@@ -73,9 +74,9 @@ class Trainer:
         self.cfg, self.learner, self.tasks = cfg, learner.to(device), tasks
         self.val_batches, self.device, self.progress = val_batches, torch.device(device), progress
         self.gradient_hook = gradient_hook
-        self.run_dir = Path(cfg.output_dir)
+        self.run_dir = Path(cfg.training.output_dir)
         self.optimizer, self.scheduler = build_optimizer(cfg, learner)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.training.seed)
         self.iteration = 0
         self.best_score: float | None = None
         self.higher_is_better = metric_name(learner) == "accuracy"
@@ -134,7 +135,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"meta-loss is {loss.item()} at iteration {self.iteration}; the run diverged. "
-                f"Lower meta_lr (now {self.cfg.meta_lr}) or inner_lr (now {self.cfg.inner_lr}); "
+                f"Lower meta_lr (now {self.cfg.training.meta_lr}) or inner_lr (now {self.cfg.method.inner_lr}); "
                 f"the last good checkpoint is {self.run_dir / LAST}"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -147,7 +148,7 @@ class Trainer:
         return metrics
 
     def sample(self) -> TaskBatch:
-        return self.tasks.sample(self.cfg.meta_batch_size, self.generator)
+        return self.tasks.sample(self.cfg.training.meta_batch_size, self.generator)
 
     def validate(self) -> float | None:
         if self.val_batches is None:
@@ -166,24 +167,24 @@ class Trainer:
         if is_writer:
             cfg.save(self.run_dir / "config.yaml")
         start = time.perf_counter()
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, unit="it",
-                   desc=f"{cfg.algorithm} on {cfg.tasks}", dynamic_ncols=True)
+        bar = tqdm(total=cfg.training.iterations, initial=self.iteration, disable=not self.progress, unit="it",
+                   desc=f"{cfg.method.name} on {cfg.task.family}", dynamic_ncols=True)
         running: dict[str, float] = {}
         with bar:
-            while self.iteration < cfg.iterations:
+            while self.iteration < cfg.training.iterations:
                 metrics = self.step(self.sample())
                 self.iteration += 1
                 for key, value in metrics.items():
                     running[key] = running.get(key, 0.0) + value
                 bar.update(1)
-                done = self.iteration == cfg.iterations
-                if self.iteration % cfg.log_every == 0 or done:
-                    count = cfg.log_every if self.iteration % cfg.log_every == 0 else self.iteration % cfg.log_every
+                done = self.iteration == cfg.training.iterations
+                if self.iteration % cfg.training.log_every == 0 or done:
+                    count = cfg.training.log_every if self.iteration % cfg.training.log_every == 0 else self.iteration % cfg.training.log_every
                     record = {"iteration": self.iteration, **{k: v / count for k, v in running.items()},
                               "lr": self.optimizer.param_groups[0]["lr"],
                               "seconds": round(time.perf_counter() - start, 3)}
                     running = {}
-                    if self.iteration % cfg.val_every == 0 or done:
+                    if self.iteration % cfg.training.val_every == 0 or done:
                         score = self.validate()
                         if score is not None:
                             record[f"val_{metric_name(self.learner)}"] = score
@@ -193,7 +194,7 @@ class Trainer:
                     if is_writer:
                         self._log(record)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("iteration", "seconds")})
-                if self.iteration % cfg.checkpoint_every == 0 or done:
+                if self.iteration % cfg.training.checkpoint_every == 0 or done:
                     self._save(LAST, is_writer)
         if self.best_score is None:
             self._save(BEST, is_writer)
