@@ -98,6 +98,8 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
     kind = cfg.model.name
     if kind == "auto":
         kind = "mlp" if cfg.task.family == "sinusoid" else "conv4"
+    if kind != "conv4" and cfg.model.pooling != "max":
+        raise ValueError(f"pooling {cfg.model.pooling!r} is a Conv-4 setting; model {kind!r} has no pooling")
     if kind == "mlp":
         return MLP(getattr(tasks, "input_size", 1), tasks.output_size, tuple(cfg.model.hidden_sizes))
     if kind == "conv4":
@@ -105,8 +107,7 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
         if shape is None:
             raise ValueError(f"model 'conv4' needs image tasks, but {cfg.task.family!r} tasks are not images")
         return Conv4(shape[0], cfg.model.conv_channels, tasks.output_size if head else None, resolve_norm(cfg),
-                     shape[1:],
-                     channels_last=cfg.method.name not in GRADIENT_BASED)
+                     shape[1:], channels_last=cfg.method.name not in GRADIENT_BASED, pooling=cfg.model.pooling)
     if kind == "pixels":
         if head or cfg.method.name not in PIXEL_INPUT:
             raise ValueError(f"model 'pixels' (no network: raw pixels) serves {sorted(PIXEL_INPUT)} only")

@@ -74,6 +74,8 @@ class ModelSettings:
     conv_channels: int = setting(64, "channels of every Conv-4 block")
     norm: str = setting("auto", "normalisation: transductive, batch, layer, or auto (transductive for "
                                 "gradient-based methods, batch for the rest)")
+    pooling: str = setting("max", "how Conv-4 downsamples: max (2x2 max-pooling after each block) or stride "
+                                  "(stride-2 convolutions, the MAML paper's Omniglot network)")
 
     def validate(self) -> None:
         _positive(self, "conv_channels")
@@ -124,9 +126,15 @@ class TrainingSettings:
     val_every: int = setting(1000, "validate (and keep the best checkpoint) every this many iterations")
     val_tasks: int = setting(200, "fixed validation tasks")
     checkpoint_every: int = setting(1000, "write last.pt every this many iterations")
+    precision: str = setting("fp32", "fp32, or bf16: mixed precision (autocast) for the forward passes and the "
+                                     "inner loop, fp32 weights, optimizer state and losses")
+    tasks_per_pass: int | None = setting(None, "memory-saving mode: run each meta-batch through forward and "
+                                               "backward in chunks of this many tasks, gradients accumulated; "
+                                               "null: all tasks at once")
 
     def validate(self) -> None:
-        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every")
+        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every",
+                  "tasks_per_pass")
         if self.iterations < 0:
             raise ConfigError(f"config: iterations must be >= 0, got {self.iterations}")
         if self.lr_decay_every < 0:

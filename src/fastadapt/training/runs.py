@@ -18,6 +18,7 @@ from fastadapt.training.builders import build_learner, build_tasks, eval_setting
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
+from fastadapt.training.precision import check_precision
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 EVAL_CHUNK = 200
@@ -49,6 +50,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     ``training.distributed``); under torchrun each process runs this function.
     """
     run_dir = Path(cfg.training.output_dir)
+    check_precision(cfg.training.precision)
     if (run_dir / LAST).exists() and not resume:
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --output-dir"
@@ -128,12 +130,14 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     steps = steps if steps is not None else cfg.evaluation.eval_steps
     tasks = build_tasks(cfg, "test")
     if not isinstance(tasks, EpisodeTasks):
-        results = evaluate(learner, fixed_batches(tasks, num_tasks, "test"), steps=steps, device=device)
+        results = evaluate(learner, fixed_batches(tasks, num_tasks, "test"), steps=steps, device=device,
+                           precision=cfg.training.precision)
         return {step_label(s): e for s, e in results.items()}
     rows = {}
     for way, shot in eval_settings(cfg):
         episodes = EpisodeTasks(tasks.dataset, way, shot, cfg.evaluation.eval_query)
-        results = evaluate(learner, fixed_batches(episodes, num_tasks, "test"), steps=steps, device=device)
+        results = evaluate(learner, fixed_batches(episodes, num_tasks, "test"), steps=steps, device=device,
+                           precision=cfg.training.precision)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows
