@@ -13,7 +13,9 @@ constants (FOMAML), which drops the Hessian-vector products.
 All tasks of a meta-batch are adapted at once: ``torch.func.vmap`` maps the
 per-task inner loop (``functional_call`` + ``torch.func.grad``) over the task
 dimension, so there is no Python loop over tasks. Predictions are vmapped
-too, except for large tasks on CPU (see ``predict``).
+too, except for large tasks on CPU (see ``predict``). In training, each task's
+query loss is differentiated as soon as it is computed (see ``meta_loss``), so
+the query activations of the whole meta-batch are never alive at once.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from fastadapt.algorithms.base import MetaLearner, per_task_loss
-from fastadapt.tasks.base import TaskBatch
 from fastadapt.models.conv4 import to_channels_last
+from fastadapt.tasks.base import TaskBatch
 
 Params = dict[str, torch.Tensor]
 
@@ -129,8 +131,9 @@ class MAML(MetaLearner):
         for t, (x, y) in enumerate(zip(query_x, query_y)):
             params = {name: to_channels_last(p[t]).requires_grad_() for name, p in adapted.items()}
             loss, out = self._query_loss(params, to_channels_last(x), y)
-            for name, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
-                grads[name].append(g)
+            for (name, p), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()),
+                                                                           allow_unused=True)):
+                grads[name].append(torch.zeros_like(p) if g is None else g)  # zero for a weight the loss ignores
             losses.append(loss.detach())
             outputs.append(out.detach())
         return {name: torch.stack(g) for name, g in grads.items()}, torch.stack(losses), torch.stack(outputs)
