@@ -19,9 +19,40 @@ def test_embedding_and_head_output_sizes():
     assert Conv4(hidden=8)(torch.rand(3, 1, 16, 16)).shape == (3, 8)
 
 
+def test_strided_network_is_the_maml_papers_omniglot_network():
+    """Finn et al. 2017, sec. 5.2: four modules of 3x3 convolutions with 64 filters, batch normalisation and
+    ReLU, with stride-2 convolutions instead of max-pooling; the paper's code averages the last module's
+    output over its positions and feeds the 64 features to the N-way linear layer."""
+    net = Conv4(output_size=5, pooling="stride")
+    sizes = []
+    for block in net.blocks:
+        assert not any(isinstance(layer, torch.nn.MaxPool2d) for layer in block)
+        assert block[0].stride == (2, 2) and block[0].kernel_size == (3, 3) and block[0].out_channels == 64
+        block.register_forward_hook(lambda module, inputs, output: sizes.append(tuple(output.shape[1:])))
+    x = torch.rand(6, 1, 28, 28)
+    assert net(x).shape == (6, 5)
+    assert sizes == [(64, 14, 14), (64, 7, 7), (64, 4, 4), (64, 2, 2)]
+    convolutions = 3 * 3 * 1 * 64 + 3 * (3 * 3 * 64 * 64)  # no bias: batch normalisation's shift replaces it
+    batch_norm = 4 * (64 + 64)  # scale and shift per channel
+    head = 64 * 5 + 5
+    assert sum(p.numel() for p in net.parameters()) == convolutions + batch_norm + head == 112_005
+    assert Conv4(pooling="stride")(x).shape == (6, 64)
+    assert Conv4(in_channels=3, pooling="stride").feature_size((3, 84, 84)) == 64  # positions are averaged
+    assert Conv4(in_channels=3, output_size=5, pooling="stride")(torch.rand(2, 3, 84, 84)).shape == (2, 5)
+
+
+def test_strided_network_averages_the_last_blocks_positions():
+    torch.manual_seed(0)
+    net = Conv4(hidden=8, pooling="stride")
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(net(x), net.blocks(x).mean((2, 3)), atol=1e-6)
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match="unknown norm"):
         Conv4(norm="instance")
+    with pytest.raises(ValueError, match="unknown pooling 'average'"):
+        Conv4(pooling="average")
     with pytest.raises(ValueError, match=r"\(batch, 1, height, width\)"):
         Conv4(in_channels=1)(torch.rand(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"\(batch, 1, height, width\)"):
@@ -65,11 +96,12 @@ def test_layer_norm_depends_on_each_example_only():
     assert torch.allclose(net(x[:1]), net(x)[:1], atol=1e-6)
 
 
+@pytest.mark.parametrize("pooling", ["max", "stride"])
 @pytest.mark.parametrize("norm", ["transductive", "layer"])
-def test_vmapped_functional_call_normalises_each_task_alone(norm):
+def test_vmapped_functional_call_normalises_each_task_alone(norm, pooling):
     """What MAML does: one vmapped call per task must equal calling the network on that task alone."""
     torch.manual_seed(0)
-    net = Conv4(hidden=8, output_size=3, norm=norm, image_size=16)
+    net = Conv4(hidden=8, output_size=3, norm=norm, image_size=16, pooling=pooling)
     params = {name: p.detach().expand(2, *p.shape) for name, p in net.named_parameters()}
     x = torch.rand(2, 5, 1, 16, 16)
     batched = vmap(lambda p, xs: functional_call(net, p, (xs,)))(params, x)

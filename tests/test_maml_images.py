@@ -10,11 +10,12 @@ from fastadapt.benchmarks.speed import reference_maml_loss
 from test_metric_methods import synthetic_tasks  # the tests directory is on sys.path under pytest
 
 
+@pytest.mark.parametrize("pooling", ["max", "stride"])
 @pytest.mark.parametrize("norm", ["transductive", "layer"])
 @pytest.mark.parametrize("steps,first_order", [(1, False), (2, False), (1, True)])
-def test_meta_gradient_matches_reference_loop(norm, steps, first_order):
+def test_meta_gradient_matches_reference_loop(norm, steps, first_order, pooling):
     torch.manual_seed(0)
-    model = Conv4(hidden=8, output_size=5, norm=norm).double()
+    model = Conv4(hidden=8, output_size=5, norm=norm, pooling=pooling).double()
     learner = MAML(model, "cross_entropy", inner_lr=0.4, inner_steps=steps, first_order=first_order)
     batch = synthetic_tasks(3, side=28, queries=3, dtype=torch.float64)
     loss, _ = learner.meta_loss(batch)

@@ -11,7 +11,8 @@ It answers three questions, always for a whole batch of tasks at once:
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,29 @@ from fastadapt.tasks.base import TaskBatch
 LOSSES = ("mse", "cross_entropy")
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """A bf16 or fp16 tensor in fp32; fp32 and fp64 tensors (and integer ones) as they are."""
+    return tensor.float() if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < 32 else tensor
+
+
+def in_fp32(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run ``function`` on its tensor arguments in at least fp32, with autocast off: for the reductions that
+    become logits (prototypes, distances, similarities), where bf16's 8-bit mantissa would cost accuracy
+    (a squared distance |q|^2 + |c|^2 - 2 q.c loses everything to cancellation between close points)."""
+
+    @functools.wraps(function)
+    def wrapped(*tensors: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(tensors[0].device.type, enabled=False):
+            return function(*map(at_least_fp32, tensors))
+
+    return wrapped
+
+
 def per_task_loss(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean loss of each task: outputs (tasks, examples, out), targets (tasks, examples[, out]) -> (tasks,)."""
+    """Mean loss of each task: outputs (tasks, examples, out), targets (tasks, examples[, out]) -> (tasks,).
+
+    Computed in at least fp32 whatever the outputs' precision (bf16 under mixed precision)."""
+    outputs = at_least_fp32(outputs)
     if kind == "mse":
         if outputs.shape != targets.shape:
             raise ValueError(f"mse loss: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} differ")

@@ -13,16 +13,19 @@ constants (FOMAML), which drops the Hessian-vector products.
 All tasks of a meta-batch are adapted at once: ``torch.func.vmap`` maps the
 per-task inner loop (``functional_call`` + ``torch.func.grad``) over the task
 dimension, so there is no Python loop over tasks. Predictions are vmapped
-too, except for large tasks on CPU (see ``predict``).
+too, except for large tasks on CPU (see ``predict``). In training, each task's
+query loss is differentiated as soon as it is computed (see ``meta_loss``), so
+the query activations of the whole meta-batch are never alive at once.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from fastadapt.algorithms.base import MetaLearner, per_task_loss
 from fastadapt.models.conv4 import to_channels_last
+from fastadapt.tasks.base import TaskBatch
 
 Params = dict[str, torch.Tensor]
 
@@ -87,22 +90,70 @@ class MAML(MetaLearner):
         theta = dict(self.model.named_parameters())
 
         def adapt_one(x: torch.Tensor, y: torch.Tensor) -> Params:
+            if steps == 0:  # a copy, so that every task still gets its own leading-dimension tensor
+                return {name: p + 0 for name, p in theta.items()}
             params = theta
             for _ in range(steps):
                 params = self._inner_step(params, x, y, first_order)
-            # Copy so every task gets its own leading-dimension tensor even with 0 steps.
-            return {name: p + 0 for name, p in params.items()}
+            return params
 
         return vmap(adapt_one, randomness="different")(support_x, support_y)
 
+    @staticmethod
+    def _runs_per_task(query_x: torch.Tensor) -> bool:
+        """On CPU, tasks with at least ``PER_TASK_MIN_VALUES`` input values a query set run one by one: their
+        activations then stay in the CPU's caches, and no per-task weight turns a layer into vmap's grouped
+        form (split affine norms, copies). MAML on Omniglot Conv-4 (75 queries a task, meta-batch 32,
+        2 cores) steps 2.7x faster so (benchmarks/speed.py). Such tasks run in channels-last: oneDNN
+        convolves channels-last images and weights about 1.5x faster."""
+        return query_x.device.type == "cpu" and query_x[0].numel() >= PER_TASK_MIN_VALUES
+
     def predict(self, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
-        if query_x.device.type == "cpu" and query_x[0].numel() >= PER_TASK_MIN_VALUES:
-            # One task at a time: its activations then stay in the CPU's caches, and no per-task weight
-            # turns a layer into vmap's grouped form (split affine norms, copies). MAML on Omniglot Conv-4
-            # (75 queries a task, meta-batch 32, 2 cores) steps 2.7x faster so (benchmarks/speed.py).
-            # Channels-last images and convolution weights: oneDNN convolves those about 1.5x faster.
+        if self._runs_per_task(query_x):
             per_task = [dict(zip(adapted, map(to_channels_last, params)))
                         for params in zip(*(p.unbind() for p in adapted.values()))]
             return torch.stack([self._forward(params, to_channels_last(x)) for params, x in zip(per_task, query_x)])
         return vmap(self._forward, randomness="different")(adapted, query_x)
 
+    def _query_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self._forward(params, x)
+        return per_task_loss(outputs.unsqueeze(0), y.unsqueeze(0), self.loss)[0], outputs
+
+    def _query_gradients(self, adapted: Params, query_x: torch.Tensor,
+                         query_y: torch.Tensor) -> tuple[Params, torch.Tensor, torch.Tensor]:
+        """Each task's query loss, outputs and gradient with respect to its (detached) adapted weights."""
+        if not self._runs_per_task(query_x):
+            grads, (losses, outputs) = vmap(grad_and_value(self._query_loss, has_aux=True),
+                                            randomness="different")(adapted, query_x, query_y)
+            return grads, losses, outputs
+        grads: dict[str, list[torch.Tensor]] = {name: [] for name in adapted}
+        losses, outputs = [], []
+        for t, (x, y) in enumerate(zip(query_x, query_y)):
+            params = {name: to_channels_last(p[t]).requires_grad_() for name, p in adapted.items()}
+            loss, out = self._query_loss(params, to_channels_last(x), y)
+            for (name, p), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()),
+                                                                           allow_unused=True)):
+                grads[name].append(torch.zeros_like(p) if g is None else g)  # zero for a weight the loss ignores
+            losses.append(loss.detach())
+            outputs.append(out.detach())
+        return {name: torch.stack(g) for name, g in grads.items()}, torch.stack(losses), torch.stack(outputs)
+
+    def meta_loss(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean query loss after adaptation, its query pass differentiated at once, task by task.
+
+        The meta-gradient is the mean over tasks of (dL_t/dphi_t)(dphi_t/dtheta). Each task's query loss
+        L_t is differentiated with respect to its adapted weights phi_t right after its forward pass, which
+        frees that pass's activations; the loss returned has the value of the mean query loss and the
+        gradient of mean_t <dL_t/dphi_t, phi_t>, which carries those gradients back through the inner loop.
+        The same meta-gradient and FLOPs as differentiating the mean query loss, but the query activations
+        alive at once are one task's (CPU) or one vmapped call's, not the whole meta-batch's until the
+        backward pass: the query sets are where the images, so the memory, are.
+        """
+        if not torch.is_grad_enabled():  # nothing to differentiate
+            return super().meta_loss(tasks)
+        adapted = self.adapt(tasks.support_x, tasks.support_y)
+        grads, losses, outputs = self._query_gradients({name: p.detach() for name, p in adapted.items()},
+                                                       tasks.query_x, tasks.query_y)
+        loss = losses.mean()
+        carried = sum((g * adapted[name]).sum() for name, g in grads.items()) / tasks.num_tasks
+        return loss + (carried - carried.detach()), self.metrics(outputs, tasks.query_y, loss)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, embed_images
+from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, embed_images, in_fp32
 from fastadapt.tasks.base import TaskBatch
 
 DISTANCES = ("squared_euclidean", "cosine")
@@ -71,6 +71,7 @@ def check_pair(queries: torch.Tensor, support: torch.Tensor) -> None:
         )
 
 
+@in_fp32
 def squared_distances(queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """||q - s||^2 for every pair: (tasks, Q, D), (tasks, S, D) -> (tasks, Q, S).
 
@@ -81,10 +82,17 @@ def squared_distances(queries: torch.Tensor, support: torch.Tensor) -> torch.Ten
     return torch.baddbmm(norms, queries, support.transpose(1, 2), alpha=-2).clamp_min(0)
 
 
+@in_fp32
 def cosine_similarities(queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """cos(q, s) for every pair: (tasks, Q, D), (tasks, S, D) -> (tasks, Q, S)."""
     check_pair(queries, support)
     return F.normalize(queries, dim=-1) @ F.normalize(support, dim=-1).transpose(1, 2)
+
+
+@in_fp32
+def prototypes(support: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+    """Mean embedding of each class: support (tasks, examples, D), one-hot labels (tasks, examples, N) -> (tasks, N, D)."""
+    return (one_hot.transpose(1, 2) @ support) / one_hot.sum(1).unsqueeze(-1)
 
 
 class MetricLearner(MetaLearner):
@@ -137,8 +145,8 @@ class PrototypicalNetworks(MetricLearner):
         self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" else None
 
     def adapt_embedded(self, support: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
-        """Prototypes c_k (tasks, classes, D): per-class sums of embeddings divided by class counts."""
-        return (one_hot.transpose(1, 2) @ support) / one_hot.sum(1).unsqueeze(-1)
+        """Prototypes c_k (tasks, classes, D): per-class sums of embeddings divided by class counts (in fp32)."""
+        return prototypes(support, one_hot)
 
     def predict_embedded(self, adapted: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         if self.distance == "cosine":

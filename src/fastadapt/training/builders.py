@@ -28,6 +28,7 @@ from fastadapt.models.darts import DiscreteNetwork, Genotype, SearchNetwork, Sea
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
 from fastadapt.training.config import Config
+from fastadapt.training.precision import PRECISIONS
 from fastadapt.training.threads import available_cores
 
 #: Queries per class in training episodes when the config leaves num_query unset.
@@ -226,6 +227,8 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
                          f"(--model supernet or auto), not {kind!r}")
     if kind in ("supernet", "darts"):
         return _darts_network(cfg, tasks, kind, head)
+    if kind != "conv4" and cfg.model.pooling != "max":
+        raise ValueError(f"pooling {cfg.model.pooling!r} is a Conv-4 setting; model {kind!r} has no pooling")
     if kind == "mlp":
         return MLP(getattr(tasks, "input_size", 1), tasks.output_size, tuple(cfg.model.hidden_sizes))
     if kind == "conv4":
@@ -234,7 +237,8 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
             raise ValueError(f"model 'conv4' needs image tasks, but {cfg.task.family!r} tasks are not images")
         return Conv4(shape[0], cfg.model.conv_channels, tasks.output_size if head else None, resolve_norm(cfg),
                      shape[1:],
-                     channels_last=cfg.method.name not in GRADIENT_BASED and not _finetunes_encoder(cfg))
+                     channels_last=cfg.method.name not in GRADIENT_BASED and not _finetunes_encoder(cfg),
+                     pooling=cfg.model.pooling)
     if kind == "pixels":
         if head or cfg.method.name not in PIXEL_INPUT:
             raise ValueError(f"model 'pixels' (no network: raw pixels) serves {sorted(PIXEL_INPUT)} only")
@@ -525,6 +529,7 @@ def check_config(cfg: Config) -> None:
     _check_name("--model", cfg.model.name, MODELS)
     _check_name("--norm", cfg.model.norm, ("auto", *NORMS))
     _check_name("--meta-optimizer", cfg.training.meta_optimizer, META_OPTIMIZERS)
+    _check_name("--precision", cfg.training.precision, PRECISIONS)
     if cfg.task.family == "omniglot":
         _check_name("--dataset-split", cfg.task.dataset_split, OMNIGLOT_SPLITS)
     resolve_device(cfg.training.device)
@@ -557,6 +562,9 @@ def check_rl_config(cfg: Config) -> None:
     family, method = cfg.task.family, cfg.method.name
     if family not in RL_FAMILIES:
         raise ValueError(f"{method} learns in MDPs: use --tasks {' / '.join(RL_FAMILIES)}, not {family!r}")
+    if cfg.training.precision != "fp32" or cfg.training.tasks_per_pass is not None:
+        raise ValueError(f"{method}: --precision bf16 and --tasks-per-pass are for image and regression networks; "
+                         "an RL policy is a small network stepped with its simulator, and runs in fp32 in one pass")
     if method not in RL_METHODS:
         raise ValueError(f"--tasks {family} is a reinforcement-learning family: use --algorithm "
                          f"{' / '.join(sorted(RL_METHODS))}, not {method!r}")

@@ -90,6 +90,8 @@ class ModelSettings:
     conv_channels: int = setting(64, "channels of every Conv-4 block")
     norm: str = setting("auto", "normalisation: transductive, batch, layer, or auto (transductive for "
                                 "gradient-based methods, batch for the rest)")
+    pooling: str = setting("max", "how Conv-4 downsamples: max (2x2 max-pooling after each block) or stride "
+                                  "(stride-2 convolutions, the MAML paper's Omniglot network)")
     policy: str = setting("auto", "RL policy: gaussian, categorical (MLPs of hidden_sizes) or gru (RL^2's); auto: "
                                   "gru for rl2, else gaussian for continuous actions and categorical for discrete")
     recurrent_size: int = setting(256, "RL^2: hidden units of the GRU policy")
@@ -236,8 +238,15 @@ class TrainingSettings:
                                                 "process; default: one per available core); the trajectories are "
                                                 "the same for any number")
 
+    precision: str = setting("fp32", "fp32, or bf16: mixed precision (autocast) for the forward passes and the "
+                                     "inner loop, fp32 weights, optimizer state and losses")
+    tasks_per_pass: int | None = setting(None, "memory-saving mode: run each meta-batch through forward and "
+                                               "backward in chunks of this many tasks, gradients accumulated; "
+                                               "null: all tasks at once")
+
     def validate(self) -> None:
-        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every", "threads")
+        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every", "threads",
+                  "tasks_per_pass")
         if self.rollout_workers is not None and self.rollout_workers < 0:
             raise ConfigError(f"config: rollout_workers must be >= 0, got {self.rollout_workers}")
         if self.iterations < 0:

@@ -10,6 +10,7 @@ import torch
 
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner, per_task_metric
 from fastadapt.tasks.base import TaskBatch
+from fastadapt.training.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,11 @@ def higher_is_better(learner: MetaLearner | RLMetaLearner) -> bool:
 
 @torch.no_grad()
 def per_task_results(
-    learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu"
+    learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[int | None, torch.Tensor]:
-    """The metric of every task after each number of adaptation steps (None = the learner's default).
+    """The metric of every task after each number of adaptation steps (None = the learner's default), with the
+    forward passes in ``precision`` (a bf16 run is evaluated as it was trained).
 
     For an RL learner the metric is a task's mean return (``evaluate_returns``: new trajectories before
     each adaptation step, from the task's own seed, so the result is the same every call)."""
@@ -66,8 +69,9 @@ def per_task_results(
                     results[s].append(returns[s].cpu())
                 continue
             for s in steps:
-                adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
-                outputs = learner.predict(adapted, batch.query_x)
+                with autocast(precision, device):
+                    adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
+                    outputs = learner.predict(adapted, batch.query_x)
                 results[s].append(per_task_metric(outputs, batch.query_y, learner.loss).cpu())
     finally:
         learner.train(was_training)
@@ -79,10 +83,11 @@ def evaluate(
     batches: Iterable[TaskBatch],
     steps: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[int | None, Estimate]:
     """Mean ± 95% CI of the metric. ``steps`` sweeps adaptation steps for gradient-based learners."""
     sweep: Sequence[int | None] = list(steps) if (steps and learner.uses_adaptation_steps) else [None]
-    return {s: mean_and_ci95(v) for s, v in per_task_results(learner, batches, sweep, device).items()}
+    return {s: mean_and_ci95(v) for s, v in per_task_results(learner, batches, sweep, device, precision).items()}
 
 
 def step_label(steps: int | None) -> str:

@@ -32,6 +32,7 @@ from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
 from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
 from fastadapt.training.threads import choose_threads, using_threads
+from fastadapt.training.precision import check_precision
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 EVAL_CHUNK = 200
@@ -82,6 +83,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     """
     cfg = cfg.resolved()
     run_dir = Path(cfg.training.output_dir)
+    check_precision(cfg.training.precision)
     if resume:
         if not (run_dir / LAST).exists():
             raise FileNotFoundError(f"cannot resume: {run_dir} holds no {LAST} (no checkpoint was written yet, "
@@ -216,16 +218,19 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     steps = steps if steps is not None else cfg.evaluation.eval_steps
     tasks = build_tasks(cfg, split) if dataset is None else None
     if isinstance(learner, RLMetaLearner):
-        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device)
+        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device,
+                           precision=cfg.training.precision)
         return {("return per trial" if s is None else step_label(s)): e for s, e in results.items()}
     if dataset is None and not isinstance(tasks, EpisodeTasks):
-        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device)
+        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device,
+                           precision=cfg.training.precision)
         return {step_label(s): e for s, e in results.items()}
     rows = {}
     for way, shot in eval_settings(cfg):
         episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)
         batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order)
-        results = evaluate(learner, batches, steps=steps, device=device)
+        results = evaluate(learner, batches, steps=steps, device=device,
+                           precision=cfg.training.precision)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,6 +22,7 @@ from fastadapt.training.allocator import reuse_freed_memory
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import evaluate, higher_is_better, metric_name
+from fastadapt.training.precision import autocast, has_native_bf16
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -127,6 +129,11 @@ class Trainer:
     ) -> None:
         if torch.device(device).type == "cpu":
             reuse_freed_memory()
+        autocast(cfg.training.precision, device)  # refuses an unknown precision, or bf16 where autocast has none
+        if cfg.training.precision == "bf16" and not has_native_bf16(device):
+            warnings.warn(f"precision bf16: this {torch.device(device).type.upper()} has no native bf16 arithmetic "
+                          "(a CPU needs AVX512-BF16 or AMX), so PyTorch runs bf16 in reference kernels, several "
+                          "times slower than fp32", stacklevel=2)
         self.cfg, self.learner, self.tasks = cfg.resolved(), learner.to(device), tasks
         cfg = self.cfg
         self.val_batches, self.device, self.progress = val_batches, torch.device(device), progress
@@ -217,23 +224,39 @@ class Trainer:
 
     # --- the loop ---
     def step(self, batch: TaskBatch) -> dict[str, float]:
+        """One outer step on ``batch``; returns its metrics (means over its tasks).
+
+        The meta-loss runs in the run's precision (bf16 autocast or fp32); its backward pass and the optimizer
+        step in fp32. With ``tasks_per_pass`` the tasks go through meta-loss and backward pass a chunk at a
+        time, each chunk's loss weighted by its share of the tasks, so the accumulated gradient is the whole
+        batch's (up to rounding; exactly the same math unless normalisation pools statistics over a whole
+        call, ``--norm batch``) while only one chunk's activations are alive at a time. An RL learner takes
+        the whole outer update itself (``rl_step``).
+        """
         if isinstance(self.learner, RLMetaLearner):
             return self.rl_step(batch)
-        loss, metrics = self.learner.meta_loss(batch.to(self.device))
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"meta-loss is {loss.item()} at iteration {self.iteration}; the run diverged. "
-                f"Lower meta_lr (now {self.cfg.training.meta_lr}) or inner_lr (now {self.cfg.method.inner_lr}); "
-                f"the last good checkpoint is {self.run_dir / LAST}"
-            )
+        batch = batch.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        totals: dict[str, float] = {}
+        for chunk in batch.split(self.cfg.training.tasks_per_pass or batch.num_tasks):
+            with autocast(self.cfg.training.precision, self.device):
+                loss, metrics = self.learner.meta_loss(chunk)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"meta-loss is {loss.item()} at iteration {self.iteration}; the run diverged. "
+                    f"Lower meta_lr (now {self.cfg.training.meta_lr}) or inner_lr (now {self.cfg.method.inner_lr}); "
+                    f"the last good checkpoint is {self.run_dir / LAST}"
+                )
+            share = chunk.num_tasks / batch.num_tasks
+            (loss * share).backward()
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * share
         if self.gradient_hook is not None:
             self.gradient_hook(self.learner)
         self.optimizer.step()
         if self.scheduler:
             self.scheduler.step()
-        return metrics
+        return totals
 
     def rl_step(self, batch) -> dict[str, float]:
         """An RL learner's outer update is not one optimizer step on one loss (a TRPO step with its line search,
@@ -254,7 +277,8 @@ class Trainer:
     def validate(self) -> float | None:
         if self.val_batches is None:
             return None
-        estimate = evaluate(self.learner, self.val_batches(), device=self.device)[None]
+        estimate = evaluate(self.learner, self.val_batches(), device=self.device,
+                            precision=self.cfg.training.precision)[None]
         return estimate.mean
 
     def is_better(self, score: float) -> bool:
