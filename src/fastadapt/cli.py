@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.distributed import is_main_process
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
+    from fastadapt.training.runs import (evaluate_learner, load_metrics, load_run, record_test_results,
+                                         results_payload, train)
 
     cfg = _config_from_args(args)
     result, _ = train(cfg, resume=args.resume, progress=not args.no_progress, nproc=args.nproc)
@@ -74,7 +75,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"nothing trained (0 iterations); run saved in {result.run_dir}")
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
-        print(format_table({cfg.method.name: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
+        results = evaluate_learner(cfg, learner)
+        print(format_table({cfg.method.name: results}, _eval_title(cfg)))
+        record_test_results(result.run_dir, results_payload(result.run_dir, "best", cfg, cfg.task.family, results))
 
 
 def _eval_title(cfg: Config) -> str:
@@ -98,7 +101,7 @@ def _eval_title(cfg: Config) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import evaluate_learner, load_run
+    from fastadapt.training.runs import evaluate_learner, load_run, results_payload
 
     cfg, learner = load_run(args.run_dir, args.checkpoint)
     evaluation = {"test_tasks": args.test_tasks, "eval_ways": args.eval_ways, "eval_shots": args.eval_shots}
@@ -111,8 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError("--data-root says where another domain's images are: give it with --tasks folder or omniglot")
     else:
         results, title = evaluate_learner(cfg, learner, steps=args.steps), _eval_title(cfg)
-    payload = {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "config": cfg.to_dict(),
-               "tasks": args.tasks or cfg.task.family, "results": {row: e.to_dict() for row, e in results.items()}}
+    payload = results_payload(args.run_dir, args.checkpoint, cfg, args.tasks or cfg.task.family, results)
     if args.json == "-":
         print(json.dumps(payload, indent=2))
         return

@@ -1,4 +1,4 @@
-"""A run is a directory: config.yaml, metrics.jsonl, last.pt and best.pt.
+"""A run is a directory: config.yaml, metrics.jsonl, last.pt and best.pt (and test_results.json once evaluated).
 
 These functions are the Python API behind ``fastadapt train`` and ``fastadapt eval``.
 """
@@ -14,6 +14,7 @@ import torch
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.datasets.base import ClassDataset
+from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
@@ -26,6 +27,8 @@ from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run
 from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
+#: What ``fastadapt train`` records of its test evaluation in the run directory (eval's --json format).
+TEST_RESULTS = "test_results.json"
 EVAL_CHUNK = 200
 #: At most this many input values (512 28x28 images) go into one evaluation chunk of episodes: on CPU a
 #: Conv-4 forward over 500 images at a time ran 4x faster than over 4,000, whose activations overflow the caches.
@@ -179,3 +182,28 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a fastadapt run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def results_payload(run_dir: str | Path, checkpoint: str, cfg: Config, tasks: str,
+                    results: dict[str, Estimate]) -> dict:
+    """An evaluation as ``fastadapt eval --json`` writes it."""
+    return {"run_dir": str(run_dir), "checkpoint": checkpoint, "config": cfg.to_dict(), "tasks": tasks,
+            "results": {row: estimate.to_dict() for row, estimate in results.items()}}
+
+
+def record_test_results(run_dir: str | Path, payload: dict) -> Path:
+    """Write a run's own test evaluation to ``run_dir``/test_results.json, atomically."""
+    path = Path(run_dir) / TEST_RESULTS
+    with atomic_file(path) as out:
+        out.write((json.dumps(payload, indent=2) + "\n").encode())
+    return path
+
+
+def read_test_results(run_dir: str | Path) -> dict | None:
+    """The run's recorded test evaluation, or None when it has none (or an unreadable one)."""
+    path = Path(run_dir) / TEST_RESULTS
+    try:
+        payload = json.loads(path.read_text())
+        return payload if isinstance(payload, dict) and isinstance(payload.get("results"), dict) else None
+    except (OSError, ValueError):
+        return None
