@@ -1,4 +1,4 @@
-"""The ``fastadapt`` command line: demo, train, eval, plot, presets."""
+"""The ``fastadapt`` command line: demo, train, eval, predict, serve, plot, presets, bench."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ COMMANDS_HELP = """examples:
   fastadapt eval runs/msgd --json results.json
   fastadapt eval runs/protonet --tasks digits      # cross-domain: another family's test episodes
   fastadapt predict runs/protonet --support my-classes/ --query a.png b.png
+  fastadapt serve                                  # a web page: draw a few symbols, draw another, see it classified
   fastadapt presets
   fastadapt bench speed                            # ours vs a per-task loop vs plain training
 """
@@ -145,6 +146,33 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import importlib.util
+    import socket
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"fastadapt serve needs {' and '.join(missing)}: pip install 'fastadapt[serve]'")
+    from fastadapt.serve.app import LOCAL_HOSTS, serve
+    from fastadapt.serve.model import choose_model
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1 to 65535, got {args.port}")
+    try:  # a busy port is a one-line error before any model is loaded or trained
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({error.strerror}); choose another --port "
+                         "or --host") from None
+    if args.host not in LOCAL_HOSTS:
+        print(f"fastadapt: warning: serving on {args.host}, not only this machine: anyone who can reach port "
+              f"{args.port} can use the page and the API (there is no login)", file=sys.stderr)
+    served = choose_model(args.run_dir, data_root=args.data_root, allow_training=not args.no_train)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"fastadapt: serving {served.summary}\n  open http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
+    serve(served, args.host, args.port)
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.runs import load_metrics
@@ -267,6 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="best: the best validation score; last: the last saved (default: best)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     predict.set_defaults(func=cmd_predict)
+
+    web = commands.add_parser("serve", help="a web page to try few-shot learning by hand: draw a few symbols, "
+                                            "draw another, see it classified (needs fastadapt[serve])")
+    web.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                     help="a trained image run to serve (default: the newest one under ./runs; without one, a "
+                          "quick ProtoNet trained on Omniglot if its archives are here, else k-NN on raw pixels)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but this machine's own "
+                                                        "lets others use the page (default: 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    web.add_argument("--data-root", metavar="DIR", help="where Omniglot's archives are, for the quick ProtoNet "
+                                                        "(default: $FASTADAPT_DATA, else the data cache)")
+    web.add_argument("--no-train", action="store_true", help="without a run, serve k-NN on raw pixels rather than "
+                                                             "train a quick ProtoNet (default: off)")
+    web.set_defaults(func=cmd_serve)
 
     plot = commands.add_parser("plot", help="plot a run's learning curves as PNG")
     plot.add_argument("run_dir", help="a run directory (holding metrics.jsonl)")
