@@ -147,12 +147,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import importlib.util
     import socket
 
-    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ValueError(f"fastadapt serve needs {' and '.join(missing)}: pip install 'fastadapt[serve]'")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"fastadapt serve needs FastAPI and uvicorn ({error.name or error} is not installed): "
+                         "pip install 'fastadapt[serve]'") from None
     from fastadapt.serve.app import LOCAL_HOSTS, serve
     from fastadapt.serve.model import choose_model
 

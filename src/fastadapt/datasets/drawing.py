@@ -1,7 +1,7 @@
 """A drawing made by hand on a screen, redrawn as Omniglot's drawings look.
 
 A model trained on Omniglot has only seen its drawings: 105x105 black-on-white images whose strokes are
-about 5 pixels wide and whose ink spans about 68 pixels, roughly centred. A symbol drawn on a web page
+about 5.7 pixels wide and whose ink spans about 68 pixels, roughly centred. A symbol drawn on a web page
 has any pen width, any size, anywhere on its canvas. ``as_omniglot_drawing`` keeps only its shape: it
 thins the ink to a one-pixel skeleton, scales and centres the skeleton to Omniglot's typical span and
 centre, and draws it again with Omniglot's stroke width, at 105x105 in black and white. The result is an
@@ -22,14 +22,15 @@ from PIL import Image, ImageDraw
 #: Omniglot's drawings are this many pixels square.
 OMNIGLOT_SIZE = 105
 #: Medians over Omniglot's background drawings (every 10th of the 19,280; ``omniglot_statistics`` measures
-#: them): stroke width (ink area / skeleton length, 5.35 pixels at 105x105), the longer side of the ink's
-#: box, and the box's centre (row, column).
-STROKE_WIDTH = 5.35
+#: them): stroke width (ink area / skeleton length, in pixels at 105x105), the longer side of the ink's box,
+#: and the box's centre (row, column).
+STROKE_WIDTH = 5.71
 INK_SPAN = 68.0
 INK_CENTRE = (50.5, 51.0)
 #: The pen that redraws a skeleton. Redrawn from canvas drawings of every 100th background drawing, they
-#: measure a median stroke width of 5.69 pixels and 8.0% ink (the originals: 5.36 and 8.1%); a 5.2 pen
-#: gives 6.36 and 8.7%: a skeleton is a staircase of pixels, which widens what is drawn along it.
+#: measure a median stroke width of 6.07 pixels and 7.95% ink (the originals: 5.70 and 8.09%); a 4.8 pen
+#: gives 5.59 and 7.43%, a 5.2 pen 6.48 and 8.56%: a skeleton is a staircase of pixels, which widens what
+#: is drawn along it. The ink (what the network's input sums to) decided.
 PEN_WIDTH = 5.0
 #: Pixels darker than this (of 255) are ink in a dark-on-light drawing.
 INK_THRESHOLD = 128
@@ -40,21 +41,22 @@ THIN_SIZE = 80
 #: half a pixel once thresholded.
 SUPERSAMPLE = 2
 
-# the 8 neighbours P2..P9 of a pixel (row, column offsets), clockwise from the one above, as Zhang & Suen number them
+# the 8 neighbours P2..P9 of a pixel (row, column offsets), clockwise from the one above, as Guo & Hall number them
 _NEIGHBOURS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 
 
 def _removable(first: bool) -> np.ndarray:
-    """For each of the 256 neighbourhoods (bit i set when neighbour P(i+2) is ink), whether Zhang & Suen's
-    first (or second) sub-iteration removes the centre pixel."""
+    """For each of the 256 neighbourhoods (bit i set when neighbour P(i+2) is ink), whether Guo & Hall's first
+    (or second) sub-iteration removes the centre pixel."""
     table = np.zeros(256, dtype=bool)
     for code in range(256):
-        p = [bool(code >> i & 1) for i in range(8)]
-        count = sum(p)
-        transitions = sum(not p[i] and p[(i + 1) % 8] for i in range(8))
-        p2, p4, p6, p8 = p[0], p[2], p[4], p[6]
-        kept = (p2 and p4 and p6) or (p4 and p6 and p8) if first else (p2 and p4 and p8) or (p2 and p6 and p8)
-        table[code] = 2 <= count <= 6 and transitions == 1 and not kept
+        p2, p3, p4, p5, p6, p7, p8, p9 = (bool(code >> i & 1) for i in range(8))
+        crossings = ((not p2 and (p3 or p4)) + (not p4 and (p5 or p6)) + (not p6 and (p7 or p8))
+                     + (not p8 and (p9 or p2)))
+        n1 = (p9 or p2) + (p3 or p4) + (p5 or p6) + (p7 or p8)
+        n2 = (p2 or p3) + (p4 or p5) + (p6 or p7) + (p8 or p9)
+        side = ((p6 or p7 or not p9) and p8) if first else ((p2 or p3 or not p5) and p4)
+        table[code] = crossings == 1 and 2 <= min(n1, n2) <= 3 and not side
     return table
 
 
@@ -62,7 +64,8 @@ _REMOVABLE = (_removable(True), _removable(False))
 
 
 def thin(mask: np.ndarray) -> np.ndarray:
-    """The one-pixel-wide skeleton of a boolean image (Zhang & Suen 1984, the whole image at a time)."""
+    """The one-pixel-wide skeleton of a boolean image (Guo & Hall 1989, the whole image at a time; unlike
+    Zhang & Suen's it keeps lines two pixels thick along a diagonal instead of deleting them)."""
     skeleton = np.pad(np.asarray(mask, dtype=bool), 1)
     height, width = skeleton.shape
     centre = skeleton[1:-1, 1:-1]  # a view: removing pixels from it thins ``skeleton``

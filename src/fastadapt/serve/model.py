@@ -67,7 +67,8 @@ class ServedModel:
         return {
             "source": self.source, "summary": self.summary,
             "run_dir": None if self.run_dir is None else str(self.run_dir),
-            "method": method, "dataset": _dataset_words(cfg),
+            "method": method,
+            "dataset": "nothing (raw pixels)" if self.source == "pixels" else _dataset_words(cfg),
             "trained": None if self.source == "pixels" else f"{task.n_way}-way {task.k_shot}-shot episodes",
             "ways": ways, "shots": task.k_shot if method in FIXED_SHOT else None,
             "drawings": ("redrawn as Omniglot's drawings (stroke width, size, centring), then prepared as the "
@@ -183,10 +184,10 @@ def quick_protonet_config(data_root: str, output_dir: str | os.PathLike = QUICK_
                           iterations: int = QUICK_ITERATIONS, **overrides: Any) -> Config:
     """The omniglot-protonet-cpu preset cut to a few minutes: 20-way episodes, ``iterations`` of them,
     tested on 5- and 20-way 1-shot episodes."""
-    return load_preset("omniglot-protonet-cpu").replace(
-        data_root=data_root, n_way=20, iterations=iterations, val_every=max(1, iterations // 2),
-        checkpoint_every=max(1, iterations // 2), val_tasks=100, log_every=max(1, iterations // 20),
-        eval_ways=[5, 20], eval_shots=[1], output_dir=str(output_dir), **overrides)
+    settings = dict(data_root=data_root, n_way=20, iterations=iterations, val_every=max(1, iterations // 2),
+                    checkpoint_every=max(1, iterations // 2), val_tasks=100, log_every=max(1, iterations // 20),
+                    eval_ways=[5, 20], eval_shots=[1], output_dir=str(output_dir))
+    return load_preset("omniglot-protonet-cpu").replace(**{**settings, **overrides})
 
 
 def train_quick_protonet(cfg: Config, evaluate: bool = True, progress: bool = True) -> Path:
