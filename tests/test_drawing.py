@@ -10,7 +10,7 @@ from fastadapt.datasets.drawing import (INK_CENTRE, INK_SPAN, STROKE_WIDTH, as_o
                                         omniglot_statistics, render_strokes, stroke_width, thin, trace_strokes)
 from fastadapt.datasets.preparation import image_polarity
 from fastadapt.training.threads import using_threads
-from omniglot_drawings import CANVAS, PAGE_PEN, OmniglotTestCharacters, canvas_drawing
+from fastadapt.serve.page import CANVAS, PAGE_PEN, HeldOutCharacters, canvas_drawing
 
 
 def _guo_hall_by_the_book(mask: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ def test_drawn_test_characters_look_like_the_training_images_to_the_network(omni
 
     from fastadapt.serve.model import serve_pixels
 
-    characters = OmniglotTestCharacters(omniglot_dir)
+    characters = HeldOutCharacters(omniglot_dir)
     served = serve_pixels()  # Omniglot's preparation; the model plays no part here
     names = characters.names[::20]
     real_images = [characters.image(name, 0) for name in names]
@@ -172,7 +172,7 @@ def test_a_trained_model_classifies_drawn_copies_as_well_as_the_real_images(omni
     against the original images, through the same served model."""
     from fastadapt.serve.model import serve_run
 
-    characters = OmniglotTestCharacters(omniglot_dir)
+    characters = HeldOutCharacters(omniglot_dir)
     served = serve_run(quick_protonet_run)
     rng = np.random.default_rng(0)
     correct = {"real": 0, "drawn": 0}

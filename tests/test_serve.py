@@ -26,7 +26,7 @@ from fastadapt.serve.model import (ServedModel, choose_model, image_runs, serve_
                                    train_quick_protonet)
 from fastadapt.training.runs import TEST_RESULTS, read_test_results  # noqa: E402
 from fastadapt.training.threads import using_threads  # noqa: E402
-from omniglot_drawings import OmniglotTestCharacters, canvas_drawing, png_base64  # noqa: E402
+from fastadapt.serve.page import HeldOutCharacters, canvas_drawing, png_base64  # noqa: E402
 
 # five shapes anyone can tell apart, as strokes on a 210-pixel canvas
 SHAPES = {
@@ -269,7 +269,7 @@ def test_drawn_test_characters_are_classified_through_the_api(omniglot_dir, quic
     """The browser test's episode without a browser: real test characters drawn on a canvas as the page does
     (traced strokes, the page's pen), sent as the page sends them: 5 classes, one drawing each, and three
     other drawings of each to classify. The quick model gets about 85% of drawn queries right."""
-    characters = OmniglotTestCharacters(omniglot_dir)
+    characters = HeldOutCharacters(omniglot_dir)
     rng = np.random.default_rng(15)
     episode = characters.episode(rng, 5)
     labels = [f"{name.split('/')[1][:10]} {name[-2:]}" for name, _, _ in episode]

@@ -17,7 +17,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 from fastadapt.serve.app import BackgroundServer  # noqa: E402
 from fastadapt.serve.model import serve_run  # noqa: E402
 from fastadapt.training.threads import using_threads  # noqa: E402
-from omniglot_drawings import CANVAS, OmniglotTestCharacters, canvas_strokes  # noqa: E402
+from fastadapt.serve.page import CANVAS, HeldOutCharacters, canvas_strokes  # noqa: E402
 from test_serve import classify  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("FASTADAPT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
@@ -83,7 +83,7 @@ CANVASES = "return [...document.querySelectorAll('#classes canvas, #query-canvas
 
 
 def test_drawing_on_the_page_classifies_test_characters(browser, omniglot_dir, quick_protonet_run):
-    characters = OmniglotTestCharacters(omniglot_dir)
+    characters = HeldOutCharacters(omniglot_dir)
     rng = np.random.default_rng(15)  # the API test's episode
     episode = characters.episode(rng, 5)
     with using_threads(1), BackgroundServer(serve_run(quick_protonet_run)) as url:
