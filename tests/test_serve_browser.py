@@ -4,81 +4,34 @@ real Omniglot test characters drawn with mouse events on its canvases, the predi
 Writes a screenshot to $FASTADAPT_TEST_ARTIFACTS (default: test-artifacts/ in the checkout)."""
 import json
 import os
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (pip install -e '.[serve]') is not installed")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 
 from fastadapt.serve.app import BackgroundServer  # noqa: E402
 from fastadapt.serve.model import serve_run  # noqa: E402
+from fastadapt.serve.page import (SHOWN, HeldOutCharacters, canvas_strokes, chromium, chromium_paths,  # noqa: E402
+                                  mouse_strokes, wait_for)
 from fastadapt.training.threads import using_threads  # noqa: E402
-from fastadapt.serve.page import CANVAS, HeldOutCharacters, canvas_strokes  # noqa: E402
 from test_serve import classify  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("FASTADAPT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
-# no network here: these keep Chromium from trying to reach Google's servers
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1240,980")
 
 
 @pytest.fixture
 def browser(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    chromedriver = shutil.which("chromedriver")
-    if not chromium or not chromedriver:
+    if chromium_paths() is None:
         pytest.skip("Chromium and its driver are not installed: apt-get install chromium chromium-driver "
                     "(.ci/run installs them)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)  # the system's, never a download
+    driver = chromium(tmp_path / "profile")
     yield driver
     driver.quit()
 
 
-def draw(driver, canvas, strokes: list[np.ndarray]) -> None:
-    """Mouse strokes on a canvas: press, move along each stroke, release."""
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    width, height = canvas.size["width"], canvas.size["height"]
-    actions = ActionChains(driver, duration=0)
-    for stroke in strokes:
-        # offsets from the canvas's centre, in CSS pixels
-        points = [(round(x * width / CANVAS - width / 2), round(y * height / CANVAS - height / 2)) for x, y in stroke]
-        actions.move_to_element_with_offset(canvas, *points[0]).click_and_hold()
-        for point in points[1:]:
-            actions.move_to_element_with_offset(canvas, *point)
-        actions.release()
-    actions.perform()
-
-
-def wait_for(driver, script: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.05)
-    status = driver.execute_script("return document.getElementById('status').textContent")
-    raise AssertionError(f"the page never satisfied: {script}; its status line: {status}")
-
-
-SHOWN = """
-const result = document.getElementById('result');
-const label = document.getElementById('prediction').dataset.class;
-if (result.dataset.current !== 'true' || !label) return null;
-return {label, bars: [...document.querySelectorAll('#bars .bar')].map(
-  (bar) => [bar.dataset.label, parseFloat(bar.querySelector('.value').textContent)])};
-"""
 CANVASES = "return [...document.querySelectorAll('#classes canvas, #query-canvas')].map((c) => c.toDataURL('image/png'))"
 
 
@@ -94,14 +47,14 @@ def test_drawing_on_the_page_classifies_test_characters(browser, omniglot_dir, q
         names = browser.find_elements("css selector", "#classes input[type=text]")
         labels = [name.get_attribute("value") for name in names]
         for canvas, (name, support, _) in zip(class_canvases, episode):
-            draw(browser, canvas, canvas_strokes(characters.image(name, support)))
+            mouse_strokes(browser, canvas, canvas_strokes(characters.image(name, support)))
         query = browser.find_element("id", "query-canvas")
         clear = browser.find_element("css selector", "#query .buttons button:nth-child(2)")
         correct, shown = 0, []
         for label, (name, s, q) in zip(labels, episode):
             for drawing in [q, *[d for d in rng.permutation(20).tolist() if d not in (s, q)][:2]]:
                 clear.click()
-                draw(browser, query, canvas_strokes(characters.image(name, drawing)))
+                mouse_strokes(browser, query, canvas_strokes(characters.image(name, drawing)))
                 page = wait_for(browser, SHOWN)
                 correct += page["label"] == label
                 shown.append((label, page["label"]))

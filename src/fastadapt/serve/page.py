@@ -1,13 +1,17 @@
 """What the page draws with, read from its own files, and Omniglot's test characters as a person draws them
 on the page (strokes traced along each image's skeleton, scaled to the page's canvas, drawn with its pen):
-the workload of the tests and of the latency benchmark."""
+the workload of the tests, the latency benchmark and the README's screenshot, which also draw them with
+the mouse in a real browser (Debian's Chromium through Selenium, ``chromium`` / ``mouse_strokes``)."""
 from __future__ import annotations
 
 import base64
 import io
 import re
+import shutil
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -58,3 +62,70 @@ class HeldOutCharacters:
         """``way`` distinct characters, each with two distinct drawings (support, query)."""
         picked = rng.choice(len(self.names), way, replace=False)
         return [(self.names[c], *map(int, rng.choice(20, 2, replace=False))) for c in picked]
+
+
+# --- a real browser ---
+#: No network here or in CI: these keep Chromium from trying to reach Google's servers.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1240,980")
+
+
+def chromium_paths() -> tuple[str, str] | None:
+    """The system's Chromium and chromedriver (Debian's chromium and chromium-driver), or None."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def chromium(profile: str | Path) -> Any:
+    """A headless Chromium under Selenium, with a fresh profile folder; never a downloaded browser or driver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    paths = chromium_paths()
+    if paths is None:
+        raise FileNotFoundError("Chromium and its driver are not installed: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths[0]
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(paths[1]), options=options)
+
+
+def mouse_strokes(driver: Any, canvas: Any, strokes: list[np.ndarray]) -> None:
+    """Draw strokes (canvas pixel coordinates) on a canvas element with the mouse: press, move, release."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = canvas.size["width"], canvas.size["height"]
+    actions = ActionChains(driver, duration=0)
+    for stroke in strokes:
+        # offsets from the canvas's centre, in CSS pixels
+        points = [(round(x * width / CANVAS - width / 2), round(y * height / CANVAS - height / 2)) for x, y in stroke]
+        actions.move_to_element_with_offset(canvas, *points[0]).click_and_hold()
+        for point in points[1:]:
+            actions.move_to_element_with_offset(canvas, *point)
+        actions.release()
+    actions.perform()
+
+
+def wait_for(driver: Any, script: str, timeout: float = 60) -> Any:
+    """The first truthy value of a script run in the page, polled until ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.05)
+    status = driver.execute_script("return document.getElementById('status').textContent")
+    raise TimeoutError(f"the page never satisfied: {script}; its status line: {status}")
+
+
+#: The page's prediction once it is up to date with the canvases: {label, bars: [[label, percent], ...]}.
+SHOWN = """
+const result = document.getElementById('result');
+const label = document.getElementById('prediction').dataset.class;
+if (result.dataset.current !== 'true' || !label) return null;
+return {label, bars: [...document.querySelectorAll('#bars .bar')].map(
+  (bar) => [bar.dataset.label, parseFloat(bar.querySelector('.value').textContent)])};
+"""
