@@ -201,7 +201,7 @@ def test_predict_on_omniglot_files_matches_eval_on_the_same_episode(omniglot_dir
     capsys.readouterr()
     cfg, learner = load_run(run)
     tasks = build_tasks(cfg, "test")
-    indices = tasks._fixed_indices(1, "test", 0)[0]  # (5 classes, 2 support + 3 query)
+    indices = tasks._fixed_indices(1, "test", 0, shuffle_support=False)[0][0]  # (5 classes, 2 support + 3 query)
     episode = tasks.fixed_tasks(1)
     expected = learner.eval().predict(learner.adapt(episode.support_x, episode.support_y), episode.query_x)[0]
 
@@ -236,10 +236,10 @@ def test_the_cross_domain_benchmark_prints_its_table(protonet_run, tmp_path, cap
     from fastadapt.benchmarks.crossdomain import main as benchmark
 
     saved = tmp_path / "proto.json"
-    assert benchmark([f"ProtoNet={protonet_run}", "--test-tasks", "3", "--shots", "1", "--json", str(saved)]) == 0
+    assert benchmark([f"ProtoNet={protonet_run}", "--test-tasks", "3", "--ways", "2", "--shots", "1", "--json", str(saved)]) == 0
     first = capsys.readouterr().out
-    assert "| ProtoNet (folder test) | " in first and "ProtoNet, 5-way 1-shot: " in first
-    assert benchmark(["--combine", str(saved), "--shots", "1"]) == 0
+    assert "| ProtoNet (folder test) | " in first and "ProtoNet, 2-way 1-shot: " in first
+    assert benchmark(["--combine", str(saved), "--ways", "2", "--shots", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[-4:] == first.splitlines()[-4:]
 
 

@@ -11,6 +11,7 @@ from fastadapt.datasets.base import ClassDataset
 from fastadapt.models import Conv4
 from fastadapt.tasks import ClassMiniBatches, TaskBatch
 from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.runs import load_run, train
 from fastadapt.training.trainer import Trainer
@@ -150,7 +151,7 @@ def glyphs(tmp_path_factory):
 
 
 def test_a_baseline_run_resumes_exactly_and_loads_without_its_data(glyphs, tmp_path):
-    _, straight = train(_folder_cfg(glyphs, tmp_path / "a"), progress=False)
+    train(_folder_cfg(glyphs, tmp_path / "a"), progress=False)
     cfg = _folder_cfg(glyphs, tmp_path / "b", algorithm="baseline++")
     _, straight_pp = train(cfg.replace(output_dir=str(tmp_path / "c")), progress=False)
     tasks = build_tasks(cfg)
@@ -177,4 +178,15 @@ def test_a_baseline_run_resumes_exactly_and_loads_without_its_data(glyphs, tmp_p
         assert loaded.weight.shape == (6, 8) and loaded_cfg.method.name == "baseline"
     finally:
         moved.rename(glyphs)
-    assert torch.equal(loaded.weight, straight.weight)
+    assert torch.equal(loaded.weight, load_checkpoint(tmp_path / "a" / "run" / "best.pt")["learner"]["weight"])
+
+
+def test_the_builder_gives_finetune_all_an_nchw_encoder_and_refuses_it_for_logreg(glyphs, tmp_path):
+    cfg = _folder_cfg(glyphs, tmp_path, finetune="all")
+    tasks = build_tasks(cfg)
+    learner = build_learner(cfg, tasks)
+    assert learner.finetune == "all" and learner.encoder.channels_last is False
+    assert build_learner(cfg.replace(finetune="head"), tasks).encoder.channels_last is True
+    assert build_learner(cfg.replace(algorithm="baseline++", cosine_scale=4.0), tasks).scale == 4.0
+    with pytest.raises(ValueError, match="finetune 'all' is for baseline and baseline"):
+        build_learner(cfg.replace(algorithm="logreg"), tasks)

@@ -54,6 +54,7 @@ def record_run_inputs(run_dir: str | Path, inputs: RunInputs) -> None:
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{INPUTS}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps(payload, indent=2) + "\n")
+    os.chmod(tmp, 0o644)  # readable like config.yaml (mkstemp makes it private)
     os.replace(tmp, run_dir / INPUTS)
 
 
