@@ -87,8 +87,7 @@ def test_classify_answers_with_classes_probabilities_and_inputs(pixel_server):
     assert len(reply["inputs"]["support"]) == 5 and reply["inputs"]["queries"][0].startswith("data:image/png;base64,")
     # the same images through FewShotClassifier-level code in this process: the same probabilities
     request = normal_request()
-    images = [web.decode_image(item["image"], "x", [web.MAX_REQUEST_PIXELS])
-              for item in [*request["support"], *request["queries"]]]
+    images = web.decode_images([(item["image"], "x") for item in [*request["support"], *request["queries"]]])
     result, _ = serve_pixels().classify(images[:5], list(SHAPES), images[5:], [True] * 5, [True])
     np.testing.assert_allclose(prediction["probabilities"], result.probabilities[0], atol=1e-6)
 
@@ -144,6 +143,7 @@ def bad_requests(rng: np.random.Generator, count: int):
     valid = normal_request()
     png = valid["support"][0]["image"]
     huge_side = _b64(_png_claiming(3000, 3000))
+    large = png_base64(Image.new("1", (2048, 2048), 1))  # within the side limit; 5 of them exceed the request's
     bomb = _b64(_png_claiming(100_000, 100_000))
     white_on_black = png_base64(Image.fromarray(255 - np.asarray(Image.open(__import__("io").BytesIO(
         __import__("base64").b64decode(png))).convert("L"))))
@@ -175,6 +175,7 @@ def bad_requests(rng: np.random.Generator, count: int):
         ("21 queries", with_support(valid["support"], valid["queries"] * 21), 422),
         ("image side over the limit", with_support(valid["support"], [{"image": huge_side}]), 413),
         ("decompression bomb", with_support(valid["support"], [{"image": bomb}]), 413),
+        ("pixels over the request's limit", with_support(valid["support"], [{"image": large}] * 5), 413),
         ("body over the limit", b'{"support": "' + b"A" * (web.MAX_BODY_BYTES + 10) + b'"}', 413),
         ("image bytes over the limit", with_support(valid["support"], [{"image": "A" * (4 * web.MAX_IMAGE_BYTES)}]),
          None),

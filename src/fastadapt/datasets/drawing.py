@@ -84,13 +84,17 @@ def thin(mask: np.ndarray) -> np.ndarray:
     return centre.copy()
 
 
-def ink_mask(image: Image.Image) -> np.ndarray:
-    """Boolean ink of a dark-on-light image (alpha, if any, composited on white first)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+def on_white(image: Image.Image) -> Image.Image:
+    """An image with transparency composited on white (a drawing on a transparent canvas is ink on paper)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, image)
-    return np.asarray(image.convert("L")) < INK_THRESHOLD
+        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
+    return image
+
+
+def ink_mask(image: Image.Image) -> np.ndarray:
+    """Boolean ink of a dark-on-light image (on white where it is transparent)."""
+    return np.asarray(on_white(image).convert("L")) < INK_THRESHOLD
 
 
 def stroke_width(mask: np.ndarray) -> float:

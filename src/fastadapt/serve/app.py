@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fastadapt.datasets.drawing import on_white
 from fastadapt.serve.model import MAX_CLASSES, ServedModel, png_data_url
 
 STATIC = Path(__file__).parent / "static"
@@ -95,9 +96,8 @@ def limits() -> dict[str, Any]:
 
 
 # --- images ---
-def decode_image(text: str, name: str, budget: list[int]) -> Image.Image:
-    """A base64 image (or data URL) as a PIL image, its alpha composited on white; checks its encoded size,
-    format and pixel count (against the request's remaining ``budget``) before decoding it."""
+def open_image(text: str, name: str) -> Image.Image:
+    """A base64 image (or data URL) opened, not yet decoded: its encoded size, format and size checked."""
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
@@ -117,17 +117,24 @@ def decode_image(text: str, name: str, budget: list[int]) -> Image.Image:
     width, height = image.size
     if max(width, height) > MAX_IMAGE_SIDE or min(width, height) < 1:
         raise RequestError(413, f"{name}: {width}x{height} pixels; each side must be 1 to {MAX_IMAGE_SIDE}")
-    budget[0] -= width * height
-    if budget[0] < 0:
-        raise RequestError(413, f"{name}: the request's images hold more than {MAX_REQUEST_PIXELS:,} pixels in all")
-    try:
-        image.load()
-    except Exception:
-        raise RequestError(422, f"{name}: the {image.format} data is truncated or corrupt") from None
-    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
-        image = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
     return image
+
+
+def decode_images(items: Sequence[tuple[str, str]]) -> list[Image.Image]:
+    """(base64 text, name for messages) pairs as images on white: each checked from its header, then all
+    together against ``MAX_REQUEST_PIXELS``, and only then decoded."""
+    opened = [(open_image(text, name), name) for text, name in items]
+    total = sum(image.width * image.height for image, _ in opened)
+    if total > MAX_REQUEST_PIXELS:
+        raise RequestError(413, f"the request's images hold {total:,} pixels, more than {MAX_REQUEST_PIXELS:,}")
+    decoded = []
+    for image, name in opened:
+        try:
+            image.load()
+        except Exception:
+            raise RequestError(422, f"{name}: the {image.format} data is truncated or corrupt") from None
+        decoded.append(on_white(image))
+    return decoded
 
 
 def check_classes(labels: Sequence[str]) -> None:
@@ -172,10 +179,10 @@ def create_app(served: ServedModel, allowed_hosts: Sequence[str] = ("*",)) -> Fa
     def classify(request: ClassifyIn) -> dict[str, Any]:
         start = time.perf_counter()
         check_classes([item.label for item in request.support])
-        budget = [MAX_REQUEST_PIXELS]
-        support = [decode_image(item.image, f"support image {i + 1} ({item.label})", budget)
-                   for i, item in enumerate(request.support)]
-        queries = [decode_image(item.image, f"query {i + 1}", budget) for i, item in enumerate(request.queries)]
+        images = decode_images([(item.image, f"support image {i + 1} ({item.label})")
+                                for i, item in enumerate(request.support)]
+                               + [(item.image, f"query {i + 1}") for i, item in enumerate(request.queries)])
+        support, queries = images[:len(request.support)], images[len(request.support):]
         try:
             result, inputs = served.classify(support, [item.label for item in request.support], queries,
                                              [item.drawn for item in request.support],
