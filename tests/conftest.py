@@ -91,3 +91,14 @@ def glyph_folder(tmp_path_factory) -> Path:
             noisy = glyph ^ (rng.random((28, 28)) > 0.95)
             Image.fromarray((noisy * 255).astype(np.uint8)).save(root / f"class{c:02d}" / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def quick_protonet_run(omniglot_dir, tmp_path_factory) -> Path:
+    """The quick ProtoNet `fastadapt serve` trains when it has no run, cut to 150 10-way episodes of a
+    32-channel Conv-4 (seconds on idle cores): enough to tell drawn characters apart."""
+    from fastadapt.serve.model import quick_protonet_config, train_quick_protonet
+
+    cfg = quick_protonet_config(str(omniglot_dir), tmp_path_factory.mktemp("serve") / "protonet", iterations=150,
+                                n_way=10, conv_channels=32, val_tasks=20, threads=1)
+    return train_quick_protonet(cfg, evaluate=False, progress=False)

@@ -1,4 +1,4 @@
-"""The ``fastadapt`` command line: demo, train, eval, plot, presets."""
+"""The ``fastadapt`` command line: demo, train, eval, predict, serve, plot, presets, bench."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ COMMANDS_HELP = """examples:
   fastadapt eval runs/msgd --json results.json
   fastadapt eval runs/protonet --tasks digits      # cross-domain: another family's test episodes
   fastadapt predict runs/protonet --support my-classes/ --query a.png b.png
+  fastadapt serve                                  # a web page: draw a few symbols, draw another, see it classified
   fastadapt presets
   fastadapt bench speed                            # ours vs a per-task loop vs plain training
   fastadapt train rl-nav2d-maml                    # MAML-RL on 2D navigation (Finn et al.), ~30 min on CPU
@@ -64,7 +65,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.distributed import is_main_process
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
+    from fastadapt.training.runs import (evaluate_learner, load_metrics, load_run, record_test_results,
+                                         results_payload, train)
 
     cfg = _config_from_args(args)
     result, _ = train(cfg, resume=args.resume, progress=not args.no_progress, nproc=args.nproc)
@@ -79,7 +81,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     _print_architecture(cfg, result.run_dir)
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
-        print(format_table({cfg.method.name: evaluate_learner(cfg, learner)}, _eval_title(cfg)))
+        results = evaluate_learner(cfg, learner)
+        print(format_table({cfg.method.name: results}, _eval_title(cfg)))
+        record_test_results(result.run_dir, results_payload(result.run_dir, "best", cfg, cfg.task.family, results))
 
 
 def _print_architecture(cfg: Config, run_dir: Path) -> None:
@@ -149,7 +153,7 @@ def rl_eval_title(cfg: Config) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import evaluate_learner, load_run
+    from fastadapt.training.runs import evaluate_learner, load_run, results_payload
 
     cfg, learner = load_run(args.run_dir, args.checkpoint)
     evaluation = {"test_tasks": args.test_tasks, "eval_ways": args.eval_ways, "eval_shots": args.eval_shots}
@@ -162,8 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError("--data-root says where another domain's images are: give it with --tasks folder or omniglot")
     else:
         results, title = evaluate_learner(cfg, learner, steps=args.steps), _eval_title(cfg)
-    payload = {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "config": cfg.to_dict(),
-               "tasks": args.tasks or cfg.task.family, "results": {row: e.to_dict() for row, e in results.items()}}
+    payload = results_payload(args.run_dir, args.checkpoint, cfg, args.tasks or cfg.task.family, results)
     if args.json == "-":
         print(json.dumps(payload, indent=2))
         return
@@ -192,6 +195,35 @@ def cmd_predict(args: argparse.Namespace) -> None:
     rows += [[name, label, *(f"{p:.3f}" for p in row)] for name, label, row in zip(names, predicted, probabilities)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import socket
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"fastadapt serve needs FastAPI and uvicorn ({error.name or error} is not installed): "
+                         "pip install 'fastadapt[serve]'") from None
+    from fastadapt.serve.app import LOCAL_HOSTS, serve
+    from fastadapt.serve.model import choose_model
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1 to 65535, got {args.port}")
+    try:  # a busy port is a one-line error before any model is loaded or trained
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({error.strerror}); choose another --port "
+                         "or --host") from None
+    if args.host not in LOCAL_HOSTS:
+        print(f"fastadapt: warning: serving on {args.host}, not only this machine: anyone who can reach port "
+              f"{args.port} can use the page and the API (there is no login)", file=sys.stderr)
+    served = choose_model(args.run_dir, data_root=args.data_root, allow_training=not args.no_train)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"fastadapt: serving {served.summary}\n  open http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
+    serve(served, args.host, args.port)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -364,6 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="best: the best validation score; last: the last saved (default: best)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     predict.set_defaults(func=cmd_predict)
+
+    web = commands.add_parser("serve", help="a web page to try few-shot learning by hand: draw a few symbols, "
+                                            "draw another, see it classified (needs fastadapt[serve])")
+    web.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                     help="a trained image run to serve (default: the newest one under ./runs; without one, a "
+                          "quick ProtoNet trained on Omniglot if its archives are here, else k-NN on raw pixels)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but this machine's own "
+                                                        "lets others use the page (default: 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    web.add_argument("--data-root", metavar="DIR", help="where Omniglot's archives are, for the quick ProtoNet "
+                                                        "(default: $FASTADAPT_DATA, else the data cache)")
+    web.add_argument("--no-train", action="store_true", help="without a run, serve k-NN on raw pixels rather than "
+                                                             "train a quick ProtoNet (default: off)")
+    web.set_defaults(func=cmd_serve)
 
     plot = commands.add_parser("plot", help="plot a run's learning curves as PNG; for 2D navigation also "
                                             "trajectories before and after adaptation, for MuJoCo frames of the "

@@ -1,4 +1,4 @@
-"""A run is a directory: config.yaml, metrics.jsonl, last.pt and best.pt.
+"""A run is a directory: config.yaml, metrics.jsonl, last.pt and best.pt (and test_results.json once evaluated).
 
 These functions are the Python API behind ``fastadapt train`` and ``fastadapt eval``.
 """
@@ -17,16 +17,16 @@ import torch
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.datasets.base import ClassDataset
+from fastadapt.datasets.download import atomic_file
 from fastadapt.environments.noise import derive_seeds
+from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
 from fastadapt.rl.rollout import ENV_STREAM
 from fastadapt.tasks import EpisodeTasks
-from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
-from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
+from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.training import distributed
-from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, RL_METHODS, build_learner, build_tasks, check_config,
-                                         eval_settings, resolve_device, resolve_model,
-                                         search_space)
+from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, RL_METHODS, build_learner, build_tasks,
+                                         check_config, eval_settings, resolve_device, resolve_model, search_space)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
@@ -35,6 +35,8 @@ from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.precision import check_precision
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
+#: What ``fastadapt train`` records of its test evaluation in the run directory (eval's --json format).
+TEST_RESULTS = "test_results.json"
 EVAL_CHUNK = 200
 #: At most this many input values (512 28x28 images) go into one evaluation chunk of episodes: on CPU a
 #: Conv-4 forward over 500 images at a time ran 4x faster than over 4,000, whose activations overflow the caches.
@@ -308,3 +310,28 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a fastadapt run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def results_payload(run_dir: str | Path, checkpoint: str, cfg: Config, tasks: str,
+                    results: dict[str, Estimate]) -> dict:
+    """An evaluation as ``fastadapt eval --json`` writes it."""
+    return {"run_dir": str(run_dir), "checkpoint": checkpoint, "config": cfg.to_dict(), "tasks": tasks,
+            "results": {row: estimate.to_dict() for row, estimate in results.items()}}
+
+
+def record_test_results(run_dir: str | Path, payload: dict) -> Path:
+    """Write a run's own test evaluation to ``run_dir``/test_results.json, atomically."""
+    path = Path(run_dir) / TEST_RESULTS
+    with atomic_file(path) as out:
+        out.write((json.dumps(payload, indent=2) + "\n").encode())
+    return path
+
+
+def read_test_results(run_dir: str | Path) -> dict | None:
+    """The run's recorded test evaluation, or None when it has none (or an unreadable one)."""
+    path = Path(run_dir) / TEST_RESULTS
+    try:
+        payload = json.loads(path.read_text())
+        return payload if isinstance(payload, dict) and isinstance(payload.get("results"), dict) else None
+    except (OSError, ValueError):
+        return None
