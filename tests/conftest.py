@@ -10,6 +10,7 @@ from PIL import Image
 
 from fastadapt.datasets import ClassDataset
 from fastadapt.datasets.omniglot import split_omniglot
+from fastadapt.training.threads import using_threads
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")
@@ -102,3 +103,10 @@ def quick_protonet_run(omniglot_dir, tmp_path_factory) -> Path:
     cfg = quick_protonet_config(str(omniglot_dir), tmp_path_factory.mktemp("serve") / "protonet", iterations=150,
                                 n_way=10, conv_channels=32, val_tasks=20, threads=1)
     return train_quick_protonet(cfg, evaluate=False, progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (for many tiny tensor operations, where more threads only contend)."""
+    with using_threads(1):
+        yield

@@ -1,7 +1,6 @@
 """A new user's first hour: thread counts, Ctrl-C that saves, a CLI that explains itself, errors that name
 the setting, defaults that fit a small folder, a loaded model ready for inference, readable figures."""
 import argparse
-import json
 import os
 import signal
 import subprocess

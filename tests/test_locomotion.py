@@ -28,12 +28,8 @@ from fastadapt.training.trainer import Trainer  # noqa: E402
 CHEETAH_ID = "fastadapt/HalfCheetahForwardBackward-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Rollouts, inner steps and small GRUs are many tiny tensor operations: extra threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,18 +6,12 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import MAMLRL, PretrainedPolicy
 from fastadapt.models.policies import GaussianMLPPolicy, RecurrentPolicy
-from fastadapt.rl import TRPOSettings, rollout
-from fastadapt.rl.rollout import Episodes
-from fastadapt.tasks.mdp import BanditTasks, MDPBatch, Navigation2DTasks
+from fastadapt.rl import TRPOSettings
+from fastadapt.tasks.mdp import BanditTasks, Navigation2DTasks
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Rollouts and inner steps are many small tensor operations: extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Rollouts, inner steps and small GRUs are many tiny tensor operations: extra threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _learner(first_order=False, inner_steps=1, dtype=torch.float64, **options):

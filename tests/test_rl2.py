@@ -8,13 +8,8 @@ from fastadapt.models.policies import GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.tasks.mdp import BanditTasks, MDPBatch, Navigation2DTasks, TabularMDPTasks
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Steps of a small GRU are a few microseconds of work each: extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Rollouts, inner steps and small GRUs are many tiny tensor operations: extra threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rl2(tasks_family, hidden=16, lr=3e-3, **options):

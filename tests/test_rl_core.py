@@ -15,13 +15,8 @@ from fastadapt.rl.baseline import baseline_features
 from fastadapt.tasks.mdp import BanditTasks, MDPBatch, Navigation2DTasks, TabularMDPTasks
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Rollouts and inner steps are many small tensor operations: extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Rollouts, inner steps and small GRUs are many tiny tensor operations: extra threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_discounted_returns_and_gae_match_a_backward_loop():

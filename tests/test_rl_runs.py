@@ -15,12 +15,8 @@ TINY_NAV = ["--horizon", "8", "--trajectories", "3", "--meta-batch-size", "3", "
             "--val-tasks", "3", "--test-tasks", "3", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Rollouts, inner steps and small GRUs are many tiny tensor operations: extra threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_rl_preset_is_a_valid_run_configuration():

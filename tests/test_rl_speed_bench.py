@@ -1,17 +1,12 @@
 """The meta-RL speed benchmark on a tiny setting: it prints both comparisons, and its per-task reference
 computes the same meta-update as ours (else its speed-up would mean nothing)."""
 import pytest
-import torch
 
 from fastadapt.benchmarks.rl_speed import agreement_in_float64, main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Rollouts, inner steps and small GRUs are many tiny tensor operations: extra threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reference_meta_iteration_updates_the_weights_as_ours_does():

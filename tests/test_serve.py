@@ -9,11 +9,9 @@ import subprocess
 import sys
 import threading
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the serve extra (pip install -e '.[serve]') is not installed")
@@ -22,8 +20,7 @@ pytest.importorskip("uvicorn", reason="the serve extra (pip install -e '.[serve]
 from fastadapt.cli import main  # noqa: E402
 from fastadapt.datasets.drawing import render_strokes  # noqa: E402
 from fastadapt.serve import app as web  # noqa: E402
-from fastadapt.serve.model import (ServedModel, choose_model, image_runs, serve_pixels, serve_run,  # noqa: E402
-                                   train_quick_protonet)
+from fastadapt.serve.model import ServedModel, choose_model, image_runs, serve_pixels, serve_run  # noqa: E402
 from fastadapt.training.runs import TEST_RESULTS, read_test_results  # noqa: E402
 from fastadapt.training.threads import using_threads  # noqa: E402
 from fastadapt.serve.page import HeldOutCharacters, canvas_drawing, png_base64  # noqa: E402

@@ -279,8 +279,8 @@ def cmd_presets(args: argparse.Namespace) -> None:
     from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
 
     timings = preset_timings()
-    print(f"{'preset':28s} {'method':13s} {'tasks':11s} {'episodes':14s} {'iterations':>10s}  training time "
-          f"on {timings.get('machine', 'a 2-core CPU')}")
+    rows = [["preset", "method", "tasks", "episodes", "iterations",
+             f"training time on {timings.get('machine', 'a 2-core CPU')}"]]
     for name in preset_names():
         cfg = load_preset(name).resolved()
         task = cfg.task
@@ -293,8 +293,11 @@ def cmd_presets(args: argparse.Namespace) -> None:
             shots = f"{task.trajectories} traj., H={task.horizon or 200}"
         per_iteration = timings.get("seconds_per_iteration", {}).get(name)
         estimate = "not measured" if per_iteration is None else _duration(per_iteration * cfg.training.iterations)
-        print(f"{name:28s} {cfg.method.name:13s} {task.family:11s} {shots:14s} {cfg.training.iterations:>10,}  "
-              f"{estimate}")
+        rows.append([name, cfg.method.name, task.family, shots, f"{cfg.training.iterations:,}", estimate])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells + [row[-1]]))
 
 
 def preset_timings() -> dict:

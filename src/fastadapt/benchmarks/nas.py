@@ -31,7 +31,7 @@ import yaml
 
 from fastadapt.models import Conv4
 from fastadapt.models.darts import count_flops, count_parameters
-from fastadapt.training.builders import build_learner, build_tasks, load_architecture
+from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.runs import evaluate_learner, load_run, train
 from fastadapt.training.trainer import LAST

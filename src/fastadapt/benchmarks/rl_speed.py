@@ -25,7 +25,6 @@ import time
 from typing import Callable
 
 import gymnasium
-import numpy as np
 import torch
 from torch.func import functional_call
 

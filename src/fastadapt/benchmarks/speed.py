@@ -57,7 +57,6 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastadapt.algorithms import MetaLearner
 from fastadapt.datasets import ClassDataset, load_omniglot
 from fastadapt.models import Conv4
 from fastadapt.tasks import EpisodeTasks, TaskBatch
