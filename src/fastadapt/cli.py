@@ -11,17 +11,18 @@ from pathlib import Path
 from fastadapt.training.config import SECTIONS, Config, base_type, load_preset, preset_names, settings
 
 COMMANDS_HELP = """examples:
-  fastadapt demo                                   # MAML on sinusoid, table + figure, ~3 min on CPU
+  fastadapt demo                                   # MAML on sinusoid, table + figure, a few minutes on CPU
   fastadapt train sinusoid-maml --iterations 5000  # a shipped preset, with an override
   fastadapt train --algorithm metasgd --k-shot 5 --output-dir runs/msgd
-  fastadapt train sinusoid-maml --nproc 2          # meta-batch split over 2 processes, same result
+  fastadapt train sinusoid-maml --nproc 2          # meta-batch split over 2 processes (same meta-gradients
+                                                   # up to float rounding)
   fastadapt eval runs/msgd --json results.json
   fastadapt eval runs/protonet --tasks digits      # cross-domain: another family's test episodes
   fastadapt predict runs/protonet --support my-classes/ --query a.png b.png
   fastadapt serve                                  # a web page: draw a few symbols, draw another, see it classified
   fastadapt presets
   fastadapt bench speed                            # ours vs a per-task loop vs plain training
-  fastadapt train rl-nav2d-maml                    # MAML-RL on 2D navigation (Finn et al.), ~30 min on CPU
+  fastadapt train rl-nav2d-maml                    # MAML-RL on 2D navigation (Finn et al.)
   fastadapt plot runs/rl-nav2d-maml                # learning curves and trajectories before/after adaptation
   fastadapt train rl-halfcheetah-fwd-bwd-maml-cpu  # MAML-RL on HalfCheetah forward/backward (needs fastadapt[mujoco])
   fastadapt bench rollout-speed                    # MuJoCo steps per second with 1 and 2 rollout workers

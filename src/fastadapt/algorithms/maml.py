@@ -149,7 +149,9 @@ class MAML(MetaLearner):
         alive at once are one task's (CPU) or one vmapped call's, not the whole meta-batch's until the
         backward pass: the query sets are where the images, so the memory, are.
         """
-        if not torch.is_grad_enabled():  # nothing to differentiate
+        if not torch.is_grad_enabled() or tasks.query_x[0].numel() < PER_TASK_MIN_VALUES:
+            # nothing to differentiate, or query sets too small to be worth freeing early (sinusoid: the extra
+            # gradient call costs a fifth of a step of the MLP)
             return super().meta_loss(tasks)
         adapted = self.adapt(tasks.support_x, tasks.support_y)
         grads, losses, outputs = self._query_gradients({name: p.detach() for name, p in adapted.items()},
