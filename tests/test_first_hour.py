@@ -122,7 +122,9 @@ def test_presets_lists_each_with_a_training_time_estimate(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "training time" in lines[0]
-    assert all(line.rstrip().endswith(("s", "min", "h", "not measured")) for line in lines[1:])
+    assert all(line.rstrip().endswith(("s", "min", "h", "not measured", "no training")) for line in lines[1:])
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert rows["omniglot-knn-pixels"].endswith("no training") and rows["sinusoid-maml"].rstrip().endswith("min")
 
 
 # --- 4. errors name the setting the number came from, names before numbers ---

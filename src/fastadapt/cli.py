@@ -293,7 +293,8 @@ def cmd_presets(args: argparse.Namespace) -> None:
         elif task.family in LOCOMOTION_FAMILIES:
             shots = f"{task.trajectories} traj., H={task.horizon or 200}"
         per_iteration = timings.get("seconds_per_iteration", {}).get(name)
-        estimate = "not measured" if per_iteration is None else _duration(per_iteration * cfg.training.iterations)
+        estimate = ("no training" if cfg.training.iterations == 0 else "not measured" if per_iteration is None
+                    else _duration(per_iteration * cfg.training.iterations))
         rows.append([name, cfg.method.name, task.family, shots, f"{cfg.training.iterations:,}", estimate])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
