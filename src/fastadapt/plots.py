@@ -25,6 +25,14 @@ def _iterations(value: float, _position: int) -> str:
     return f"{value:g}"
 
 
+def _finish(fig, path: Path, rect: tuple[float, float, float, float] | None = None, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure: every plot ends here."""
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Path:
     """Training loss (and accuracy) and validation metric against iteration, as a PNG."""
     val_keys = sorted({k for r in records for k in r if k.startswith("val_")})
@@ -44,10 +52,7 @@ def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Pa
         if key in ("loss", "val_mse") and points and min(ys) > 0:
             ax.set_yscale("log")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path)
 
 
 def plot_sinusoid_adaptation(panels: list[dict], path: Path) -> Path:
@@ -78,10 +83,7 @@ def plot_sinusoid_adaptation(panels: list[dict], path: Path) -> Path:
         ax.set_ylabel("y")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path, rect=(0, 0.06, 1, 1))
 
 
 def plot_navigation_trajectories(panels: list[dict], path: Path, title: str = "") -> Path:
@@ -107,10 +109,7 @@ def plot_navigation_trajectories(panels: list[dict], path: Path, title: str = ""
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path, rect=(0, 0.07, 1, 1))
 
 
 def plot_adaptation_curves(curves: dict[str, dict[int, tuple[float, float]]], path: Path, title: str = "",
@@ -132,10 +131,7 @@ def plot_adaptation_curves(curves: dict[str, dict[int, tuple[float, float]]], pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path)
 
 
 def plot_frame_strip(rows: list[dict], path: Path, title: str = "") -> Path:
@@ -152,10 +148,7 @@ def plot_frame_strip(rows: list[dict], path: Path, title: str = "") -> Path:
         ax_row[0].text(-0.05, 0.5, row["title"], transform=ax_row[0].transAxes, rotation=90, ha="right",
                        va="center", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path, dpi=100)
 
 
 def plot_cells(genotype, path: Path, title: str = "") -> Path:
@@ -194,10 +187,7 @@ def plot_cells(genotype, path: Path, title: str = "") -> Path:
         ax.set_ylim(-1.8, 1.8)
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path)
 
 
 def plot_task_architectures(meta, per_task: list, operations: list[str], path: Path, title: str = "") -> Path:
@@ -235,7 +225,4 @@ def plot_task_architectures(meta, per_task: list, operations: list[str], path: P
         ax.set_title(f"{cell_type} cell: share of tasks per edge and operation", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, path)
