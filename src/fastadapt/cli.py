@@ -91,7 +91,7 @@ def _print_architecture(cfg: Config, run_dir: Path) -> None:
     """For a search: the meta-architecture it found; for model darts: the architecture trained. With the size of
     the discrete network."""
     from fastadapt.training.builders import ARCHITECTURE_FILE, ARCHITECTURE_SEARCH, load_architecture
-    from fastadapt.training.runs import architecture_size
+    from fastadapt.training.inspection import architecture_size
 
     if cfg.method.name in ARCHITECTURE_SEARCH:
         source = run_dir / ARCHITECTURE_FILE
@@ -232,8 +232,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
                                  plot_task_architectures)
     from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
     from fastadapt.training.builders import ARCHITECTURE_SEARCH, load_architecture
-    from fastadapt.training.runs import (load_metrics, load_run, locomotion_frames, navigation_paths, task_architectures,
-                                         write_architecture)
+    from fastadapt.training.inspection import locomotion_frames, navigation_paths, task_architectures
+    from fastadapt.training.runs import load_metrics, load_run, write_architecture
 
     run_dir = Path(args.run_dir)
     path = plot_learning_curves(load_metrics(run_dir), Path(args.output or run_dir / "learning_curves.png"),

@@ -6,33 +6,27 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import partial
 from pathlib import Path
 from typing import Iterable
 
-import gymnasium
 import torch
 
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.download import atomic_file
-from fastadapt.environments.noise import derive_seeds
-from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
-from fastadapt.rl.rollout import ENV_STREAM
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
-from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.training import distributed
 from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, RL_METHODS, build_learner, build_tasks,
-                                         check_config, eval_settings, resolve_device, resolve_model, search_space)
+                                         check_config, eval_settings, resolve_device, resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
 from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
-from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.precision import check_precision
+from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 #: What ``fastadapt train`` records of its test evaluation in the run directory (eval's --json format).
@@ -145,24 +139,6 @@ def write_architecture(run_dir: str | Path) -> tuple[Config, ArchitectureLearnin
     return cfg, learner
 
 
-@torch.no_grad()
-def task_architectures(cfg: Config, learner: ArchitectureLearning, num_tasks: int) -> list[Genotype]:
-    """The architecture each of ``num_tasks`` fixed *validation* tasks adapts the meta-architecture to."""
-    learner.eval()
-    genotypes = []
-    for batch in fixed_batches(build_tasks(cfg, "val"), num_tasks, "val"):
-        genotypes += learner.task_architectures(learner.adapt(batch.support_x, batch.support_y))
-    return genotypes
-
-
-def architecture_size(cfg: Config, genotype: Genotype) -> tuple[int, int]:
-    """Parameters and FLOPs per image of the discrete network of ``genotype`` built with ``cfg``'s model settings
-    for its tasks (``count_flops``: 2 per multiply-accumulate of convolutions and linear layers)."""
-    tasks = build_tasks(cfg, "test")
-    network = DiscreteNetwork(genotype, search_space(cfg), tasks.input_shape[0], tasks.output_size)
-    return count_parameters(network), count_flops(network, tasks.input_shape)
-
-
 def threads_started_with(run_dir: Path) -> int | None:
     """The thread count the run's ``last.pt`` records (None for an older or unreadable checkpoint)."""
     try:
@@ -235,73 +211,6 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
                            precision=cfg.training.precision)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
-    return rows
-
-
-def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps: tuple[int, ...] = (0, 1, 3),
-                     split: str = "test") -> list[dict]:
-    """For the first ``goals`` fixed test goals of a 2D-navigation run: one trajectory (the first sampled, up to
-    its end) before adaptation and after each number of ``steps``, as ``plots.plot_navigation_trajectories``
-    draws them (Finn et al.'s Figure 4)."""
-    if cfg.task.family != "nav2d" or not learner.uses_adaptation_steps:
-        raise ValueError(f"trajectory figures are for 2D-navigation runs of maml-rl / pretrained-rl, not "
-                         f"{cfg.method.name} on {cfg.task.family}")
-    tasks = build_tasks(cfg, split).fixed_tasks(goals, split=split)
-    _, history = learner.adapt(tasks, max(steps))
-    panels = []
-    for task in range(goals):
-        paths = {}
-        for step in steps:
-            episodes = history[step]
-            length = int(episodes.masks[task, 0].sum())
-            positions = torch.cat([torch.zeros(1, 2), episodes.observations[task, 0, 1:length, :2]])
-            paths[step_label(step)] = positions.numpy()
-        goal = tasks.env.goals[task].tolist()
-        panels.append({"goal": goal, "paths": paths, "title": f"test goal ({goal[0]:.2f}, {goal[1]:.2f})"})
-    return panels
-
-
-def locomotion_frames(cfg: Config, learner: RLMetaLearner, steps: tuple[int, ...] = (0, 1), every: int = 20,
-                      split: str = "test", size: tuple[int, int] = (240, 160)) -> list[dict]:
-    """Frames of the adapted robot for a strip: for two fixed test tasks (for a direction family, the first forward
-    and the first backward one), the first trajectory sampled before adaptation and after each number of
-    ``steps``, one frame every ``every`` steps. The trajectory is replayed in a rendering copy of the environment
-    with its seed and recorded actions, which gives the same states. Rendering runs headless through MuJoCo's
-    EGL backend unless MUJOCO_GL says otherwise."""
-    distribution = build_tasks(cfg, split)
-    if not isinstance(distribution, LocomotionTasks) or not learner.uses_adaptation_steps:
-        raise ValueError(f"frames are for MuJoCo runs of maml-rl / pretrained-rl, not {cfg.method.name} on "
-                         f"{cfg.task.family}")
-    tasks = distribution.fixed_tasks(cfg.evaluation.test_tasks, split=split)
-    goals = tasks.env.tasks
-    if LOCOMOTION_FAMILIES[cfg.task.family].goal == "sign" and len(set(goals[:, 0].tolist())) == 2:
-        chosen = [int((goals[:, 0] == 1).nonzero()[0]), int((goals[:, 0] == -1).nonzero()[0])]
-    else:
-        chosen = [0, min(1, len(goals) - 1)]
-    shown = tasks[torch.tensor(chosen)]
-    _, history = learner.adapt(shown, max(steps))
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    env = gymnasium.make(distribution.family.env_id, render_mode="rgb_array", camera_name="track", width=size[0],
-                         height=size[1]).unwrapped
-    rows = []
-    try:
-        for row, task in enumerate(chosen):
-            goal = goals[task].tolist()
-            for step in steps:
-                seed = int(derive_seeds(shown.trajectory_seeds(cfg.task.trajectories, step), ENV_STREAM)[row, 0])
-                env.reset(seed=seed, options={env.task_option: goal[0] if len(goal) == 1 else goal})
-                episodes, frames = history[step], []
-                length = int(episodes.masks[row, 0].sum())
-                for t in range(length + 1):
-                    if t % every == 0 or t == length:
-                        frames.append({"t": t, "x": float(env.data.qpos[0]), "image": env.render()})
-                    if t < length:
-                        env.step(episodes.actions[row, 0, t].double().numpy())
-                label = " ".join(f"{g:+.2f}" for g in goal)
-                rows.append({"title": f"task {label}, {step_label(step)}: return {episodes.returns[row, 0]:.1f}",
-                             "frames": frames})
-    finally:
-        env.close()
     return rows
 
 
