@@ -146,7 +146,7 @@ def main() -> None:
                               "direction x forward velocity - 0.05 |a|^2), 20 trajectories per task, mean ± 95% CI "
                               "over 40 fixed test tasks"))
     per_step = {name: columns[name]["1 step"].mean / horizon for name in columns}
-    print(f"\nmean reward per step after 1 step: " + ", ".join(f"{n} {v:.3f}" for n, v in per_step.items())
+    print("\nmean reward per step after 1 step: " + ", ".join(f"{n} {v:.3f}" for n, v in per_step.items())
           + f"; the paper's MAML {PAPER_MAML[1] / PAPER_HORIZON:.3f} (its horizon is {PAPER_HORIZON} steps, ours "
             f"{horizon}: returns are sums over the horizon, so compare per step)")
     maml, pretrained = columns["MAML"]["1 step"], columns["pretrained"]["1 step"]
