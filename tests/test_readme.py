@@ -278,3 +278,56 @@ def test_the_python_api_snippets_run_on_a_tiny_budget(tmp_path, monkeypatch):
         namespace: dict = {}
         exec(compile(block.replace(*budget), "README.md", "exec"), namespace)
     assert namespace["result"].iterations == 2 and (tmp_path / "runs" / "msgd" / "best.pt").is_file()
+
+
+def image_folder(root: Path, classes: int, images: int) -> Path:
+    """root/<class>/<png>: each class a random 28x28 glyph, its images noisy copies of it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        glyph = rng.random((28, 28)) > 0.7
+        (root / f"class{c:02d}").mkdir(parents=True)
+        for i in range(images):
+            noisy = glyph ^ (rng.random((28, 28)) > 0.95)
+            Image.fromarray((noisy * 255).astype(np.uint8)).save(root / f"class{c:02d}" / f"{i}.png")
+    return root
+
+
+#: What shrinks the tour's runs to seconds: tiny budgets and networks; evaluation on two episodes.
+TINY_TRAINING = ["--iterations", "2", "--val-tasks", "2", "--test-tasks", "2", "--conv-channels", "8", "--no-progress"]
+
+
+def tour_blocks(first: str, last: str) -> list[str]:
+    """The shell blocks of the README's quick tour from the heading starting with ``first`` up to ``last``."""
+    text = README.read_text()
+    section = text[text.index(f"### {first}"):text.index(f"### {last}")]
+    return [body for language, body in code_blocks(section) if language in SHELL]
+
+
+def test_the_image_tour_runs_command_by_command_on_a_tiny_budget(tmp_path, monkeypatch, fake_omniglot):
+    """Steps 2-6 of the quick tour (Omniglot, your folder, evaluate, predict, plot), in order, as the README
+    writes them: only the budgets shrink, the folder is a synthetic one and Omniglot a random stand-in."""
+    pytest.importorskip("sklearn", reason="the digits domain needs the digits extra (scikit-learn)")
+    folder = image_folder(tmp_path / "my-images", classes=25, images=20)  # 5 val and test classes; 1 + 15 images
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for body in tour_blocks("2.", "7."):
+        commands, heredocs = shell_commands(body)
+        for script in heredocs:  # the tour's Python here-documents (writing digits as image files)
+            exec(compile(script, "README.md", "exec"), {"__name__": "__main__"})
+        for command in commands:
+            argv = fastadapt_argv(command)
+            if argv is None:  # pip install ...
+                continue
+            argv = [str(folder) if arg == "~/my-images" else arg for arg in argv]
+            if argv[0] == "train":  # a preset writes to runs/<preset>, which later steps read
+                argv += TINY_TRAINING + ([] if argv[1] in preset_names() else ["--output-dir", "runs/folder"])
+            elif argv[0] == "eval":
+                argv += ["--test-tasks", "2"]
+            assert main(argv) == 0, f"the tour's `fastadapt {' '.join(argv)}` failed"
+            ran.append(argv[0])
+    assert ran.count("train") == 2 and {"eval", "predict", "plot"} <= set(ran)
+    assert (tmp_path / "results.json").is_file()
+    assert (tmp_path / "runs" / "omniglot-protonet-cpu" / "learning_curves.png").is_file()

@@ -192,3 +192,21 @@ def test_the_builder_gives_finetune_all_an_nchw_encoder_and_refuses_it_for_logre
     assert build_learner(cfg.replace(algorithm="baseline++", cosine_scale=4.0), tasks).scale == 4.0
     with pytest.raises(ValueError, match="finetune 'all' is for baseline and baseline"):
         build_learner(cfg.replace(algorithm="logreg"), tasks)
+
+
+def test_cross_domain_evaluation_leaves_out_the_ways_the_domain_cannot_serve_and_refuses_them_when_asked(
+        fake_omniglot, tmp_path, capsys):
+    """The ten digits cannot make 20-way episodes: a run evaluated at 5 and 20 ways gets its 5-way rows and a
+    title that says 20-way was left out; asking for 20-way on digits is a one-line error."""
+    pytest.importorskip("sklearn")
+    from fastadapt.cli import main
+
+    run = str(tmp_path / "run")
+    train(Config(algorithm="protonet", tasks="omniglot", n_way=5, k_shot=1, num_query=2, eval_query=2,
+                 eval_ways=[5, 20], conv_channels=8, iterations=2, val_tasks=2, test_tasks=2, threads=1,
+                 output_dir=run), progress=False)
+    assert main(["eval", run, "--tasks", "digits", "--test-tasks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "5-way 1-shot" in out and "20-way 1-shot" not in out and "20-way left out: digits has 10 test" in out
+    assert main(["eval", run, "--tasks", "digits", "--test-tasks", "2", "--eval-ways", "20"]) == 2
+    assert "--eval-ways 20: the test classes of digits are only 10" in capsys.readouterr().err

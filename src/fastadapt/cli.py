@@ -162,7 +162,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.tasks:
         from fastadapt.training.crossdomain import evaluate_cross_domain
 
-        results, title = evaluate_cross_domain(args.run_dir, cfg, learner, args.tasks, args.data_root, args.steps)
+        results, title = evaluate_cross_domain(args.run_dir, cfg, learner, args.tasks, args.data_root, args.steps,
+                                               ways_asked=bool(args.eval_ways))
     elif args.data_root:
         raise ValueError("--data-root says where another domain's images are: give it with --tasks folder or omniglot")
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.preparation import ImagePreparation, dataset_polarity, describe_polarity, opposite
-from fastadapt.training.builders import DATASETS
+from fastadapt.training.builders import DATASETS, eval_settings
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate
 from fastadapt.training.run_inputs import read_run_inputs
@@ -44,15 +44,28 @@ def domain_dataset(cfg: Config, preparation: ImagePreparation, family: str, data
 
 
 def evaluate_cross_domain(run_dir: str | Path, cfg: Config, learner: MetaLearner, family: str,
-                          data_root: str | None = None, steps: list[int] | None = None
+                          data_root: str | None = None, steps: list[int] | None = None, ways_asked: bool = False
                           ) -> tuple[dict[str, Estimate], str]:
-    """The run's evaluation table on ``family``'s test classes, and a title saying what was evaluated."""
+    """The run's evaluation table on ``family``'s test classes, and a title saying what was evaluated.
+
+    The run's own evaluation ways that the other domain has too few classes for (20-way on the ten digits)
+    are left out, and the title says so; ways the user asked for (``ways_asked``) that do not fit are an error.
+    """
     preparation = read_run_inputs(run_dir, cfg).preparation
     if preparation is None:
         raise ValueError(f"the run in {run_dir} was not trained on images; it has no other domain to try")
     dataset, domain, note = domain_dataset(cfg, preparation, family, data_root)
-    results = evaluate_learner(domain, learner, steps=steps, dataset=dataset)
+    ways = sorted({way for way, _ in eval_settings(domain)})
+    fitting = [way for way in ways if way <= dataset.num_classes]
+    if len(fitting) < len(ways) and (ways_asked or not fitting):
+        raise ValueError(f"--eval-ways {' '.join(map(str, ways))}: the test classes of {family} are only "
+                         f"{dataset.num_classes}; ask for at most {dataset.num_classes}-way episodes")
+    skipped = sorted(set(ways) - set(fitting))
+    results = evaluate_learner(domain.replace(eval_ways=fitting), learner, steps=steps, dataset=dataset)
     evaluation = domain.evaluation
     title = (f"trained on {cfg.task.family}, evaluated on {note}: accuracy on {evaluation.test_tasks} fixed test "
              f"episodes, {evaluation.eval_query} queries per class (mean ± 95% CI)")
+    if skipped:
+        title += (f"; {', '.join(f'{way}-way' for way in skipped)} left out: {family} has "
+                  f"{dataset.num_classes} test classes")
     return results, title
