@@ -3,14 +3,13 @@ data cache, and a synthetic stand-in for the full Omniglot for tests that only n
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fastadapt.datasets import ClassDataset
 from fastadapt.datasets.omniglot import split_omniglot
 from fastadapt.training.threads import using_threads
+from episode_helpers import write_glyph_folder  # the tests directory is on sys.path under pytest
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")
@@ -83,15 +82,7 @@ def fake_omniglot(monkeypatch, synthetic_omniglot):
 @pytest.fixture(scope="session")
 def glyph_folder(tmp_path_factory) -> Path:
     """root/<class>/<png>: 15 classes, each a random 28x28 glyph, its 10 images noisy copies of it."""
-    root = tmp_path_factory.mktemp("glyphs")
-    rng = np.random.default_rng(0)
-    for c in range(15):
-        glyph = rng.random((28, 28)) > 0.7
-        (root / f"class{c:02d}").mkdir()
-        for i in range(10):
-            noisy = glyph ^ (rng.random((28, 28)) > 0.95)
-            Image.fromarray((noisy * 255).astype(np.uint8)).save(root / f"class{c:02d}" / f"{i}.png")
-    return root
+    return write_glyph_folder(tmp_path_factory.mktemp("glyphs"), classes=15, images=10)
 
 
 @pytest.fixture(scope="session")

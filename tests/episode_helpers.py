@@ -1,5 +1,10 @@
-"""Helpers shared by the tests of the learners that read a support set (MANN, SNAIL, Meta Networks)."""
+"""Helpers shared by tests: episodes for the learners that read a support set (MANN, SNAIL, Meta Networks), and
+folders of glyph images for the runs that read image files."""
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch
@@ -34,3 +39,18 @@ def meta_train(model: MetaLearner, tasks: TaskBatch, lr: float, steps: int = 30,
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def write_glyph_folder(root: Path, classes: int, images: int, side: int = 28, ink_above: float = 0.7,
+                       flip_above: float = 0.95, name: str = "class{:02d}") -> Path:
+    """root/<class>/<png>: each class a random side x side glyph (pixels whose uniform draw is above ``ink_above``),
+    its images copies of it with the pixels whose draw is above ``flip_above`` flipped; seeded, so the same
+    arguments write the same files."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        glyph = rng.random((side, side)) > ink_above
+        (root / name.format(c)).mkdir(parents=True)
+        for i in range(images):
+            noisy = glyph ^ (rng.random((side, side)) > flip_above)
+            Image.fromarray((noisy * 255).astype(np.uint8)).save(root / name.format(c) / f"{i}.png")
+    return root

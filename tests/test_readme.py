@@ -15,6 +15,7 @@ import pytest
 
 from fastadapt.cli import build_parser, main
 from fastadapt.training.config import preset_names
+from episode_helpers import write_glyph_folder  # the tests directory is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -280,21 +281,6 @@ def test_the_python_api_snippets_run_on_a_tiny_budget(tmp_path, monkeypatch):
     assert namespace["result"].iterations == 2 and (tmp_path / "runs" / "msgd" / "best.pt").is_file()
 
 
-def image_folder(root: Path, classes: int, images: int) -> Path:
-    """root/<class>/<png>: each class a random 28x28 glyph, its images noisy copies of it."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        glyph = rng.random((28, 28)) > 0.7
-        (root / f"class{c:02d}").mkdir(parents=True)
-        for i in range(images):
-            noisy = glyph ^ (rng.random((28, 28)) > 0.95)
-            Image.fromarray((noisy * 255).astype(np.uint8)).save(root / f"class{c:02d}" / f"{i}.png")
-    return root
-
-
 #: What shrinks the tour's runs to seconds: tiny budgets and networks; evaluation on two episodes.
 TINY_TRAINING = ["--iterations", "2", "--val-tasks", "2", "--test-tasks", "2", "--conv-channels", "8", "--no-progress"]
 
@@ -310,7 +296,7 @@ def test_the_image_tour_runs_command_by_command_on_a_tiny_budget(tmp_path, monke
     """Steps 2-6 of the quick tour (Omniglot, your folder, evaluate, predict, plot), in order, as the README
     writes them: only the budgets shrink, the folder is a synthetic one and Omniglot a random stand-in."""
     pytest.importorskip("sklearn", reason="the digits domain needs the digits extra (scikit-learn)")
-    folder = image_folder(tmp_path / "my-images", classes=25, images=20)  # 5 val and test classes; 1 + 15 images
+    folder = write_glyph_folder(tmp_path / "my-images", classes=25, images=20)  # 5 val and test classes; 1 + 15 images
     monkeypatch.chdir(tmp_path)
     ran = []
     for body in tour_blocks("2.", "7."):

@@ -16,6 +16,7 @@ from fastadapt.training.config import Config
 from fastadapt.training.runs import load_run, train
 from fastadapt.training.trainer import Trainer
 from fastadapt.training.threads import using_threads
+from episode_helpers import write_glyph_folder  # the tests directory is on sys.path under pytest
 
 
 def _dataset(classes=6, per_class=4, side=16) -> ClassDataset:
@@ -139,17 +140,8 @@ def _folder_cfg(root, tmp_path, **overrides):
 
 @pytest.fixture(scope="module")
 def glyphs(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("glyphs")
-    rng = np.random.default_rng(0)
-    for c in range(10):
-        glyph = rng.random((16, 16)) > 0.8
-        (root / f"class{c}").mkdir()
-        for i in range(4):
-            Image.fromarray(((glyph ^ (rng.random((16, 16)) > 0.97)) * 255).astype(np.uint8)).save(
-                root / f"class{c}" / f"{i}.png")
-    return root
+    return write_glyph_folder(tmp_path_factory.mktemp("glyphs"), classes=10, images=4, side=16, ink_above=0.8,
+                              flip_above=0.97, name="class{}")
 
 
 def test_a_baseline_run_resumes_exactly_and_loads_without_its_data(glyphs, tmp_path):
