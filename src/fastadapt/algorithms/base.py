@@ -165,6 +165,9 @@ class RLMetaLearner(nn.Module):
     uses_optimizer = True
     #: (support sets are for supervised learners; an RL learner reads none)
     reads_support_in_order = False
+    #: set by a distributed trainer when processes share a meta-batch: averages a tensor over them (an
+    #: all-reduce), for learners whose update needs more than averaged gradients (TRPO's line search)
+    process_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def meta_update(self, tasks, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
         raise NotImplementedError

@@ -143,7 +143,7 @@ class MAMLRL(RLMetaLearner):
                 some_rounds, final.select(few), final_advantages[few], self.policy.actions.select(old_dist, few))[1]
         info = trpo_step(list(self.policy.parameters()),
                          lambda: self.surrogate_and_kl(rounds, final, final_advantages, old_dist), self.trpo,
-                         curvature_kl)
+                         curvature_kl, average=self.process_mean)
         metrics = {"return": final.returns.mean().item(), "kl": info["kl"], "backtracks": info["backtracks"],
                    "surrogate_gain": info["loss_before"] - info["loss_after"]}
         if rounds:

@@ -13,6 +13,10 @@ Given a closure returning (surrogate loss to minimise, mean KL from the policy t
 
 ``curvature_kl``, if given, is a cheaper KL (e.g. on a subset of the batch, as rllab's ``subsample_factor``)
 whose Hessian stands in for the full one in steps 2-3; the line search still measures the full KL.
+
+``average``, if given, averages a tensor over processes that each hold a share of the batch (an all-reduce):
+it is applied to the gradient, every Fisher-vector product and every loss and KL the line search measures,
+so the processes take the step one process would take on the whole batch, up to rounding, in lockstep.
 """
 from __future__ import annotations
 
@@ -66,19 +70,22 @@ def conjugate_gradient(matrix_vector: Callable[[torch.Tensor], torch.Tensor], b:
 
 
 def trpo_step(parameters: list[torch.nn.Parameter], loss_and_kl: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-              settings: TRPOSettings, curvature_kl: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+              settings: TRPOSettings, curvature_kl: Callable[[], torch.Tensor] | None = None,
+              average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """Update ``parameters`` in place; returns the loss before/after, the KL reached and the backtracks taken."""
+    average = average or (lambda tensor: tensor)
     loss, kl = loss_and_kl()
+    gradient = average(parameters_to_vector(torch.autograd.grad(loss, parameters, retain_graph=curvature_kl is None)))
+    loss = average(loss.detach())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"TRPO surrogate loss is {loss.item()}: the returns or the policy contain NaN/inf")
-    gradient = parameters_to_vector(torch.autograd.grad(loss, parameters, retain_graph=curvature_kl is None))
     if curvature_kl is not None:
         kl = curvature_kl()
     kl_gradient = parameters_to_vector(torch.autograd.grad(kl, parameters, create_graph=True))
 
     def fisher_vector(v: torch.Tensor) -> torch.Tensor:
         product = torch.autograd.grad(kl_gradient @ v, parameters, retain_graph=True)
-        return parameters_to_vector(product) + settings.cg_damping * v
+        return average(parameters_to_vector(product)) + settings.cg_damping * v
 
     direction = conjugate_gradient(fisher_vector, -gradient, settings.cg_iterations)
     curvature = direction @ fisher_vector(direction)
@@ -90,7 +97,7 @@ def trpo_step(parameters: list[torch.nn.Parameter], loss_and_kl: Callable[[], tu
     with torch.no_grad():
         for backtrack in range(settings.line_search_steps):
             vector_to_parameters(old + settings.backtrack_ratio**backtrack * full_step, parameters)
-            new_loss, new_kl = loss_and_kl()
+            new_loss, new_kl = average(torch.stack(loss_and_kl()))
             if new_kl <= settings.max_kl and new_loss < loss:
                 info.update(loss_after=new_loss.item(), kl=new_kl.item(), backtracks=backtrack)
                 return info

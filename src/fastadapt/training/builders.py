@@ -446,6 +446,10 @@ ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
 MINIBATCH_TRAINED = frozenset({"baseline", "baseline++", "logreg"})
 #: Methods for the MDP families: they act in environments instead of reading support sets.
 RL_METHODS = frozenset({"maml-rl", "pretrained-rl", "rl2", "random-arms", "ucb1", "thompson", "bayes-optimal"})
+#: RL methods whose meta-batch splits over processes (--nproc): TRPO averages its gradient, Fisher-vector
+#: products and line-search values over them. RL^2's PPO normalises advantages and draws minibatches over
+#: the whole batch, so it runs in one process.
+RL_METHODS_SPLIT_OVER_PROCESSES = frozenset({"maml-rl", "pretrained-rl"})
 #: Hand-designed bandit algorithms: nothing to train, bandit tasks only.
 BANDIT_ALGORITHMS = frozenset({"random-arms", "ucb1", "thompson", "bayes-optimal"})
 POLICIES = ("auto", "gaussian", "categorical", "gru")

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training.builders import resolve_device
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state
@@ -169,6 +169,16 @@ def _flat_collective(tensors: Iterable[torch.Tensor], collective: Callable[[torc
             tensor.copy_(synced.view_as(tensor))
 
 
+def mean_over_processes(world_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function giving a tensor's mean over the processes (every process gets the same bits back)."""
+    def mean(tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total / world_size
+
+    return mean
+
+
 def average_gradients(learner: MetaLearner, world_size: int) -> None:
     """Replace every gradient by its mean over the processes (sum, then divide: gloo has no AVG)."""
     def mean(flat: torch.Tensor) -> None:
@@ -206,6 +216,8 @@ class DistributedTrainer(Trainer):
         super().__init__(cfg, learner, tasks, val_batches=val_batches, device=group.device,
                          progress=progress and group.rank == 0, gradient_hook=hook)
         _flat_collective(self.learner.state_dict().values(), lambda flat: dist.broadcast(flat, src=0))
+        if isinstance(learner, RLMetaLearner):  # its update averages what it needs (TRPO: gradients, line search)
+            learner.process_mean = mean_over_processes(group.world_size)
         self._seed_rank_rng()
 
     def _seed_rank_rng(self) -> None:

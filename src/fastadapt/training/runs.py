@@ -19,8 +19,9 @@ from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, RL_METHODS, build_learner, build_tasks,
-                                         check_config, eval_settings, resolve_device, resolve_model)
+from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, RL_METHODS, RL_METHODS_SPLIT_OVER_PROCESSES,
+                                         build_learner, build_tasks, check_config, eval_settings, resolve_device,
+                                         resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
@@ -92,9 +93,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
                 raise FileExistsError(f"{run_dir} already holds a run ({name}); pass --resume to continue it or "
                                       "choose another --output-dir")
     check_config(cfg)
-    if cfg.method.name in RL_METHODS and max(nproc or 1, distributed.launched_world_size() or 1) > 1:
-        raise ValueError(f"--nproc: {cfg.method.name} runs in one process (its TRPO / PPO updates are not split "
-                         "across processes); its simulator already steps every task of the meta-batch at once")
+    if (cfg.method.name in RL_METHODS - RL_METHODS_SPLIT_OVER_PROCESSES
+            and max(nproc or 1, distributed.launched_world_size() or 1) > 1):
+        raise ValueError(f"--nproc: {cfg.method.name} runs in one process (its PPO update normalises advantages and "
+                         "draws minibatches over the whole meta-batch); its simulator already steps every task at once")
     if nproc is not None:
         distributed.check_split(cfg.training.meta_batch_size, nproc)
     threads, why = choose_threads(cfg, resolve_model(cfg), threads_started_with(run_dir) if resume else None)
