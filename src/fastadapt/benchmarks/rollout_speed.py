@@ -48,7 +48,8 @@ def steps_per_second(family: str, workers: int, tasks: int, trajectories: int, h
     policy = GaussianMLPPolicy(distribution.spaces)
     try:
         rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 0))  # starts the workers, builds the envs
-        pids = rollout_workers(distribution.family.env_id, workers, tasks * trajectories).pids
+        groups = [len(range(tasks)[part]) * trajectories for part in batch.env.task_groups()]
+        pids = rollout_workers(distribution.family.env_id, workers, groups).pids
         times, cpu = [], []
         for repeat in range(repeats):
             workers_before = [process_seconds(pid) for pid in pids] if os.path.exists("/proc/self/stat") else None
