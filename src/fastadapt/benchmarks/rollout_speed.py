@@ -48,8 +48,7 @@ def steps_per_second(family: str, workers: int, tasks: int, trajectories: int, h
     policy = GaussianMLPPolicy(distribution.spaces)
     try:
         rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 0))  # starts the workers, builds the envs
-        groups = [len(range(tasks)[part]) * trajectories for part in batch.env.task_groups()]
-        pids = rollout_workers(distribution.family.env_id, workers, groups).pids
+        pids = rollout_workers(distribution.family.env_id, workers, tasks * trajectories).pids
         times, cpu = [], []
         for repeat in range(repeats):
             workers_before = [process_seconds(pid) for pid in pids] if os.path.exists("/proc/self/stat") else None

@@ -57,20 +57,6 @@ class BatchedEnv:
         """Apply actions of shape (tasks, trajectories, ...); return (observations, rewards, terminated)."""
         raise NotImplementedError
 
-    # --- to override where the simulation runs elsewhere (rollout workers) ---
-    def task_groups(self) -> list[slice]:
-        """Slices of the task dimension that ``send`` and ``receive`` step separately, so that a rollout can
-        compute the actions of one group while another is being stepped; one group by default."""
-        return [slice(None)]
-
-    def send(self, group: int, actions: torch.Tensor) -> None:
-        """Start stepping the tasks of one group with their actions (here: step at once)."""
-        self._stepped = self.step(actions)
-
-    def receive(self, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What ``step`` returns, for the group's last ``send``."""
-        return self._stepped
-
     # --- shared ---
     def reset(self, seeds: torch.Tensor | None = None) -> torch.Tensor:
         """With ``seeds`` (tasks, trajectories): start a trial (episode 0). Without: the trial's next episode."""

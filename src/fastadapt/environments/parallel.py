@@ -3,12 +3,8 @@ worker processes through gymnasium's ``AsyncVectorEnv``, while the policy acts o
 
 ``AsyncVectorEnv`` runs one process per sub-environment, and a meta-batch holds hundreds of environments
 (40 tasks x 20 trajectories), so each sub-environment is an ``EnvSlice``: a worker's share of the
-environments, stepped one after the other inside that worker.
-
-The rollout is pipelined: the tasks form two groups (halves), and with W >= 2 workers each group has its
-own ``AsyncVectorEnv`` (a lane) of about W / 2 workers, so the policy computes one group's actions while
-the other group's workers step; a lane of w workers cuts its n environments into w contiguous slices of
-ceil(n / w). With one worker (or none) a single lane steps both groups once both have acted.
+environments, stepped one after the other inside that worker. With W workers, a batch of n environments
+is cut into W contiguous slices of ceil(n / W).
 
 A trajectory depends only on its seed and the actions taken: each environment is reset with its own
 seed (``reset(seed=...)``, which also clears MuJoCo's solver warm start), so the same seeds give the same
@@ -43,10 +39,6 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
 from fastadapt.environments.base import BatchedEnv, Spaces, check_positive
-
-
-#: groups of environments a rollout pipelines: the policy acts in one while the workers step the other
-PIPELINE_GROUPS = 2
 
 
 class RolloutWorkerError(RuntimeError):
@@ -128,12 +120,17 @@ def _death(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-class _Lane:
-    """Environments stepped together: one ``AsyncVectorEnv`` of ``workers`` processes, each holding ``slots``
-    environments (or, with 0 workers, one ``EnvSlice`` in this process)."""
+class RolloutWorkers:
+    """``workers`` processes (0: this process), each holding ``slots`` environments of ``env_id``.
+
+    ``reset(tasks, seeds)`` starts a batch of n <= workers * slots environments; ``step(actions)`` steps them.
+    """
 
     def __init__(self, env_id: str, workers: int, slots: int) -> None:
-        self.workers, self.slots, self.count = workers, slots, 0
+        if not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"rollout_workers must be a number of processes >= 0, got {workers!r}")
+        self.env_id, self.workers, self.slots = env_id, workers, check_positive("slots", slots)
+        self.closed, self.count = False, 0
         self.vector: AsyncVectorEnv | None = None
         if workers == 0:
             self.local = EnvSlice(env_id, slots, 0)
@@ -148,102 +145,12 @@ class _Lane:
                 "if __name__ == '__main__' (or use rollout_workers 0 to step environments in this process)") from None
 
     @property
-    def processes(self) -> list:
-        return [] if self.vector is None else list(self.vector.processes)
+    def pids(self) -> list[int]:
+        return [] if self.vector is None else [process.pid for process in self.vector.processes]
 
     @property
     def capacity(self) -> int:
         return max(self.workers, 1) * self.slots
-
-    def _per_slice(self) -> int:
-        return math.ceil(self.count / max(self.workers, 1))
-
-    def reset(self, tasks: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        self.count = len(seeds)
-        options = {"tasks": tasks, "seeds": seeds, "per_slice": self._per_slice()}
-        if self.vector is None:
-            return self.local.reset(options=options)[0][: self.count]
-        observations, _ = self.vector.reset(options=options)
-        return self._gather(observations)
-
-    def step_async(self, actions: np.ndarray) -> None:
-        if self.vector is None:
-            padded = np.zeros((self.slots, actions.shape[-1]))
-            padded[: self.count] = actions
-            self.result = self.local.step(padded)
-            return
-        padded = np.zeros((self.workers * self.slots, actions.shape[-1]))
-        padded[self._slot_index()] = actions
-        self.vector.step_async(padded.reshape(self.workers, self.slots, -1))
-
-    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.vector is None:
-            observations, rewards, terminated, _, _ = self.result
-            return observations[: self.count].copy(), rewards[: self.count], terminated[: self.count]
-        observations, rewards, terminated, _, _ = self.vector.step_wait()
-        index = self._slot_index()
-        return self._gather(observations), rewards.reshape(-1)[index], np.asarray(terminated).reshape(-1)[index]
-
-    def _slot_index(self) -> np.ndarray:
-        """Where environment i of the lane sits in the flattened (workers x slots) layout."""
-        i, per_slice = np.arange(self.count), self._per_slice()
-        return (i // per_slice) * self.slots + i % per_slice
-
-    def _gather(self, observations: np.ndarray) -> np.ndarray:
-        return np.asarray(observations).reshape(self.workers * self.slots, -1)[self._slot_index()]
-
-    def close(self, terminate: bool) -> None:
-        if self.vector is None:
-            self.local.close()
-            return
-        with warnings.catch_warnings():  # gymnasium warns when closing mid-step, which is the point here
-            warnings.simplefilter("ignore")
-            try:
-                self.vector.close(terminate=terminate)
-            except Exception:  # a worker already gone: make sure none is left
-                self.vector.close(terminate=True)
-
-
-class RolloutWorkers:
-    """``workers`` processes (0: this process) holding ``environments`` environments of ``env_id`` between them.
-
-    ``reset(tasks, seeds, groups)`` starts a batch of environments, cut into consecutive groups of the given sizes;
-    ``step_async(group, actions)`` and ``step_wait(group)`` step one group. With two or more workers the groups
-    are pipelined: each runs on its own share of the workers (its lane), so the policy can act in one group while
-    the other is being stepped. With fewer workers than that there is one lane, which steps once every group's
-    actions are in.
-    """
-
-    def __init__(self, env_id: str, workers: int, groups: list[int]) -> None:
-        if not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"rollout_workers must be a number of processes >= 0, got {workers!r}")
-        self.env_id, self.workers, self.closed = env_id, workers, False
-        shares = [workers] if workers < PIPELINE_GROUPS else [workers // PIPELINE_GROUPS + (g < workers % PIPELINE_GROUPS)
-                                                              for g in range(PIPELINE_GROUPS)]
-        # one lane holds every group; pipelined lanes hold one group each
-        per_lane = check_positive("environments", sum(groups) if len(shares) == 1 else max(groups))
-        self.lanes: list[_Lane] = []
-        try:
-            for share in shares:
-                self.lanes.append(_Lane(env_id, share, math.ceil(per_lane / max(share, 1))))
-        except BaseException:
-            self.close(terminate=True)
-            raise
-        self.sizes: list[int] = []
-        self.waiting: dict[int, np.ndarray] = {}
-
-    def fits(self, groups: list[int]) -> bool:
-        if len(self.lanes) == 1:
-            return sum(groups) <= self.lanes[0].capacity
-        return len(groups) <= len(self.lanes) and max(groups) <= min(lane.capacity for lane in self.lanes)
-
-    @property
-    def processes(self) -> list:
-        return [process for lane in self.lanes for process in lane.processes]
-
-    @property
-    def pids(self) -> list[int]:
-        return [process.pid for process in self.processes]
 
     def _guarded(self, what: str, call):
         """Run a call to the workers; on any failure shut them down, and name a worker that died."""
@@ -266,75 +173,83 @@ class RolloutWorkers:
 
     def _dead_workers(self, patience: float) -> list[tuple[int, int, int | None]]:
         """(index, pid, exit code) of the workers that have exited, waiting up to ``patience`` s for a dying one."""
+        if self.vector is None:
+            return []
         deadline = time.monotonic() + patience
         while True:
-            dead = [(index, process.pid, process.exitcode) for index, process in enumerate(self.processes)
+            dead = [(index, process.pid, process.exitcode) for index, process in enumerate(self.vector.processes)
                     if not process.is_alive()]
             if dead or time.monotonic() > deadline:
                 return dead
             time.sleep(0.02)
 
-    def reset(self, tasks: np.ndarray, seeds: np.ndarray, groups: list[int] | None = None) -> np.ndarray:
-        """Start environment i with task ``tasks[i]`` and seed ``seeds[i]``; their observations (n, obs).
-        ``groups``: the sizes of the consecutive groups ``step_async`` will step (default: one group)."""
-        count = len(seeds)
-        self.sizes = list(groups) if groups else [count]
-        if sum(self.sizes) != count or len(self.sizes) > PIPELINE_GROUPS or not self.fits(self.sizes):
-            raise ValueError(f"{count} environments in groups of {self.sizes} do not fit these workers")
-        tasks, seeds = np.asarray(tasks, dtype=np.float64), np.asarray(seeds, dtype=np.int64)
-        self.waiting = {}
-        bounds = np.cumsum([0, *self.sizes]) if len(self.lanes) > 1 else np.array([0, count])
-        return self._guarded("a reset", lambda: np.concatenate([
-            lane.reset(tasks[start:stop], seeds[start:stop])
-            for lane, start, stop in zip(self.lanes, bounds[:-1], bounds[1:]) if stop > start]))
+    def _per_slice(self, count: int) -> int:
+        if count > self.capacity:
+            raise ValueError(f"{count} environments do not fit {self.workers} workers x {self.slots} slots")
+        return math.ceil(count / max(self.workers, 1))
 
-    def step_async(self, group: int, actions: np.ndarray) -> None:
-        """Send one group's actions (group_size, action)."""
-        if len(self.lanes) > 1:
-            self._guarded("a step", lambda: self.lanes[group].step_async(actions))
-            return
-        self.waiting[group] = actions
-        if len(self.waiting) == len(self.sizes):  # one lane: step when every group has acted
-            everything = np.concatenate([self.waiting[g] for g in range(len(self.sizes))])
-            self._guarded("a step", lambda: self.lanes[0].step_async(everything))
-            self.results = self._guarded("a step", self.lanes[0].step_wait)
-            self.waiting = {}
-
-    def step_wait(self, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One group's observations (group_size, obs), rewards and terminated (group_size,) after its actions."""
-        if len(self.lanes) > 1:
-            return self._guarded("a step", self.lanes[group].step_wait)
-        start = sum(self.sizes[:group])
-        return tuple(result[start : start + self.sizes[group]] for result in self.results)
+    def reset(self, tasks: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """Start environment i with task ``tasks[i]`` and seed ``seeds[i]``; their observations (n, obs)."""
+        self.count = len(seeds)
+        options = {"tasks": np.asarray(tasks, dtype=np.float64), "seeds": np.asarray(seeds, dtype=np.int64),
+                   "per_slice": self._per_slice(self.count)}
+        if self.vector is None:
+            return self.local.reset(options=options)[0][: self.count]
+        observations, _ = self._guarded("a reset", lambda: self.vector.reset(options=options))
+        return self._gather(observations)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Step every group: actions (n, action); observations (n, obs), rewards (n,) and terminated (n,)."""
-        bounds = np.cumsum([0, *self.sizes])
-        for group, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-            self.step_async(group, actions[start:stop])
-        results = [self.step_wait(group) for group in range(len(self.sizes))]
-        return tuple(np.concatenate(parts) for parts in zip(*results))
+        """Actions (n, action); returns observations (n, obs), rewards (n,) and terminated (n,)."""
+        if self.vector is None:
+            padded = np.zeros((self.slots, actions.shape[-1]))
+            padded[: self.count] = actions
+            observations, rewards, terminated, _, _ = self.local.step(padded)
+            return observations[: self.count].copy(), rewards[: self.count], terminated[: self.count]
+        per_slice = self._per_slice(self.count)
+        padded = np.zeros((self.workers * self.slots, actions.shape[-1]))
+        index = self._slot_index(per_slice)
+        padded[index] = actions
+        observations, rewards, terminated, _, _ = self._guarded(
+            "a step", lambda: self.vector.step(padded.reshape(self.workers, self.slots, -1)))
+        return (self._gather(observations), rewards.reshape(-1)[index],
+                np.asarray(terminated).reshape(-1)[index])
+
+    def _slot_index(self, per_slice: int) -> np.ndarray:
+        """Where environment i of the batch sits in the flattened (workers x slots) layout."""
+        i = np.arange(self.count)
+        return (i // per_slice) * self.slots + i % per_slice
+
+    def _gather(self, observations: np.ndarray) -> np.ndarray:
+        flat = np.asarray(observations).reshape(self.workers * self.slots, -1)
+        return flat[self._slot_index(self._per_slice(self.count))]
 
     def close(self, terminate: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
-        for lane in self.lanes:
-            lane.close(terminate)
+        if self.vector is not None:
+            with warnings.catch_warnings():  # gymnasium warns when closing mid-step, which is the point here
+                warnings.simplefilter("ignore")
+                try:
+                    self.vector.close(terminate=terminate)
+                except Exception:  # a worker already gone: make sure none is left
+                    self.vector.close(terminate=True)
+        else:
+            self.local.close()
 
 
 _POOLS: dict[tuple, RolloutWorkers] = {}
 
 
-def rollout_workers(env_id: str, workers: int, groups: list[int]) -> RolloutWorkers:
+def rollout_workers(env_id: str, workers: int, environments: int) -> RolloutWorkers:
     """The process's pool for ``env_id`` and ``workers``, started (or restarted larger, or after a failure)
-    so that it holds groups of environments of the sizes ``groups``."""
+    so that it holds at least ``environments`` environments."""
     key = (env_id, workers)
     pool = _POOLS.get(key)
-    if pool is None or pool.closed or not pool.fits(groups):
+    if pool is None or pool.closed or pool.capacity < environments:
         if pool is not None:
             pool.close()
-        pool = _POOLS[key] = RolloutWorkers(env_id, workers, groups)
+        pool = _POOLS[key] = RolloutWorkers(env_id, workers, math.ceil(environments / max(workers, 1)))
     return pool
 
 
@@ -365,44 +280,21 @@ class BatchedGymnasium(BatchedEnv):
         if self.tasks.dim() != 2:
             raise ValueError(f"tasks must have shape (tasks, task size), got {tuple(self.tasks.shape)}")
 
-    def task_groups(self) -> list[slice]:
-        """Two halves of the tasks, pipelined by the rollout workers (one group for a single task)."""
-        half = math.ceil(self.num_tasks / PIPELINE_GROUPS)
-        return [slice(0, half), slice(half, self.num_tasks)] if self.num_tasks >= PIPELINE_GROUPS else [slice(None)]
-
     def _start_episode(self, trajectories: int) -> torch.Tensor:
         seeds = self._seeds.cpu().numpy().reshape(-1)
         tasks = self.tasks.double().cpu().numpy().repeat(trajectories, axis=0)
-        self._group_tasks = [len(range(self.num_tasks)[part]) for part in self.task_groups()]
-        sizes = [count * trajectories for count in self._group_tasks]
-        self._pool = rollout_workers(self.env_id, self.workers, sizes)
-        self._trajectories = trajectories
-        return self._tensor(self._pool.reset(tasks, seeds, sizes), self.num_tasks)
+        self._pool = rollout_workers(self.env_id, self.workers, len(seeds))
+        self._shape = (self.num_tasks, trajectories)
+        return self._tensor(self._pool.reset(tasks, seeds))
 
-    def _tensor(self, array: np.ndarray, tasks: int) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.tasks.device, self.tasks.dtype)
-        return tensor.reshape(tasks, self._trajectories, *array.shape[1:])
-
-    def send(self, group: int, actions: torch.Tensor) -> None:
-        if group == 0:
-            self._count_step()
-        expected = (self._group_tasks[group], self._trajectories, self.spaces.action_size)
-        if tuple(actions.shape) != expected:
-            raise ValueError(f"actions must have shape {expected}, got {tuple(actions.shape)}")
-        self._pool.step_async(group, actions.detach().double().cpu().numpy().reshape(-1, expected[-1]))
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.tasks.device, self.tasks.dtype).reshape(*self._shape, *array.shape[1:])
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        expected = (self.num_tasks, self._trajectories, self.spaces.action_size)
+        self._count_step()
+        expected = (*self._shape, self.spaces.action_size)
         if tuple(actions.shape) != expected:
             raise ValueError(f"actions must have shape {expected}, got {tuple(actions.shape)}")
-        parts = self.task_groups()
-        for group, part in enumerate(parts):
-            self.send(group, actions[part])
-        results = [self.receive(group) for group in range(len(parts))]
-        return tuple(torch.cat(result) for result in zip(*results))
-
-    def receive(self, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        observations, rewards, terminated = self._pool.step_wait(group)
-        tasks = self._group_tasks[group]
-        done = torch.from_numpy(np.asarray(terminated, dtype=bool)).reshape(tasks, self._trajectories)
-        return self._tensor(observations, tasks), self._tensor(rewards, tasks), done.to(self.tasks.device)
+        observations, rewards, terminated = self._pool.step(actions.detach().double().cpu().numpy().reshape(-1, expected[-1]))
+        done = torch.from_numpy(np.asarray(terminated, dtype=bool)).reshape(self._shape)
+        return self._tensor(observations), self._tensor(rewards), done.to(self.tasks.device)

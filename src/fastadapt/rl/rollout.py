@@ -45,76 +45,43 @@ class Episodes:
                                 if f.name != "times" and getattr(self, f.name) is not None})
 
 
-COLUMNS = ("observations", "actions", "rewards", "log_probs", "masks", "dones")
-
-
-class _TaskGroup:
-    """The tasks an environment steps together (all of them, or one of its pipelined groups), and what happened
-    in them so far: the policy acts on the group's current observations, then ``record`` adds the step's outcome."""
-
-    def __init__(self, part: slice, policy: nn.Module, params: dict | None, noise: torch.Tensor) -> None:
-        self.part, self.policy, self.noise = part, policy, noise[part]
-        self.params = None if params is None else {name: value[part] for name, value in params.items()}
-        self.columns: dict[str, list[torch.Tensor]] = {name: [] for name in COLUMNS}
-        self.values: list[torch.Tensor] = []
-        self.memory = None
-
-    def start_episode(self, observations: torch.Tensor) -> None:
-        self.observations = observations
-        if self.memory is None:
-            self.memory = self.policy.initial_memory(observations.shape[:2], observations)
-        self.alive = torch.ones(observations.shape[:2], dtype=torch.bool, device=observations.device)
-
-    def act(self, step: int) -> torch.Tensor:
-        dist, self.value, self.stepped = self.policy.act(self.observations, self.memory, self.params)
-        self.actions = self.policy.actions.sample(dist, self.noise[:, :, step])
-        self.log_probs = self.policy.actions.log_prob(dist, self.actions)
-        return self.actions
-
-    def record(self, next_observations: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
-               last: bool) -> None:
-        done = terminated | last
-        mask = self.alive.to(rewards.dtype)
-        for name, value_t in (("observations", self.observations), ("actions", self.actions),
-                              ("rewards", rewards * mask), ("log_probs", self.log_probs * mask),
-                              ("masks", mask), ("dones", done.to(rewards.dtype) * mask)):
-            self.columns[name].append(value_t)
-        if self.value is not None:
-            self.values.append(self.value * mask)
-        self.memory = self.policy.remember(self.memory, self.stepped, self.actions, rewards, done, self.alive)
-        self.alive = self.alive & ~terminated
-        self.observations = next_observations
-
-
 @torch.no_grad()
 def rollout(env: BatchedEnv, policy: nn.Module, seeds: torch.Tensor, params: dict | None = None) -> Episodes:
-    """One trial per (task, trajectory); ``seeds`` is (tasks, trajectories); ``params`` optional per-task weights.
-
-    Where the environment steps groups of tasks separately (``env.task_groups()``: MuJoCo in rollout workers),
-    the policy acts in each group as soon as its last step is back, while the other group is still being
-    stepped. The policy always acts on the same groups, so the trajectories do not depend on where the
-    environments run."""
+    """One trial per (task, trajectory); ``seeds`` is (tasks, trajectories); ``params`` optional per-task weights."""
     num_tasks, trajectories = seeds.shape
     horizon, length = env.horizon, env.episodes * env.horizon
     steps = torch.arange(length, device=seeds.device)
     action_noise = policy.actions.noise(derive_seeds(seeds, POLICY_STREAM), steps)
     env_seeds = derive_seeds(seeds, ENV_STREAM)
-    groups = [_TaskGroup(part, policy, params, action_noise) for part in env.task_groups()]
+
+    columns: dict[str, list[torch.Tensor]] = {name: [] for name in
+                                              ("observations", "actions", "rewards", "log_probs", "masks", "dones")}
+    values: list[torch.Tensor] = []
+    memory = None
     for episode in range(env.episodes):
         observations = env.reset(env_seeds if episode == 0 else None)
-        for group in groups:
-            group.start_episode(observations[group.part])
+        if memory is None:
+            memory = policy.initial_memory((num_tasks, trajectories), observations)
+        alive = torch.ones(num_tasks, trajectories, dtype=torch.bool, device=observations.device)
         for t in range(horizon):
-            for index, group in enumerate(groups):
-                if t > 0:
-                    group.record(*env.receive(index), last=False)
-                env.send(index, group.act(episode * horizon + t))
-        for index, group in enumerate(groups):
-            group.record(*env.receive(index), last=True)
-    stacked = {name: torch.cat([torch.stack(group.columns[name], dim=2) for group in groups])
-               for name in COLUMNS}
-    values = torch.cat([torch.stack(group.values, dim=2) for group in groups]) if groups[0].values else None
-    return Episodes(**stacked, times=steps % horizon, values=values)
+            dist, value, stepped = policy.act(observations, memory, params)
+            actions = policy.actions.sample(dist, action_noise[:, :, episode * horizon + t])
+            log_probs = policy.actions.log_prob(dist, actions)
+            next_observations, rewards, terminated = env.step(actions)
+            done = terminated | (t == horizon - 1)
+            mask = alive.to(rewards.dtype)
+            for name, value_t in (("observations", observations), ("actions", actions),
+                                  ("rewards", rewards * mask), ("log_probs", log_probs * mask),
+                                  ("masks", mask), ("dones", done.to(rewards.dtype) * mask)):
+                columns[name].append(value_t)
+            if value is not None:
+                values.append(value * mask)
+            memory = policy.remember(memory, stepped, actions, rewards, done, alive)
+            alive = alive & ~terminated
+            observations = next_observations
+    stacked = {name: torch.stack(column, dim=2) for name, column in columns.items()}
+    times = steps % horizon
+    return Episodes(**stacked, times=times, values=torch.stack(values, dim=2) if values else None)
 
 
 def replay(policy: nn.Module, episodes: Episodes) -> tuple[object, torch.Tensor]:
