@@ -129,9 +129,10 @@ def _episodes(workers, tasks=3, trajectories=2, horizon=12):
 
 def test_fixed_seeds_give_identical_rollouts_through_the_vector_api_for_any_worker_count():
     batch, local = _episodes(workers=0)
-    _, parallel = _episodes(workers=2)  # one worker: the resume test below trains with 1 and without workers
-    for name in ("observations", "actions", "rewards", "masks"):
-        assert torch.equal(getattr(local, name), getattr(parallel, name)), name
+    for workers in (1, 2, 4):  # 4 workers for 6 environments: slices of 2, 2, 2 and an empty one
+        _, parallel = _episodes(workers=workers)
+        for name in ("observations", "actions", "rewards", "masks"):
+            assert torch.equal(getattr(local, name), getattr(parallel, name)), (workers, name)
     # ... and equal to the gymnasium environment stepped by hand with the recorded actions and the same seed
     env = gymnasium.make(CHEETAH_ID).unwrapped
     seeds = batch.trajectory_seeds(2, 0)
