@@ -22,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_every_rl_preset_is_a_valid_run_configuration():
     names = [n for n in preset_names() if n.startswith("rl-")]
     assert {"rl-nav2d-maml", "rl-nav2d-pretrained", "rl-nav2d-random", "rl-nav2d-oracle", "rl-bandit-rl2",
-            "rl-bandit-rl2-k5-n10", "rl-bandit-rl2-k50-n500", "rl-bandit-ucb1", "rl-bandit-thompson", "rl-bandit-random-arms",
-            "rl-bandit-bayes-optimal", "rl-mdp-rl2"} <= set(names)
+            "rl-bandit-rl2-k5-n10", "rl-bandit-rl2-k50-n500", "rl-bandit-ucb1", "rl-bandit-thompson",
+            "rl-bandit-random-arms", "rl-bandit-bayes-optimal", "rl-mdp-rl2"} <= set(names)
     maml = load_preset("rl-nav2d-maml")
     assert (maml.method.inner_lr, maml.method.max_kl, maml.task.horizon, maml.task.trajectories,
             maml.training.meta_batch_size, maml.model.hidden_sizes) == (0.1, 0.01, 100, 20, 20, [100, 100])
