@@ -159,6 +159,25 @@ def test_workers_ignore_ctrl_c_and_a_pool_is_reused_across_rollouts():
     assert torch.isfinite(again.rewards).all()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_each_worker_of_a_pool_is_pinned_to_its_own_core():
+    _episodes(workers=2)
+    cores = [os.sched_getaffinity(pid) for pid in rollout_workers(CHEETAH_ID, 2, 6).pids]
+    assert all(len(core) == 1 for core in cores) and cores[0] != cores[1]
+    assert cores[0] | cores[1] <= os.sched_getaffinity(0)
+
+
+def test_bench_rollout_speed_times_the_worker_counts_in_turn_and_prints_their_ratio(capsys):
+    from fastadapt.cli import main
+
+    assert main(["bench", "rollout-speed", "--tasks", "1", "--trajectories", "2", "--horizon", "3", "--repeats", "2",
+                 "--workers", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    rates = [float(line.split()[2].replace(",", "")) for line in out.splitlines() if "environment steps / s" in line]
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)
+    assert "2 workers / 1 worker:" in out and "the median over the rounds (range" in out
+
+
 class KillingPolicy(GaussianMLPPolicy):
     """Kills rollout worker 0 before the ``at``-th step of a rollout: a worker dying mid-rollout."""
 
