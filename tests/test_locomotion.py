@@ -159,7 +159,8 @@ def test_workers_ignore_ctrl_c_and_a_pool_is_reused_across_rollouts():
     assert torch.isfinite(again.rewards).all()
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and 2 CPUs")
 def test_each_worker_of_a_pool_is_pinned_to_its_own_core():
     _episodes(workers=2)
     cores = [os.sched_getaffinity(pid) for pid in rollout_workers(CHEETAH_ID, 2, 6).pids]

@@ -109,14 +109,15 @@ def _worker_slice(env_id: str, size: int, index: int) -> EnvSlice:
     registers the ids). In a worker, Ctrl-C is ignored: it belongs to the main process, which stops after the
     current step; gymnasium also calls this once in the main process, for the spaces.
 
-    Worker i is pinned to the i-th of the cores this process may use (round robin): the workers sleep while
-    the policy acts and wake together for every step, and a worker woken on a core another one or the main
-    process is using waits to be moved; pinned, 2 workers stepped about 5% more steps a second on the 2-core
-    machine (docs/benchmarks.md)."""
+    On Linux, worker i is pinned to the i-th of the cores this process may use (round robin): the workers
+    sleep while the policy acts and wake together for every step, and a worker woken on a core that another
+    one or the main process is using waits to be moved; pinned, 2 workers stepped 4-9% more steps a second
+    on the 2-core machine (docs/benchmarks.md)."""
     if multiprocessing.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+        if hasattr(os, "sched_setaffinity"):  # Linux
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {cpus[index % len(cpus)]})
     return EnvSlice(env_id, size, index)
 
 
