@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"  {workers} worker{'s' if workers != 1 else ' '}   {statistics.median(rates[workers]):10,.0f} "
               f"environment steps / s{bound}", flush=True)
     if 1 in rates and 2 in rates:
-        ratio = statistics.median(two / one for one, two in zip(rates[1], rates[2]))
-        print(f"  2 workers / 1 worker: {ratio:.2f}x measured, the median over the rounds (range "
-              f"{min(two / one for one, two in zip(rates[1], rates[2])):.2f}-"
-              f"{max(two / one for one, two in zip(rates[1], rates[2])):.2f}; target >= {TWO_WORKER_TARGET}x on an idle "
-              f"2-core machine: {'met' if ratio >= TWO_WORKER_TARGET else 'NOT met'})")
+        ratios = [two / one for one, two in zip(rates[1], rates[2])]
+        ratio = statistics.median(ratios)
+        print(f"  2 workers / 1 worker: {ratio:.2f}x measured, the median over the rounds (range {min(ratios):.2f}-"
+              f"{max(ratios):.2f}; target >= {TWO_WORKER_TARGET}x on an idle 2-core machine: "
+              f"{'met' if ratio >= TWO_WORKER_TARGET else 'NOT met'})")
         if None not in allowed[1] + allowed[2]:
             bound_ratio = statistics.median(allowed[2]) / statistics.median(allowed[1])
             print(f"  2 workers / 1 worker by CPU time (main process + busiest worker): {bound_ratio:.2f}x: "
