@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if 1 in rates and 2 in rates:
         ratios = [two / one for one, two in zip(rates[1], rates[2])]
         ratio = statistics.median(ratios)
-        print(f"  2 workers / 1 worker: {ratio:.2f}x measured, the median over the rounds (range {min(ratios):.2f}-"
+        print(f"  2 workers / 1 worker: {ratio:.3f}x measured, the median over the rounds (range {min(ratios):.2f}-"
               f"{max(ratios):.2f}; target >= {TWO_WORKER_TARGET}x on an idle 2-core machine: "
               f"{'met' if ratio >= TWO_WORKER_TARGET else 'NOT met'})")
         if None not in allowed[1] + allowed[2]:
