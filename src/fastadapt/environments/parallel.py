@@ -140,6 +140,7 @@ class RolloutWorkers:
             raise ValueError(f"rollout_workers must be a number of processes >= 0, got {workers!r}")
         self.env_id, self.workers, self.slots = env_id, workers, check_positive("slots", slots)
         self.closed, self.count = False, 0
+        self.batch_slots = np.zeros(0, dtype=np.int64)  # where the current batch's environments sit (set by reset)
         self.vector: AsyncVectorEnv | None = None
         if workers == 0:
             self.local = EnvSlice(env_id, slots, 0)
