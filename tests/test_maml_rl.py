@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from fastadapt.algorithms import MAMLRL, PretrainedPolicy
+from fastadapt.algorithms import MAMLRL, MetaSGDRL, PretrainedPolicy
 from fastadapt.models.policies import GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.rl import TRPOSettings
 from fastadapt.tasks.mdp import BanditTasks, Navigation2DTasks
@@ -14,11 +14,11 @@ from fastadapt.tasks.mdp import BanditTasks, Navigation2DTasks
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _learner(first_order=False, inner_steps=1, dtype=torch.float64, **options):
+def _learner(first_order=False, inner_steps=1, dtype=torch.float64, method=MAMLRL, **options):
     torch.manual_seed(0)
     tasks = Navigation2DTasks(horizon=12, dtype=dtype).fixed_tasks(3, "val")
     policy = GaussianMLPPolicy(tasks.env.spaces, (16, 16)).to(dtype)
-    return MAMLRL(policy, inner_lr=0.3, inner_steps=inner_steps, trajectories=4, first_order=first_order,
+    return method(policy, inner_lr=0.3, inner_steps=inner_steps, trajectories=4, first_order=first_order,
                   **options), tasks
 
 
@@ -73,6 +73,43 @@ def test_meta_gradient_equals_a_per_task_reference_loop_in_float64(first_order, 
         first_grad = torch.autograd.grad(_reference_meta_loss(first, rounds, final, final_advantages, True),
                                          list(first.policy.parameters()))
         assert max((a - b).abs().max().item() for a, b in zip(ours_grad, first_grad)) > 1e-6
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_metasgd_rl_starts_as_maml_and_its_step_size_gradient_matches_finite_differences(first_order):
+    maml, tasks = _learner(first_order)
+    learner, _ = _learner(first_order, method=MetaSGDRL)
+    rounds, final, final_advantages, old = _rounds(learner, tasks)
+    ours = learner.surrogate_and_kl(rounds, final, final_advantages, old)[0]
+    torch.testing.assert_close(ours, maml.surrogate_and_kl(rounds, final, final_advantages, old)[0],
+                               rtol=1e-12, atol=1e-12)  # every learned step size starts at alpha
+    rates = list(learner.inner_rates.values())
+    gradient = torch.autograd.grad(ours, rates)
+    directions = [torch.randn_like(rate) for rate in rates]
+    analytic = sum((g * d).sum() for g, d in zip(gradient, directions))
+    with torch.no_grad():
+        def loss_at(shift):
+            for rate, direction in zip(rates, directions):
+                rate.add_(shift * direction)
+            value = learner.surrogate_and_kl(rounds, final, final_advantages, old)[0]
+            for rate, direction in zip(rates, directions):
+                rate.sub_(shift * direction)
+            return value
+        numeric = (loss_at(1e-6) - loss_at(-1e-6)) / 2e-6
+    assert analytic.abs() > 1e-4  # the step sizes do move the meta-objective
+    torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_metasgd_rl_meta_update_trains_the_step_sizes_and_scales_them_at_test_time():
+    learner, tasks = _learner(dtype=torch.float32, method=MetaSGDRL, eval_inner_lrs=[0.3, 0.15])
+    metrics = learner.meta_update(tasks)
+    assert 0 < metrics["kl"] <= 0.01
+    rates = learner.step_sizes(0.3)
+    assert set(rates) == {name for name, _ in learner.policy.named_parameters()}
+    assert any(not torch.allclose(rate, torch.full_like(rate, 0.3)) for rate in rates.values())
+    halved = learner.step_sizes(learner.eval_lr(1))
+    assert all(torch.allclose(halved[name], rates[name] / 2) for name in rates)
+    assert any(key.startswith("inner_rates.") for key in learner.state_dict())  # checkpointed with the policy
 
 
 def test_meta_update_is_a_trpo_step_within_the_kl_bound_and_deterministic():

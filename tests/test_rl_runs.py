@@ -70,9 +70,11 @@ def _params(learner):
 @pytest.mark.parametrize("overrides", [
     dict(algorithm="maml-rl", tasks="nav2d", horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
          inner_lr=0.1),
+    dict(algorithm="metasgd-rl", tasks="nav2d", horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
+         inner_lr=0.1),
     dict(algorithm="rl2", tasks="bandit", arms=3, horizon=5, trajectories=2, meta_batch_size=4, recurrent_size=8,
          ppo_epochs=2, ppo_minibatches=2),
-], ids=["maml-rl", "rl2"])
+], ids=["maml-rl", "metasgd-rl", "rl2"])
 def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, overrides):
     def cfg(name):
         return Config(iterations=6, log_every=1, val_every=2, checkpoint_every=2, val_tasks=2, test_tasks=2,

@@ -232,7 +232,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from fastadapt.plots import (plot_cells, plot_frame_strip, plot_learning_curves, plot_navigation_trajectories,
                                  plot_task_architectures)
     from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
-    from fastadapt.training.builders import ARCHITECTURE_SEARCH, load_architecture
+    from fastadapt.training.builders import ARCHITECTURE_SEARCH, POLICY_GRADIENT_ADAPTED, load_architecture
     from fastadapt.training.inspection import locomotion_frames, navigation_paths, task_architectures
     from fastadapt.training.runs import load_metrics, load_run, write_architecture
 
@@ -242,7 +242,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
     folder = path.parent
     cfg = Config.load(run_dir / "config.yaml")
-    if cfg.task.family == "nav2d" and cfg.method.name in ("maml-rl", "pretrained-rl"):
+    if cfg.task.family == "nav2d" and cfg.method.name in POLICY_GRADIENT_ADAPTED:
         cfg, learner = load_run(run_dir, "best")
         steps = tuple(s for s in (0, 1, 3) if s <= max(cfg.evaluation.eval_steps))  # the oracle: 0 steps only
         who = f"{cfg.method.name}{' (goal observed: oracle)' if cfg.task.observe_goal else ''}"
@@ -251,7 +251,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
             title=f"{who}: one sampled trajectory per test goal" + (" before and after adaptation" if len(steps) > 1
                                                                      else ""))
         print(f"wrote {figure}")
-    if cfg.task.family in LOCOMOTION_FAMILIES and cfg.method.name in ("maml-rl", "pretrained-rl"):
+    if cfg.task.family in LOCOMOTION_FAMILIES and cfg.method.name in POLICY_GRADIENT_ADAPTED:
         cfg, learner = load_run(run_dir, "best")
         try:
             rows = locomotion_frames(cfg, learner)

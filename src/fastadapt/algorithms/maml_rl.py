@@ -94,13 +94,20 @@ class MAMLRL(RLMetaLearner):
         log_probs = self.policy.actions.log_prob(dist, actions)
         return policy_gradient_loss(log_probs[None], advantages[None], masks[None])[0]
 
+    def step_sizes(self, lr: float) -> Params | float:
+        """The inner step's size: the scalar ``lr`` for MAML (Meta-SGD-RL learns one per weight)."""
+        return lr
+
     def inner_step(self, params: Params, per_task: bool, episodes: Episodes, advantages: torch.Tensor,
                    lr: float, first_order: bool) -> Params:
         """phi_i = params - lr * grad L_i(params) for every task at once; ``per_task``: params carry a task dim."""
 
+        rates = self.step_sizes(lr)
+
         def step_one_task(p: Params, observations, actions, task_advantages, masks) -> Params:
             grads = grad(self._inner_loss)(p, observations, actions, task_advantages, masks)
-            return {name: p[name] - lr * (grads[name].detach() if first_order else grads[name]) for name in p}
+            return {name: p[name] - (rates[name] if isinstance(rates, dict) else rates)
+                    * (grads[name].detach() if first_order else grads[name]) for name in p}
 
         return vmap(step_one_task, in_dims=(0 if per_task else None, 0, 0, 0, 0))(
             params, episodes.observations, episodes.actions, advantages, episodes.masks)
@@ -141,7 +148,7 @@ class MAMLRL(RLMetaLearner):
             some_rounds = [(episodes.select(few), advantages[few]) for episodes, advantages in rounds]
             curvature_kl = lambda: self.surrogate_and_kl(  # noqa: E731
                 some_rounds, final.select(few), final_advantages[few], self.policy.actions.select(old_dist, few))[1]
-        info = trpo_step(list(self.policy.parameters()),
+        info = trpo_step(list(self.parameters()),
                          lambda: self.surrogate_and_kl(rounds, final, final_advantages, old_dist), self.trpo,
                          curvature_kl, average=self.process_mean)
         metrics = {"return": final.returns.mean().item(), "kl": info["kl"], "backtracks": info["backtracks"],

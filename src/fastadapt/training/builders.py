@@ -332,14 +332,14 @@ def _trpo(cfg: Config) -> TRPOSettings:
 
 
 def _policy_gradient(cls: type[algorithms.MAMLRL]) -> Callable[[Config, MDPTaskDistribution], RLMetaLearner]:
-    """MAML-RL and the pretrained baseline: a feed-forward policy, adapted by policy-gradient steps."""
+    """MAML-RL, Meta-SGD-RL and the pretrained baseline: a feed-forward policy, adapted by policy-gradient steps."""
 
     def build(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
         method = cfg.method
         options = dict(inner_lr=method.inner_lr, trajectories=cfg.task.trajectories, first_order=method.first_order,
                        gamma=method.gamma, gae_lambda=1.0 if method.gae_lambda is None else method.gae_lambda,
                        trpo=_trpo(cfg), eval_inner_lrs=method.eval_inner_lrs or None)
-        if cls is algorithms.MAMLRL:
+        if cls.min_inner_steps > 0:
             options["inner_steps"] = method.inner_steps
         return cls(build_model(cfg, tasks), **options)
 
@@ -435,6 +435,7 @@ ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
     "baseline++": _classifier(_transfer(algorithms.BaselinePlusPlus)),
     "logreg": _classifier(_transfer(algorithms.EmbeddingLogisticRegression)),
     "maml-rl": _policy_gradient(algorithms.MAMLRL),
+    "metasgd-rl": _policy_gradient(algorithms.MetaSGDRL),
     "pretrained-rl": _policy_gradient(algorithms.PretrainedPolicy),
     "rl2": _rl2,
     "random-arms": _bandit_algorithm,
@@ -445,11 +446,13 @@ ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
 #: Methods trained as one classifier over all training classes, on mini-batches (tasks.ClassMiniBatches).
 MINIBATCH_TRAINED = frozenset({"baseline", "baseline++", "logreg"})
 #: Methods for the MDP families: they act in environments instead of reading support sets.
-RL_METHODS = frozenset({"maml-rl", "pretrained-rl", "rl2", "random-arms", "ucb1", "thompson", "bayes-optimal"})
+#: RL methods that adapt a feed-forward policy by policy-gradient steps (evaluated after 0..3 steps).
+POLICY_GRADIENT_ADAPTED = frozenset({"maml-rl", "metasgd-rl", "pretrained-rl"})
+RL_METHODS = POLICY_GRADIENT_ADAPTED | frozenset({"rl2", "random-arms", "ucb1", "thompson", "bayes-optimal"})
 #: RL methods whose meta-batch splits over processes (--nproc): TRPO averages its gradient, Fisher-vector
 #: products and line-search values over them. RL^2's PPO normalises advantages and draws minibatches over
 #: the whole batch, so it runs in one process.
-RL_METHODS_SPLIT_OVER_PROCESSES = frozenset({"maml-rl", "pretrained-rl"})
+RL_METHODS_SPLIT_OVER_PROCESSES = POLICY_GRADIENT_ADAPTED
 #: Hand-designed bandit algorithms: nothing to train, bandit tasks only.
 BANDIT_ALGORITHMS = frozenset({"random-arms", "ucb1", "thompson", "bayes-optimal"})
 POLICIES = ("auto", "gaussian", "categorical", "gru")

@@ -139,7 +139,7 @@ class MethodSettings:
     encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
     gamma: float = setting(0.99, "RL: discount factor")
     gae_lambda: float | None = setting(None, "RL: lambda of generalised advantage estimation (default: 1.0 for "
-                                             "maml-rl and pretrained-rl, as the MAML paper's code; 0.3 for rl2)")
+                                             "maml-rl, metasgd-rl and pretrained-rl, as the MAML paper's code; 0.3 for rl2)")
     eval_inner_lrs: list[float] = setting(help="RL: step size of each test-time adaptation step, the last one "
                                                "repeated (default: inner_lr; the MAML paper: alpha, then alpha/2)",
                                           factory=list)

@@ -47,7 +47,7 @@ def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps:
     its end) before adaptation and after each number of ``steps``, as ``plots.plot_navigation_trajectories``
     draws them (Finn et al.'s Figure 4)."""
     if cfg.task.family != "nav2d" or not learner.uses_adaptation_steps:
-        raise ValueError(f"trajectory figures are for 2D-navigation runs of maml-rl / pretrained-rl, not "
+        raise ValueError(f"trajectory figures are for 2D-navigation runs of maml-rl / metasgd-rl / pretrained-rl, not "
                          f"{cfg.method.name} on {cfg.task.family}")
     tasks = build_tasks(cfg, split).fixed_tasks(goals, split=split)
     _, history = learner.adapt(tasks, max(steps))
@@ -73,7 +73,7 @@ def locomotion_frames(cfg: Config, learner: RLMetaLearner, steps: tuple[int, ...
     EGL backend unless MUJOCO_GL says otherwise."""
     distribution = build_tasks(cfg, split)
     if not isinstance(distribution, LocomotionTasks) or not learner.uses_adaptation_steps:
-        raise ValueError(f"frames are for MuJoCo runs of maml-rl / pretrained-rl, not {cfg.method.name} on "
+        raise ValueError(f"frames are for MuJoCo runs of maml-rl / metasgd-rl / pretrained-rl, not {cfg.method.name} on "
                          f"{cfg.task.family}")
     tasks = distribution.fixed_tasks(cfg.evaluation.test_tasks, split=split)
     goals = tasks.env.tasks
