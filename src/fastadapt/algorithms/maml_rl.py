@@ -101,12 +101,11 @@ class MAMLRL(RLMetaLearner):
     def inner_step(self, params: Params, per_task: bool, episodes: Episodes, advantages: torch.Tensor,
                    lr: float, first_order: bool) -> Params:
         """phi_i = params - lr * grad L_i(params) for every task at once; ``per_task``: params carry a task dim."""
-
-        rates = self.step_sizes(lr)
+        sizes = self.step_sizes(lr)
 
         def step_one_task(p: Params, observations, actions, task_advantages, masks) -> Params:
             grads = grad(self._inner_loss)(p, observations, actions, task_advantages, masks)
-            return {name: p[name] - (rates[name] if isinstance(rates, dict) else rates)
+            return {name: p[name] - (sizes[name] if isinstance(sizes, dict) else sizes)
                     * (grads[name].detach() if first_order else grads[name]) for name in p}
 
         return vmap(step_one_task, in_dims=(0 if per_task else None, 0, 0, 0, 0))(
