@@ -251,3 +251,6 @@ def test_cli_trains_a_tiny_locomotion_run_and_plots_its_curves_and_frames(tmp_pa
     if "no frames" in out:
         pytest.skip(f"headless rendering does not work here: {out.strip().splitlines()[-1]}")
     assert (run / "frames.png").stat().st_size > 10_000
+    (run / "frames.png").unlink()
+    assert main(["plot", str(run), "--split", "val"]) == 0
+    assert (run / "frames.png").stat().st_size > 10_000  # drawn again, on the validation tasks

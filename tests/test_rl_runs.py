@@ -8,6 +8,7 @@ from fastadapt.cli import main
 from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config, load_preset, preset_names
+from fastadapt.training.inspection import navigation_paths
 from fastadapt.training.runs import evaluate_learner, load_run, train
 from fastadapt.training.trainer import Trainer
 
@@ -45,6 +46,12 @@ def test_cli_trains_evaluates_and_plots_maml_rl_on_2d_navigation(tmp_path, capsy
     assert set(results) == {"0 steps", "1 step", "2 steps", "3 steps"}
     assert main(["plot", str(run)]) == 0
     assert (run / "trajectories.png").stat().st_size > 10_000 and (run / "learning_curves.png").exists()
+    # a run still judged on validation can be drawn on its validation goals instead of the test goals
+    assert main(["plot", str(run), "--split", "val"]) == 0
+    cfg, learner = load_run(run, "best")
+    test, val = navigation_paths(cfg, learner, split="test"), navigation_paths(cfg, learner, split="val")
+    assert test[0]["title"].startswith("test goal") and val[0]["title"].startswith("validation goal")
+    assert all(t["goal"] != v["goal"] for t, v in zip(test, val))
 
 
 def test_cli_trains_rl2_and_evaluates_bandit_baselines(tmp_path, capsys):

@@ -233,7 +233,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
                                  plot_task_architectures)
     from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
     from fastadapt.training.builders import ARCHITECTURE_SEARCH, POLICY_GRADIENT_ADAPTED, load_architecture
-    from fastadapt.training.inspection import locomotion_frames, navigation_paths, task_architectures
+    from fastadapt.training.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
     from fastadapt.training.runs import load_metrics, load_run, write_architecture
 
     run_dir = Path(args.run_dir)
@@ -247,20 +247,21 @@ def cmd_plot(args: argparse.Namespace) -> None:
         steps = tuple(s for s in (0, 1, 3) if s <= max(cfg.evaluation.eval_steps))  # the oracle: 0 steps only
         who = f"{cfg.method.name}{' (goal observed: oracle)' if cfg.task.observe_goal else ''}"
         figure = plot_navigation_trajectories(
-            navigation_paths(cfg, learner, steps=steps), run_dir / "trajectories.png",
-            title=f"{who}: one sampled trajectory per test goal" + (" before and after adaptation" if len(steps) > 1
-                                                                     else ""))
+            navigation_paths(cfg, learner, steps=steps, split=args.split), run_dir / "trajectories.png",
+            title=f"{who}: one sampled trajectory per {SPLIT_NAMES[args.split]} goal"
+                  + (" before and after adaptation" if len(steps) > 1 else ""))
         print(f"wrote {figure}")
     if cfg.task.family in LOCOMOTION_FAMILIES and cfg.method.name in POLICY_GRADIENT_ADAPTED:
         cfg, learner = load_run(run_dir, "best")
         try:
-            rows = locomotion_frames(cfg, learner)
+            rows = locomotion_frames(cfg, learner, split=args.split)
         except Exception as error:  # no OpenGL for headless rendering here: the curves are still written
             print(f"no frames: MuJoCo could not render headless ({type(error).__name__}: {error}); set MUJOCO_GL to "
                   "egl or osmesa where one of them is installed")
             return
-        figure = plot_frame_strip(rows, run_dir / "frames.png", title=f"{cfg.method.name} on {cfg.task.family}: "
-                                  "the first sampled trajectory before and after one policy-gradient step")
+        figure = plot_frame_strip(rows, run_dir / "frames.png", title=f"{cfg.method.name} on {cfg.task.family}, "
+                                  f"{SPLIT_NAMES[args.split]} tasks: the first sampled trajectory before and after "
+                                  "one policy-gradient step")
         print(f"wrote {figure}")
     if cfg.method.name in ARCHITECTURE_SEARCH:
         cfg, learner = write_architecture(run_dir)
@@ -426,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       " other figures go beside it)")
     plot.add_argument("--tasks", type=int, default=100,
                       help="metanas / tnas: validation tasks whose adapted architectures are drawn (default: 100)")
+    plot.add_argument("--split", choices=("test", "val"), default="test",
+                      help="RL: the fixed tasks whose trajectories or frames are drawn: test (default) or val, for a run "
+                           "still being judged on validation")
     plot.set_defaults(func=cmd_plot)
 
     presets = commands.add_parser("presets", help="list the shipped presets, with their training time")

@@ -22,6 +22,9 @@ from fastadapt.training.config import Config
 from fastadapt.training.evaluation import step_label
 from fastadapt.training.runs import fixed_batches
 
+#: how a figure names the fixed tasks it shows
+SPLIT_NAMES = {"test": "test", "val": "validation"}
+
 
 @torch.no_grad()
 def task_architectures(cfg: Config, learner: ArchitectureLearning, num_tasks: int) -> list[Genotype]:
@@ -60,7 +63,8 @@ def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps:
             positions = torch.cat([torch.zeros(1, 2), episodes.observations[task, 0, 1:length, :2]])
             paths[step_label(step)] = positions.numpy()
         goal = tasks.env.goals[task].tolist()
-        panels.append({"goal": goal, "paths": paths, "title": f"test goal ({goal[0]:.2f}, {goal[1]:.2f})"})
+        panels.append({"goal": goal, "paths": paths,
+                       "title": f"{SPLIT_NAMES[split]} goal ({goal[0]:.2f}, {goal[1]:.2f})"})
     return panels
 
 
@@ -75,7 +79,8 @@ def locomotion_frames(cfg: Config, learner: RLMetaLearner, steps: tuple[int, ...
     if not isinstance(distribution, LocomotionTasks) or not learner.uses_adaptation_steps:
         raise ValueError(f"frames are for MuJoCo runs of maml-rl / metasgd-rl / pretrained-rl, not {cfg.method.name} on "
                          f"{cfg.task.family}")
-    tasks = distribution.fixed_tasks(cfg.evaluation.test_tasks, split=split)
+    tasks = distribution.fixed_tasks(cfg.evaluation.test_tasks if split == "test" else cfg.training.val_tasks,
+                                     split=split)
     goals = tasks.env.tasks
     if LOCOMOTION_FAMILIES[cfg.task.family].goal == "sign" and len(set(goals[:, 0].tolist())) == 2:
         chosen = [int((goals[:, 0] == 1).nonzero()[0]), int((goals[:, 0] == -1).nonzero()[0])]
