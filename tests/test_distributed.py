@@ -1,6 +1,7 @@
 """Distributed meta-training: 2 gloo processes with meta-batch 4 each equal 1 process with meta-batch 8."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +43,12 @@ def test_two_processes_equal_one_process_and_resume(tmp_path, capsys):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "fastadapt", "train", *ARGS, "--iterations", "10", "--output-dir", str(run)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "terminate called" in done.stderr and "(SIGABRT)" in done.stderr:
+        # a rank aborted in C++ (gloo), not with a Python error: seen once in about 30 launches on this machine
+        # (upstream: pytorch/pytorch#188266, gloo aborting while connecting). Launch once more; any other
+        # failure, or this one twice, fails the test.
+        shutil.rmtree(run, ignore_errors=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained 10 iterations") == 1  # rank 0 alone reports
     assert len(load_checkpoint(run / "last.pt")["rng_per_rank"]) == 2
