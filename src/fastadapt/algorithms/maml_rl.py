@@ -94,9 +94,9 @@ class MAMLRL(RLMetaLearner):
         log_probs = self.policy.actions.log_prob(dist, actions)
         return policy_gradient_loss(log_probs[None], advantages[None], masks[None])[0]
 
-    def step_sizes(self, lr: float) -> Params | float:
-        """The inner step's size: the scalar ``lr`` for MAML (Meta-SGD-RL learns one per weight)."""
-        return lr
+    def step_sizes(self, lr: float) -> dict[str, float | torch.Tensor]:
+        """The inner step's size for every weight: ``lr`` everywhere for MAML (Meta-SGD-RL learns them)."""
+        return dict.fromkeys((name for name, _ in self.policy.named_parameters()), lr)
 
     def inner_step(self, params: Params, per_task: bool, episodes: Episodes, advantages: torch.Tensor,
                    lr: float, first_order: bool) -> Params:
@@ -105,8 +105,8 @@ class MAMLRL(RLMetaLearner):
 
         def step_one_task(p: Params, observations, actions, task_advantages, masks) -> Params:
             grads = grad(self._inner_loss)(p, observations, actions, task_advantages, masks)
-            return {name: p[name] - (sizes[name] if isinstance(sizes, dict) else sizes)
-                    * (grads[name].detach() if first_order else grads[name]) for name in p}
+            return {name: p[name] - sizes[name] * (grads[name].detach() if first_order else grads[name])
+                    for name in p}
 
         return vmap(step_one_task, in_dims=(0 if per_task else None, 0, 0, 0, 0))(
             params, episodes.observations, episodes.actions, advantages, episodes.masks)

@@ -7,19 +7,16 @@ direction and how far to step.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from fastadapt.algorithms.maml import MAML, Params
+from fastadapt.algorithms.step_sizes import StepSizes
 
 
 class MetaSGD(MAML):
     def __init__(self, model: nn.Module, loss: str, inner_lr: float = 0.01, **maml_options) -> None:
         super().__init__(model, loss, inner_lr=inner_lr, **maml_options)
-        # alpha starts at the MAML step size everywhere; nn.ParameterDict names cannot hold dots.
-        self.inner_rates = nn.ParameterDict(
-            {name.replace(".", "/"): nn.Parameter(torch.full_like(p, inner_lr)) for name, p in model.named_parameters()}
-        )
+        self.inner_rates = StepSizes(model.named_parameters(), inner_lr)  # alpha starts at MAML's step everywhere
 
     def inner_learning_rates(self) -> Params:
-        return {name.replace("/", "."): rate for name, rate in self.inner_rates.items()}
+        return self.inner_rates.by_weight()

@@ -11,19 +11,15 @@ alpha, then alpha / 2, keeps its meaning: the learned step, then half of it).
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from fastadapt.algorithms.maml_rl import MAMLRL, Params
+from fastadapt.algorithms.step_sizes import StepSizes
 from fastadapt.models.policies import MLPPolicy
 
 
 class MetaSGDRL(MAMLRL):
     def __init__(self, policy: MLPPolicy, inner_lr: float = 0.1, **maml_options) -> None:
         super().__init__(policy, inner_lr=inner_lr, **maml_options)
-        # nn.ParameterDict names cannot hold dots
-        self.inner_rates = nn.ParameterDict(
-            {name.replace(".", "/"): nn.Parameter(torch.full_like(p, inner_lr)) for name, p in policy.named_parameters()})
+        self.inner_rates = StepSizes(policy.named_parameters(), inner_lr)
 
     def step_sizes(self, lr: float) -> Params:
-        return {name.replace("/", "."): rate * (lr / self.inner_lr) for name, rate in self.inner_rates.items()}
+        return {name: rate * (lr / self.inner_lr) for name, rate in self.inner_rates.by_weight().items()}
