@@ -1,5 +1,7 @@
 """MuJoCo locomotion families: gymnasium compliance, reward formulas on hand-set states, identical rollouts through
-the vector API for any number of worker processes, and what happens when a worker dies or Ctrl-C arrives."""
+the vector API for any number of worker processes (whole trajectories in the workers, or lock step), and what
+happens when a worker dies or Ctrl-C arrives."""
+import multiprocessing
 import os
 import signal
 import time
@@ -18,6 +20,7 @@ from fastadapt.environments.parallel import (RolloutWorkerError, close_rollout_w
                                              rollout_workers)
 from fastadapt.models import GaussianMLPPolicy  # noqa: E402
 from fastadapt.rl import rollout  # noqa: E402
+from fastadapt.rl.rollout import lockstep_rollout  # noqa: E402
 from fastadapt.tasks import LocomotionTasks  # noqa: E402
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES  # noqa: E402
 from fastadapt.training.builders import build_learner, build_tasks  # noqa: E402
@@ -119,20 +122,28 @@ def test_task_draws_follow_each_family_distribution():
             assert (goals[:, 1] < 0).any() and (goals[:, 0] < 0).any()
 
 
-def _episodes(workers, tasks=3, trajectories=2, horizon=12):
+def _episodes(workers, tasks=3, trajectories=4, horizon=12, sample=rollout):
     family = LocomotionTasks("halfcheetah-fwd-bwd", horizon=horizon, workers=workers)
     batch = family.fixed_tasks(tasks, "val")
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(family.spaces, (16,))
-    return batch, rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 0))
+    return batch, sample(batch.env, policy, batch.trajectory_seeds(trajectories, 0))
+
+
+def _adapted_weights(policy, tasks):
+    """Per-task weights, as MAML's inner step gives them."""
+    generator = torch.Generator().manual_seed(1)
+    return {name: value.detach() + 0.05 * torch.randn(tasks, *value.shape, generator=generator)
+            for name, value in policy.named_parameters()}
 
 
 def test_fixed_seeds_give_identical_rollouts_through_the_vector_api_for_any_worker_count():
     batch, local = _episodes(workers=0)
-    for workers in (1, 2, 4):  # 4 workers for 6 environments: slices of 2, 2, 2 and an empty one
-        _, parallel = _episodes(workers=workers)
-        for name in ("observations", "actions", "rewards", "masks"):
-            assert torch.equal(getattr(local, name), getattr(parallel, name)), (workers, name)
+    # whole trajectories in 1, 2 or 4 workers (tasks split 3 / 2+1 / 1+1+1, the 4th worker idle), and lock step
+    for workers, sample in ((1, rollout), (2, rollout), (4, rollout), (2, lockstep_rollout)):
+        _, parallel = _episodes(workers=workers, sample=sample)
+        for name in ("observations", "actions", "rewards", "masks", "log_probs", "dones"):
+            assert torch.equal(getattr(local, name), getattr(parallel, name)), (workers, sample.__name__, name)
     # ... and equal to the gymnasium environment stepped by hand with the recorded actions and the same seed
     env = gymnasium.make(CHEETAH_ID).unwrapped
     seeds = batch.trajectory_seeds(2, 0)
@@ -146,6 +157,22 @@ def test_fixed_seeds_give_identical_rollouts_through_the_vector_api_for_any_work
         rewards.append(env.step(action)[1])
     assert np.allclose(observation, local.observations[1, 1, 0].double().numpy(), atol=1e-6)
     assert np.allclose(rewards, local.rewards[1, 1].double().numpy(), rtol=1e-6, atol=1e-5)
+
+
+def test_workers_sample_with_each_tasks_adapted_weights_exactly_as_this_process_would():
+    # 4 trajectories a task, at least: with 2 or 3 rows, this CPU's BLAS rounds a task's small matrix products
+    # differently depending on their place in memory (see fastadapt.rl.rollout)
+    results = {}
+    for workers in (0, 2):
+        family = LocomotionTasks("halfcheetah-fwd-bwd", horizon=8, workers=workers)
+        batch = family.fixed_tasks(5, "val")
+        torch.manual_seed(0)
+        policy = GaussianMLPPolicy(family.spaces, (16,))
+        results[workers] = rollout(batch.env, policy, batch.trajectory_seeds(4, 0), _adapted_weights(policy, 5))
+    for name in ("observations", "actions", "rewards", "log_probs"):
+        assert torch.equal(results[0].__dict__[name], results[2].__dict__[name]), name
+    # the weights matter: without them the same seeds act otherwise
+    assert not torch.equal(results[2].actions, _episodes(workers=2, tasks=5, trajectories=4, horizon=8)[1].actions)
 
 
 def test_workers_ignore_ctrl_c_and_a_pool_is_reused_across_rollouts():
@@ -180,7 +207,7 @@ def test_bench_rollout_speed_times_the_worker_counts_in_turn_and_prints_their_ra
 
 
 class KillingPolicy(GaussianMLPPolicy):
-    """Kills rollout worker 0 before the ``at``-th step of a rollout: a worker dying mid-rollout."""
+    """Kills rollout worker 0 before the ``at``-th step of a lock-step rollout: a worker dying mid-rollout."""
 
     def __init__(self, spaces, at):
         super().__init__(spaces, (16,))
@@ -195,15 +222,32 @@ class KillingPolicy(GaussianMLPPolicy):
         return super().act(observations, memory, params)
 
 
-def test_a_worker_killed_mid_rollout_is_a_clear_error_and_the_next_rollout_starts_new_workers():
+class SelfKillingPolicy(GaussianMLPPolicy):
+    """Sampling whole trajectories in a worker, kills that worker at its ``at``-th step."""
+
+    def __init__(self, spaces, at):
+        super().__init__(spaces, (16,))
+        self.at, self.calls = at, 0
+
+    def act(self, observations, memory, params=None):
+        self.calls += 1
+        if self.calls == self.at and multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().act(observations, memory, params)
+
+
+@pytest.mark.parametrize("sample, policy_class, during", [(lockstep_rollout, KillingPolicy, "a step"),
+                                                          (rollout, SelfKillingPolicy, "a rollout")])
+def test_a_worker_killed_mid_rollout_is_a_clear_error_and_the_next_rollout_starts_new_workers(sample, policy_class,
+                                                                                              during):
     family = LocomotionTasks("halfcheetah-fwd-bwd", horizon=12, workers=2)
     batch = family.fixed_tasks(3, "val")
-    policy = KillingPolicy(family.spaces, at=5)
-    with pytest.raises(RolloutWorkerError, match=r"rollout worker 0 \(pid \d+\) was killed by signal SIGKILL "
-                                                 r"during a step.*--resume"):
-        rollout(batch.env, policy, batch.trajectory_seeds(2, 0))
+    policy = policy_class(family.spaces, at=5)
+    with pytest.raises(RolloutWorkerError, match=rf"rollout worker \d \(pid \d+\) was killed by signal SIGKILL "
+                                                 rf"during {during}.*--resume"):
+        sample(batch.env, policy, batch.trajectory_seeds(2, 0))
     _, local = _episodes(workers=0)
-    _, fresh = _episodes(workers=2)  # no deadlock: the broken pool was shut down and a new one starts
+    _, fresh = _episodes(workers=2, sample=sample)  # no deadlock: the broken pool was shut down and a new one starts
     assert torch.equal(local.rewards, fresh.rewards)
 
 

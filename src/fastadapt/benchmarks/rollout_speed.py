@@ -1,14 +1,16 @@
 """Rollout throughput on MuJoCo: environment steps per second with 1 and with 2 rollout worker processes.
 
 Each measurement is a whole batched rollout as MAML-RL samples it: ``tasks`` x ``trajectories`` environments of a
-locomotion family for ``horizon`` steps, the 2 x 100 Gaussian policy acting on all of them at once in torch (one
-thread) between steps. The workers are started (and the environments built) before timing; the median of
+locomotion family for ``horizon`` steps, the 2 x 100 Gaussian policy (one thread) acting batched in each worker on
+its share of the tasks (``--lockstep``: acting in the main process on all of them between steps, the workers only
+stepping the environments). The workers are started (and the environments built) before timing; the median of
 ``repeats`` rollouts is reported. The worker counts are timed in one run, taking turns a rollout each, so that
 they see the same machine; the ratio is the median of the rounds' ratios. The figure is meaningful only on an
 otherwise idle machine with at least as many cores as workers (the load average is printed for that reason).
 
     fastadapt bench rollout-speed                          # HalfCheetah, 10 tasks x 20 trajectories x 100 steps
     fastadapt bench rollout-speed --family ant-fwd-bwd --workers 1 2 4
+    fastadapt bench rollout-speed --lockstep                # the per-step hand-over design, for comparison
 """
 from __future__ import annotations
 
@@ -32,18 +34,21 @@ def process_seconds(pid: int) -> float:
 
 
 def steps_per_second(family: str, worker_counts: list[int], tasks: int, trajectories: int, horizon: int,
-                     repeats: int) -> tuple[dict[int, list[float]], dict[int, list[float | None]]]:
+                     repeats: int, lockstep: bool = False) -> tuple[dict[int, list[float]], dict[int, list[float | None]]]:
     """Per worker count, the steps per second of each timed rollout, and the rate its CPU time allows: the steps
     over the main process's CPU time plus the busiest worker's (the main process and the workers take turns: the
-    policy acts, then the workers step), which on an idle machine with a core per worker is what the wall clock
-    shows, and on a shared one says what the measured figure lost to other jobs (None where /proc is missing).
+    policy acts, then the workers step; or the main process sends the policy and waits for the trajectories), which
+    on an idle machine with a core per worker is what the wall clock shows, and on a shared one says what the
+    measured figure lost to other jobs (None where /proc is missing).
 
     Every pool is started (and its environments built) before timing, and the worker counts take turns, one
     rollout each per round, so that a change in the machine's speed during the run touches them alike."""
     from fastadapt.environments.parallel import close_rollout_workers, rollout_workers
     from fastadapt.models import GaussianMLPPolicy
-    from fastadapt.rl import rollout
+    from fastadapt.rl.rollout import lockstep_rollout, rollout
     from fastadapt.tasks import LocomotionTasks
+
+    sample = lockstep_rollout if lockstep else rollout
 
     torch.manual_seed(0)
     batches = {workers: LocomotionTasks(family, horizon=horizon, workers=workers).fixed_tasks(tasks, "val")
@@ -55,13 +60,13 @@ def steps_per_second(family: str, worker_counts: list[int], tasks: int, trajecto
     try:
         pids = {}
         for workers, batch in batches.items():
-            rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 0))  # starts the workers, builds the envs
+            sample(batch.env, policy, batch.trajectory_seeds(trajectories, 0))  # starts the workers, builds the envs
             pids[workers] = rollout_workers(batch.env.env_id, workers, tasks * trajectories).pids
         for repeat in range(repeats):
             for workers, batch in batches.items():
                 before = [process_seconds(pid) for pid in pids[workers]] if os.path.exists("/proc/self/stat") else None
                 start, main_start = time.perf_counter(), time.process_time()
-                rollout(batch.env, policy, batch.trajectory_seeds(trajectories, 1 + repeat))
+                sample(batch.env, policy, batch.trajectory_seeds(trajectories, 1 + repeat))
                 rates[workers].append(steps / (time.perf_counter() - start))
                 busiest = None if before is None else max(
                     [process_seconds(pid) - b for pid, b in zip(pids[workers], before)] or [0.0])
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time "
                                                                                 "(default: 1 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rollouts; the median counts (default: 3)")
+    parser.add_argument("--lockstep", action="store_true", help="time the lock-step rollout (the policy acting in "
+                        "this process, the workers stepping the environments each step) instead of whole "
+                        "trajectories sampled in the workers")
     args = parser.parse_args(argv)
     for name in ("tasks", "trajectories", "horizon", "repeats"):
         if getattr(args, name) < 1:
@@ -93,9 +101,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{args.family}: {args.tasks} tasks x {args.trajectories} trajectories x {args.horizon} steps per rollout; "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at start; {platform.processor() or platform.machine()}; "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; {'lock step' if args.lockstep else 'whole trajectories in the workers'}")
     rates, allowed = steps_per_second(args.family, args.workers, args.tasks, args.trajectories, args.horizon,
-                                      args.repeats)
+                                      args.repeats, args.lockstep)
     for workers in args.workers:
         bound = "" if None in allowed[workers] else f"   (CPU time allows {statistics.median(allowed[workers]):10,.0f})"
         print(f"  {workers} worker{'s' if workers != 1 else ' '}   {statistics.median(rates[workers]):10,.0f} "

@@ -1,5 +1,14 @@
-"""Parallel rollouts: every task x trajectory of a meta-batch in its own gymnasium environment, stepped in
-worker processes through gymnasium's ``AsyncVectorEnv``, while the policy acts on all of them at once in torch.
+"""Parallel rollouts: every task x trajectory of a meta-batch in its own gymnasium environment, held by worker
+processes started through gymnasium's ``AsyncVectorEnv``.
+
+Two ways to use the workers:
+
+* whole trajectories (``RolloutWorkers.run``, what ``fastadapt.rl.rollout`` does): each worker receives a copy of
+  the policy and samples every step of its share of the tasks itself, the policy acting batched in torch on
+  that share; nothing crosses between processes until the trajectories come back. This is rllab's parallel
+  sampler, and what makes 2 workers worth it on 2 cores (docs/benchmarks.md);
+* lock step (``reset`` / ``step``, the ``BatchedEnv`` interface of ``BatchedGymnasium``): the policy acts on
+  all environments in this process and the workers step them, one hand-over each way per step.
 
 ``AsyncVectorEnv`` runs one process per sub-environment, and a meta-batch holds hundreds of environments
 (40 tasks x 20 trajectories), so each sub-environment is an ``EnvSlice``: a worker's share of the
@@ -7,13 +16,14 @@ environments, stepped one after the other inside that worker. With W workers, a 
 is cut into W contiguous slices of ceil(n / W).
 
 A trajectory depends only on its seed and the actions taken: each environment is reset with its own
-seed (``reset(seed=...)``, which also clears MuJoCo's solver warm start), so the same seeds give the same
-trajectories with any number of workers, in any slot, or in this process (``workers=0``).
+seed (``reset(seed=...)``, which also clears MuJoCo's solver warm start), so the same seeds and actions give the
+same trajectories with any number of workers, in any slot, or in this process (``workers=0``); for what the
+policy's rounding adds when it acts in the workers, see ``fastadapt.rl.rollout``.
 
 Robustness, since a sampler that hangs loses a night of training:
 
 * workers ignore SIGINT: Ctrl-C is the main process's, which finishes the step and saves (see the trainer);
-* any exception during a reset or step (a second Ctrl-C included) shuts the workers down, so the next
+* any exception during a reset, step or run (a second Ctrl-C included) shuts the workers down, so the next
   rollout starts fresh ones instead of talking to a pool left mid-step: reuse never deadlocks;
 * a worker that dies (killed, out of memory) breaks its pipe; that is reported as ``RolloutWorkerError``,
   naming the worker and its signal, instead of a hang or an ``EOFError``.
@@ -98,6 +108,11 @@ class EnvSlice(gymnasium.Env):
                 self.observations[slot] = observation
                 self.terminated[slot] = terminated
         return self.observations.copy(), rewards, self.terminated.copy(), np.zeros(self.size, dtype=bool), {}
+
+    def run(self, function, *args):
+        """``function(index, *args)`` in the worker that holds this slice: how whole trajectories are sampled
+        where the environments live."""
+        return function(self.index, *args)
 
     def close(self) -> None:
         for env in self.envs:
@@ -223,6 +238,13 @@ class RolloutWorkers:
             "a step", lambda: self.vector.step(padded.reshape(self.workers, self.slots, -1)))
         return (self._gather(observations), rewards.reshape(-1)[self.batch_slots],
                 np.asarray(terminated).reshape(-1)[self.batch_slots])
+
+    def run(self, function, *args) -> list:
+        """``function(worker index, *args)`` in every worker at once (a module-level function: it is pickled by
+        name); the results in worker order."""
+        if self.vector is None:
+            return [function(0, *args)]
+        return list(self._guarded("a rollout", lambda: self.vector.call("run", function, *args)))
 
     def _slot_index(self, per_slice: int) -> np.ndarray:
         """Where environment i of the batch sits in the flattened (workers x slots) layout."""
