@@ -16,8 +16,8 @@ import gymnasium  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 from fastadapt.environments import LOCOMOTION_IDS  # noqa: E402
-from fastadapt.environments.parallel import (RolloutWorkerError, close_rollout_workers,  # noqa: E402
-                                             rollout_workers)
+from fastadapt.environments.parallel import (RolloutWorkerError, RolloutWorkers,  # noqa: E402
+                                             close_rollout_workers, rollout_workers)
 from fastadapt.models import GaussianMLPPolicy  # noqa: E402
 from fastadapt.rl import rollout  # noqa: E402
 from fastadapt.rl.rollout import lockstep_rollout  # noqa: E402
@@ -207,7 +207,8 @@ def test_bench_rollout_speed_times_the_worker_counts_in_turn_and_prints_their_ra
 
 
 class KillingPolicy(GaussianMLPPolicy):
-    """Kills rollout worker 0 before the ``at``-th step of a lock-step rollout: a worker dying mid-rollout."""
+    """Kills a rollout worker before its ``at``-th step: worker 0, from this process, when acting here (lock step);
+    the worker it runs in, when sampling whole trajectories there. A worker dying mid-rollout either way."""
 
     def __init__(self, spaces, at):
         super().__init__(spaces, (16,))
@@ -216,39 +217,39 @@ class KillingPolicy(GaussianMLPPolicy):
     def act(self, observations, memory, params=None):
         self.calls += 1
         if self.calls == self.at:
+            if multiprocessing.parent_process() is not None:  # in a rollout worker
+                os.kill(os.getpid(), signal.SIGKILL)
             pool = rollout_workers(CHEETAH_ID, 2, 6)
             os.kill(pool.pids[0], signal.SIGKILL)
             pool.vector.processes[0].join(timeout=10)
         return super().act(observations, memory, params)
 
 
-class SelfKillingPolicy(GaussianMLPPolicy):
-    """Sampling whole trajectories in a worker, kills that worker at its ``at``-th step."""
-
-    def __init__(self, spaces, at):
-        super().__init__(spaces, (16,))
-        self.at, self.calls = at, 0
-
-    def act(self, observations, memory, params=None):
-        self.calls += 1
-        if self.calls == self.at and multiprocessing.parent_process() is not None:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().act(observations, memory, params)
-
-
-@pytest.mark.parametrize("sample, policy_class, during", [(lockstep_rollout, KillingPolicy, "a step"),
-                                                          (rollout, SelfKillingPolicy, "a rollout")])
-def test_a_worker_killed_mid_rollout_is_a_clear_error_and_the_next_rollout_starts_new_workers(sample, policy_class,
-                                                                                              during):
+@pytest.mark.parametrize("sample, during", [(lockstep_rollout, "a step"), (rollout, "a rollout")])
+def test_a_worker_killed_mid_rollout_is_a_clear_error_and_the_next_rollout_starts_new_workers(sample, during):
     family = LocomotionTasks("halfcheetah-fwd-bwd", horizon=12, workers=2)
     batch = family.fixed_tasks(3, "val")
-    policy = policy_class(family.spaces, at=5)
+    policy = KillingPolicy(family.spaces, at=5)
     with pytest.raises(RolloutWorkerError, match=rf"rollout worker \d \(pid \d+\) was killed by signal SIGKILL "
                                                  rf"during {during}.*--resume"):
         sample(batch.env, policy, batch.trajectory_seeds(2, 0))
     _, local = _episodes(workers=0)
     _, fresh = _episodes(workers=2, sample=sample)  # no deadlock: the broken pool was shut down and a new one starts
     assert torch.equal(local.rewards, fresh.rewards)
+
+
+def _sleep_in_worker(index, seconds):
+    time.sleep(seconds)
+
+
+def test_a_pool_whose_workers_all_died_during_a_call_closes_without_an_error():
+    pool = RolloutWorkers(CHEETAH_ID, 2, 1)
+    pool.vector.call_async("run", _sleep_in_worker, 30.0)
+    for process in pool.vector.processes:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(timeout=10)
+    pool.close(terminate=True)  # gymnasium's own close reads the pending answers from the dead pipes and fails
+    assert pool.vector.closed and not any(process.is_alive() for process in pool.vector.processes)
 
 
 def test_a_run_whose_worker_dies_stops_with_the_error_and_resumes_to_the_uninterrupted_result(tmp_path):

@@ -259,15 +259,23 @@ class RolloutWorkers:
         if self.closed:
             return
         self.closed = True
-        if self.vector is not None:
-            with warnings.catch_warnings():  # gymnasium warns when closing mid-step, which is the point here
-                warnings.simplefilter("ignore")
-                try:
-                    self.vector.close(terminate=terminate)
-                except Exception:  # a worker already gone: make sure none is left
-                    self.vector.close(terminate=True)
-        else:
+        if self.vector is None:
             self.local.close()
+            return
+        with warnings.catch_warnings():  # gymnasium warns when closing mid-step, which is the point here
+            warnings.simplefilter("ignore")
+            try:
+                self.vector.close(terminate=terminate)
+                return
+            except Exception:  # gymnasium first reads the pending answers: a dead worker's pipe fails that
+                pass
+        for process in self.vector.processes:  # make sure none is left
+            if process.is_alive():
+                process.terminate()
+            process.join()
+        for pipe in self.vector.parent_pipes:
+            pipe.close()
+        self.vector.closed = True  # its __del__ would otherwise try to close it again, and fail the same way
 
 
 _POOLS: dict[tuple, RolloutWorkers] = {}
