@@ -34,7 +34,8 @@ def process_seconds(pid: int) -> float:
 
 
 def steps_per_second(family: str, worker_counts: list[int], tasks: int, trajectories: int, horizon: int,
-                     repeats: int, lockstep: bool = False) -> tuple[dict[int, list[float]], dict[int, list[float | None]]]:
+                     repeats: int, lockstep: bool = False
+                     ) -> tuple[dict[int, list[float]], dict[int, list[float | None]]]:
     """Per worker count, the steps per second of each timed rollout, and the rate its CPU time allows: the steps
     over the main process's CPU time plus the busiest worker's (the main process and the workers take turns: the
     policy acts, then the workers step; or the main process sends the policy and waits for the trajectories), which

@@ -68,7 +68,7 @@ def sample_in_workers(env: BatchedGymnasium, policy: nn.Module, seeds: torch.Ten
     of tasks / workers each), with its own copy of the policy acting batched on its share.
 
     Stepping in lock step instead costs, every step, the policy's work in this process while the workers wait
-    and two hand-overs between processes; on 2 cores that kept 2 workers near 1.5x one worker's steps a second
+    and two hand-overs between processes; on 2 cores that kept 2 workers at 1.52-1.58x one worker's steps a second
     (docs/benchmarks.md). The policy, per-task weights and trajectories travel once per rollout, through
     ``torch.save`` (CPU tensors: a policy on a GPU is copied to the workers' CPUs and the episodes come back to
     the environment's device)."""
