@@ -46,7 +46,7 @@ def architecture_size(cfg: Config, genotype: Genotype) -> tuple[int, int]:
 
 def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps: tuple[int, ...] = (0, 1, 3),
                      split: str = "test") -> list[dict]:
-    """For the first ``goals`` fixed test goals of a 2D-navigation run: one trajectory (the first sampled, up to
+    """For the first ``goals`` fixed goals of ``split`` of a 2D-navigation run: one trajectory (the first sampled, up to
     its end) before adaptation and after each number of ``steps``, as ``plots.plot_navigation_trajectories``
     draws them (Finn et al.'s Figure 4)."""
     if cfg.task.family != "nav2d" or not learner.uses_adaptation_steps:
