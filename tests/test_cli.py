@@ -73,6 +73,8 @@ def test_init_from_starts_a_new_run_from_another_runs_best_weights(tmp_path, cap
     (["train", "--algorithm", "mamll"], "unknown algorithm 'mamll'"),
     (["train", "--k-shot", "0"], "k_shot must be a positive integer"),
     (["train", "--inner-lr", "-0.5"], "inner_lr must be a positive learning rate"),
+    (["train", "rl-nav2d-maml", "--balanced-directions"], "balanced directions are for the forward/backward "
+                                                          "families, not nav2d"),
     (["eval", "/nonexistent/run"], "does not exist"),
 ])
 def test_bad_input_gives_one_clear_error(argv, message, capsys, tmp_path):

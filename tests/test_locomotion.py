@@ -122,6 +122,39 @@ def test_task_draws_follow_each_family_distribution():
             assert (goals[:, 1] < 0).any() and (goals[:, 0] < 0).any()
 
 
+
+@pytest.mark.parametrize("num_tasks", [10, 7])
+def test_balanced_meta_batches_hold_both_directions_and_leave_each_task_a_fair_coin(num_tasks):
+    family, generator = LOCOMOTION_FAMILIES["halfcheetah-fwd-bwd"], torch.Generator().manual_seed(0)
+    batches = torch.stack([family.draw(num_tasks, generator, torch.float64, balanced=True)[:, 0]
+                           for _ in range(2000)])
+    forward = (batches == 1).sum(1)
+    assert set(batches.unique().tolist()) == {-1.0, 1.0}
+    assert forward.min() >= num_tasks // 2 and forward.max() <= num_tasks - num_tasks // 2
+    assert set(forward.tolist()) == ({num_tasks // 2} if num_tasks % 2 == 0 else {3, 4})
+    # every position of the batch is forward half of the time (2000 draws: standard error 0.011)
+    assert ((batches == 1).double().mean(0) - 0.5).abs().max() < 0.045
+    unbalanced = torch.stack([family.draw(num_tasks, generator, torch.float64)[:, 0] for _ in range(2000)])
+    assert ((unbalanced == 1).sum(1) == 0).any()  # an independent batch can be one-sided, a balanced one never
+
+
+def test_balanced_directions_change_training_batches_only_and_only_for_forward_backward_families():
+    balanced = LocomotionTasks("halfcheetah-fwd-bwd", horizon=5, workers=0, balanced_directions=True)
+    plain = LocomotionTasks("halfcheetah-fwd-bwd", horizon=5, workers=0)
+    for split in ("val", "test"):
+        assert torch.equal(balanced.fixed_tasks(9, split).env.tasks, plain.fixed_tasks(9, split).env.tasks)
+        assert torch.equal(balanced.fixed_tasks(9, split).seeds, plain.fixed_tasks(9, split).seeds)
+    for seed in range(20):
+        assert balanced.sample(10, torch.Generator().manual_seed(seed)).env.tasks.sum() == 0
+    with pytest.raises(ValueError, match="not ant-direction"):
+        LocomotionTasks("ant-direction", workers=0, balanced_directions=True)
+    with pytest.raises(ValueError, match="not velocity goals"):
+        LOCOMOTION_FAMILIES["halfcheetah-vel"].draw(4, torch.Generator(), torch.float32, balanced=True)
+    with pytest.raises(ValueError, match="not nav2d"):
+        build_tasks(Config(tasks="nav2d", algorithm="maml-rl", balanced_directions=True))
+    assert build_tasks(Config(tasks="ant-fwd-bwd", algorithm="maml-rl", balanced_directions=True,
+                              rollout_workers=0)).balanced_directions
+
 def _episodes(workers, tasks=3, trajectories=4, horizon=12, sample=rollout):
     family = LocomotionTasks("halfcheetah-fwd-bwd", horizon=horizon, workers=workers)
     batch = family.fixed_tasks(tasks, "val")

@@ -12,6 +12,7 @@ tasks share the batch or the process; fixed evaluation tasks
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,17 +73,29 @@ class MDPTaskDistribution:
     def _env(self, num_tasks: int, generator: torch.Generator) -> BatchedEnv:
         raise NotImplementedError
 
+    def _fixed_env(self, num_tasks: int, generator: torch.Generator) -> BatchedEnv:
+        """The MDPs of fixed (validation, test) tasks: independent draws from p(T). The same draw as a training
+        meta-batch's unless a family stratifies its meta-batches (``LocomotionTasks``'s balanced directions)."""
+        return self._env(num_tasks, generator)
+
     def sample(self, num_tasks: int, generator: torch.Generator) -> MDPBatch:
-        if not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
-        env = self._env(num_tasks, generator)
-        return MDPBatch(env, torch.randint(0, SEED_LIMIT, (num_tasks,), generator=generator))
+        """A training meta-batch of ``num_tasks`` tasks."""
+        return self._batch(num_tasks, generator, self._env)
 
     def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> MDPBatch:
         """A reproducible set of tasks (and their seeds): the same arguments give the same MDPs and rollouts."""
         if split not in SPLIT_SEED_OFFSETS:
             raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_SEED_OFFSETS)}")
-        return self.sample(num_tasks, torch.Generator().manual_seed(seed + SPLIT_SEED_OFFSETS[split]))
+        generator = torch.Generator().manual_seed(seed + SPLIT_SEED_OFFSETS[split])
+        return self._batch(num_tasks, generator, self._fixed_env)
+
+    @staticmethod
+    def _batch(num_tasks: int, generator: torch.Generator,
+               make_env: Callable[[int, torch.Generator], BatchedEnv]) -> MDPBatch:
+        if not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
+        env = make_env(num_tasks, generator)
+        return MDPBatch(env, torch.randint(0, SEED_LIMIT, (num_tasks,), generator=generator))
 
 
 class Navigation2DTasks(MDPTaskDistribution):
@@ -160,10 +173,20 @@ class LocomotionFamily:
     def task_size(self) -> int:
         return 2 if self.goal == "circle" else 1
 
-    def draw(self, num_tasks: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        """(num_tasks, task_size) goals, from the distribution the environment itself draws from."""
+    def draw(self, num_tasks: int, generator: torch.Generator, dtype: torch.dtype,
+             balanced: bool = False) -> torch.Tensor:
+        """(num_tasks, task_size) goals, from the distribution the environment itself draws from. ``balanced``
+        ("sign" families): as many +1 as -1 goals (one random sign over when ``num_tasks`` is odd) in random
+        order, so each goal is still +1 or -1 with probability 1/2 but a batch is never one-sided."""
         if self.goal == "sign":
-            return (2 * torch.randint(0, 2, (num_tasks, 1), generator=generator) - 1).to(dtype)
+            if not balanced:
+                return (2 * torch.randint(0, 2, (num_tasks, 1), generator=generator) - 1).to(dtype)
+            signs = torch.tensor([1, -1]).repeat_interleave(num_tasks // 2)
+            if num_tasks % 2:
+                signs = torch.cat([signs, 2 * torch.randint(0, 2, (1,), generator=generator) - 1])
+            return signs[torch.randperm(num_tasks, generator=generator)].to(dtype)[:, None]
+        if balanced:
+            raise ValueError(f"balanced goals are for the forward/backward families, not {self.goal} goals")
         if self.goal == "velocity":
             return 2.0 * torch.rand(num_tasks, 1, generator=generator, dtype=dtype)
         angles = 2 * math.pi * torch.rand(num_tasks, generator=generator, dtype=torch.float64)
@@ -185,9 +208,12 @@ LOCOMOTION_FAMILIES = {
 
 class LocomotionTasks(MDPTaskDistribution):
     """A MuJoCo locomotion family (``LOCOMOTION_FAMILIES``); its trajectories run in ``workers`` rollout processes
-    (0: in this process), which changes where they run, never what they are."""
+    (0: in this process), which changes where they run, never what they are. ``balanced_directions`` (forward/
+    backward families): each training meta-batch holds as many forward as backward tasks (``LocomotionFamily.draw``);
+    fixed tasks stay independent draws, so validation and test sets do not depend on it."""
 
-    def __init__(self, family: str, horizon: int = 200, workers: int = 2, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, family: str, horizon: int = 200, workers: int = 2, balanced_directions: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__(dtype)
         if family not in LOCOMOTION_FAMILIES:
             raise ValueError(f"unknown locomotion family {family!r}; choose one of {sorted(LOCOMOTION_FAMILIES)}")
@@ -195,11 +221,19 @@ class LocomotionTasks(MDPTaskDistribution):
             raise ValueError(f"horizon must be a positive number of steps, got {horizon!r}")
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"rollout_workers must be a number of processes >= 0, got {workers!r}")
+        if balanced_directions and LOCOMOTION_FAMILIES[family].goal != "sign":
+            raise ValueError(f"balanced directions are for the forward/backward families, not {family}")
         require_mujoco(f"--tasks {family}")
         self.name, self.family, self.horizon, self.workers = family, LOCOMOTION_FAMILIES[family], horizon, workers
+        self.balanced_directions = balanced_directions
         self.spaces = Spaces(observation_size=self.family.observation_size, action_kind="continuous",
                              action_size=self.family.action_size, action_scale=1.0)
 
     def _env(self, num_tasks: int, generator: torch.Generator) -> BatchedGymnasium:
-        return BatchedGymnasium(self.family.draw(num_tasks, generator, self.dtype), self.family.env_id, self.spaces,
-                                self.horizon, self.workers)
+        return self._simulator(self.family.draw(num_tasks, generator, self.dtype, self.balanced_directions))
+
+    def _fixed_env(self, num_tasks: int, generator: torch.Generator) -> BatchedGymnasium:
+        return self._simulator(self.family.draw(num_tasks, generator, self.dtype))
+
+    def _simulator(self, goals: torch.Tensor) -> BatchedGymnasium:
+        return BatchedGymnasium(goals, self.family.env_id, self.spaces, self.horizon, self.workers)

@@ -130,7 +130,8 @@ def _locomotion(cfg: Config, split: str) -> MDPTaskDistribution:
     """A MuJoCo family; its rollouts run in ``rollout_workers`` processes (default: one per available core)."""
     workers = cfg.training.rollout_workers
     return LocomotionTasks(cfg.task.family, horizon=cfg.task.horizon or 200,
-                           workers=available_cores() if workers is None else workers)
+                           workers=available_cores() if workers is None else workers,
+                           balanced_directions=cfg.task.balanced_directions)
 
 
 RL_FAMILIES: dict[str, Callable[[Config, str], MDPTaskDistribution]] = {
@@ -145,6 +146,8 @@ TASK_FAMILIES: dict[str, Callable[[Config, str], TaskDistribution]] = {"sinusoid
 
 def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
     """Training tasks (``split`` "train") or the validation / test tasks of the run's main setting."""
+    if cfg.task.balanced_directions and cfg.task.family not in LOCOMOTION_FAMILIES:
+        raise ValueError(f"balanced directions are for the forward/backward families, not {cfg.task.family}")
     if cfg.task.family in TASK_FAMILIES:
         return TASK_FAMILIES[cfg.task.family](cfg, split)
     if cfg.task.family in DATASETS:

@@ -65,6 +65,10 @@ class TaskSettings:
     trajectories: int = setting(20, "RL: trajectories sampled in each task before each adaptation step "
                                     "(MAML-RL), or trials per task in a meta-batch (RL^2)")
     observe_goal: bool = setting(False, "nav2d: the observation holds the goal too (the oracle baseline)")
+    balanced_directions: bool = setting(False, "halfcheetah-fwd-bwd, ant-fwd-bwd: each training meta-batch holds as "
+                                               "many forward as backward tasks, in random order (each task is still "
+                                               "forward or backward with probability 1/2); validation and test tasks "
+                                               "are the same either way")
     arms: int = setting(10, "bandit: arms per bandit (k)")
     states: int = setting(10, "tabular-mdp: states")
     actions: int = setting(5, "tabular-mdp: actions")
