@@ -122,7 +122,6 @@ def test_task_draws_follow_each_family_distribution():
             assert (goals[:, 1] < 0).any() and (goals[:, 0] < 0).any()
 
 
-
 @pytest.mark.parametrize("num_tasks", [10, 7])
 def test_balanced_meta_batches_hold_both_directions_and_leave_each_task_a_fair_coin(num_tasks):
     family, generator = LOCOMOTION_FAMILIES["halfcheetah-fwd-bwd"], torch.Generator().manual_seed(0)
@@ -153,6 +152,7 @@ def test_balanced_directions_change_training_batches_only_and_only_for_forward_b
         build_tasks(Config(tasks="nav2d", algorithm="maml-rl", balanced_directions=True))
     assert build_tasks(Config(tasks="ant-fwd-bwd", algorithm="maml-rl", balanced_directions=True,
                               rollout_workers=0)).balanced_directions
+
 
 def _episodes(workers, tasks=3, trajectories=4, horizon=12, sample=rollout):
     family = LocomotionTasks("halfcheetah-fwd-bwd", horizon=horizon, workers=workers)
