@@ -6,7 +6,8 @@ policy-gradient steps, beside the paper's MAML row.
     python benchmarks/rl_locomotion.py --output-dir runs/bench-cheetah --no-train # evaluate the runs as they are
 
 1. trains the runs of the presets rl-halfcheetah-fwd-bwd-maml-cpu and rl-halfcheetah-fwd-bwd-pretrained-cpu
-   (rl-halfcheetah-fwd-bwd-random trains nothing); a finished run is reused and an interrupted one resumed;
+   (rl-halfcheetah-fwd-bwd-random trains nothing); a finished run is reused and an interrupted one resumed,
+   a run made with other settings than the preset's is refused;
    with ``--no-train`` the runs' best checkpoints are evaluated as they are, and the table says how many
    iterations each had;
 2. chooses the test-time step size of the pretrained and random-init baselines on the *validation* tasks (first
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from fastadapt.plots import plot_adaptation_curves
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import fixed_batches, load_run, train
+from fastadapt.training.runs import check_resumable, fixed_batches, load_run, train
 from fastadapt.training.builders import build_tasks
 from fastadapt.training.trainer import BEST, LAST
 
@@ -47,6 +49,13 @@ def run_dir_of(preset: str, output_dir: Path, train_missing: bool, workers: int 
     if workers is not None:
         cfg = cfg.replace(rollout_workers=workers)
     run_dir = Path(cfg.training.output_dir)
+    if (run_dir / "config.yaml").exists():  # a run of an older version of the preset is refused, not reused
+        try:
+            check_resumable(cfg, run_dir)
+        except ValueError as error:
+            print(f"rl_locomotion: error: {error}; the preset {preset} has changed since: give another --output-dir",
+                  file=sys.stderr)
+            sys.exit(2)
     last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
     done = (run_dir / BEST).exists() and (cfg.training.iterations == 0 or
                                           (last is not None and last["iteration"] >= cfg.training.iterations))

@@ -4,7 +4,10 @@ happens when a worker dies or Ctrl-C arrives."""
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +28,7 @@ from fastadapt.tasks import LocomotionTasks  # noqa: E402
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES  # noqa: E402
 from fastadapt.training.builders import build_learner, build_tasks  # noqa: E402
 from fastadapt.training.checkpoint import load_checkpoint  # noqa: E402
-from fastadapt.training.config import Config  # noqa: E402
+from fastadapt.training.config import Config, load_preset  # noqa: E402
 from fastadapt.training.trainer import Trainer  # noqa: E402
 
 CHEETAH_ID = "fastadapt/HalfCheetahForwardBackward-v0"
@@ -331,3 +334,16 @@ def test_cli_trains_a_tiny_locomotion_run_and_plots_its_curves_and_frames(tmp_pa
     (run / "frames.png").unlink()
     assert main(["plot", str(run), "--split", "val"]) == 0
     assert (run / "frames.png").stat().st_size > 10_000  # drawn again, on the validation tasks
+
+
+def test_the_locomotion_benchmark_refuses_a_run_made_with_other_settings_than_its_preset(tmp_path):
+    stale = load_preset("rl-halfcheetah-fwd-bwd-maml-cpu").replace(balanced_directions=False, iterations=300)
+    run_dir = tmp_path / "rl-halfcheetah-fwd-bwd-maml-cpu"
+    run_dir.mkdir()
+    stale.replace(output_dir=str(run_dir)).save(run_dir / "config.yaml")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_locomotion.py"
+    done = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path), "--no-train", "--methods",
+                           "MAML"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("rl_locomotion: error: ") and "balanced_directions=False" in done.stderr
+    assert "Traceback" not in done.stderr
