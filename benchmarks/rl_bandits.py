@@ -3,8 +3,10 @@ each scored by the total reward of one trial on the same 1,000 fixed test bandit
 
     python benchmarks/rl_bandits.py --output-dir runs/bench-bandits              # n = 10, k = 5 and n = 100, k = 10
 
-1. trains the RL^2 presets (rl-bandit-rl2-k5-n10, rl-bandit-rl2), or reuses / resumes their runs
-   (same test bandits for every method: the test split's seeds);
+1. trains the RL^2 presets (rl-bandit-rl2-k5-n10; rl-bandit-rl2, and its two-phase recipe: rl-bandit-rl2 for
+   1,000 iterations, then rl-bandit-rl2-finetune from its best weights), or reuses / resumes their runs
+   (same test bandits for every method: the test split's seeds); a run directory holding a run of other
+   settings than its preset (an older version) is refused;
 2. chooses UCB1's exploration coefficient c on 1,000 *validation* bandits from a grid (the paper tuned its
    baselines too);
 3. evaluates every method on the test bandits (plus the exact Bayes-optimal policy where its DP is small) and
@@ -14,19 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
-from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table
-from fastadapt.training.runs import evaluate_learner, load_run, train
-from fastadapt.training.trainer import BEST, LAST
+from fastadapt.training.runs import evaluate_learner, load_run, trained_run
 
-#: (arms k, pulls n) -> the RL^2 preset
-SETTINGS = {(5, 10): "rl-bandit-rl2-k5-n10", (10, 100): "rl-bandit-rl2"}
+#: (arms k, pulls n) -> the RL^2 rows: (label, preset)
+SETTINGS = {(5, 10): [("RL^2 (ours)", "rl-bandit-rl2-k5-n10")],
+            (10, 100): [("RL^2 (ours, rl-bandit-rl2)", "rl-bandit-rl2"),
+                        ("RL^2 (ours, rl-bandit-rl2 for 1,000 iterations, then rl-bandit-rl2-finetune)",
+                         "rl-bandit-rl2-finetune")]}
+#: a second phase -> the preset and settings of the run it starts from (named by its init_from's last part)
+FIRST_PHASE = {"rl-bandit-rl2-finetune": ("rl-bandit-rl2", {"iterations": 1000})}
 #: Duan et al. 2016, Table 1, as issue 12 quotes them (n = 100, k = 10)
 PAPER = {(10, 100): {"RL^2": 83.5, "Gittins": 82.8, "random": 49.9}}
 TARGETS = {(5, 10): 6.5, (10, 100): 80.0}
@@ -36,21 +42,28 @@ ROW = "return per trial"
 
 def rl2_run(preset: str, output_dir: Path) -> str:
     cfg = load_preset(preset).replace(output_dir=str(output_dir / preset))
-    run_dir = Path(cfg.training.output_dir)
-    last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
-    if not ((run_dir / BEST).exists() and last is not None and last["iteration"] >= cfg.training.iterations):
-        train(cfg, resume=last is not None, progress=False)
-    return str(run_dir)
+    if preset in FIRST_PHASE:
+        first, changes = FIRST_PHASE[preset]
+        first_cfg = load_preset(first).replace(**changes,
+                                               output_dir=str(output_dir / Path(cfg.training.init_from).name))
+        cfg = cfg.replace(init_from=str(trained(first_cfg)))
+    return str(trained(cfg))
+
+
+def trained(cfg) -> Path:
+    try:
+        return trained_run(cfg)
+    except ValueError as error:
+        print(f"rl_bandits: error: {error}; its preset has changed since: give another --output-dir", file=sys.stderr)
+        sys.exit(2)
 
 
 def baseline(name: str, arms: int, pulls: int, output_dir: Path, **method) -> tuple:
-    """The run of a bandit algorithm (nothing to train: ``train`` saves it with 0 iterations)."""
+    """The run of a bandit algorithm (nothing to train: it is saved with 0 iterations)."""
     suffix = "".join(f"-{key}{value}" for key, value in method.items())
     cfg = load_preset(f"rl-bandit-{name}").replace(arms=arms, horizon=pulls, **method,
                                                      output_dir=str(output_dir / f"{name}-k{arms}-n{pulls}{suffix}"))
-    if not (Path(cfg.training.output_dir) / BEST).exists():
-        train(cfg, progress=False)
-    return load_run(cfg.training.output_dir)
+    return load_run(trained(cfg))
 
 
 def main() -> None:
@@ -65,8 +78,9 @@ def main() -> None:
     for text in args.settings:
         arms, pulls = (int(v) for v in text.split("x"))
         column: dict[str, dict[str, Estimate | str]] = {}
-        cfg, learner = load_run(rl2_run(SETTINGS[arms, pulls], output_dir))
-        column["RL^2 (ours)"] = evaluate_learner(cfg, learner)[ROW]
+        for label, preset in SETTINGS[arms, pulls]:
+            cfg, learner = load_run(rl2_run(preset, output_dir))
+            column[label] = evaluate_learner(cfg, learner)[ROW]
         scores = {}
         for c in UCB_GRID:
             cfg, learner = baseline("ucb1", arms, pulls, output_dir, ucb_exploration=c)
@@ -86,8 +100,9 @@ def main() -> None:
                            f"\nBernoulli bandits, n = {pulls} pulls, k = {arms} arms: total reward per trial on "
                            f"1,000 fixed test bandits (mean ± 95% CI); UCB1's c on validation: "
                            + ", ".join(f"{c}: {s:.2f}" for c, s in scores.items())))
-        ours = column["RL^2 (ours)"].mean
-        print(f"RL^2 {ours:.2f} (target >= {TARGETS[arms, pulls]}: {'met' if ours >= TARGETS[arms, pulls] else 'NOT met'})")
+        for label, _ in SETTINGS[arms, pulls]:
+            ours, target = column[label].mean, TARGETS[arms, pulls]
+            print(f"{label}: {ours:.2f} (target >= {target}: {'met' if ours >= target else 'NOT met'})")
         record[text] = {row: (v.to_dict() if isinstance(v, Estimate) else v) for row, v in column.items()}
         record[text]["ucb1_validation"] = scores
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

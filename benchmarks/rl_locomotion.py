@@ -30,7 +30,7 @@ from fastadapt.plots import plot_adaptation_curves
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import check_resumable, fixed_batches, load_run, train
+from fastadapt.training.runs import fixed_batches, load_run, trained_run
 from fastadapt.training.builders import build_tasks
 from fastadapt.training.trainer import BEST, LAST
 
@@ -48,22 +48,15 @@ def run_dir_of(preset: str, output_dir: Path, train_missing: bool, workers: int 
     cfg = load_preset(preset).replace(output_dir=str(output_dir / preset))
     if workers is not None:
         cfg = cfg.replace(rollout_workers=workers)
-    run_dir = Path(cfg.training.output_dir)
-    if (run_dir / "config.yaml").exists():  # a run of an older version of the preset is refused, not reused
-        try:
-            check_resumable(cfg, run_dir)
-        except ValueError as error:
-            print(f"rl_locomotion: error: {error}; the preset {preset} has changed since: give another --output-dir",
-                  file=sys.stderr)
-            sys.exit(2)
+    try:
+        run_dir = trained_run(cfg, train_missing)
+    except ValueError as error:  # a run of an older version of the preset is refused, not reused
+        print(f"rl_locomotion: error: {error}; the preset {preset} has changed since: give another --output-dir",
+              file=sys.stderr)
+        sys.exit(2)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error} (drop --no-train)") from None
     last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
-    done = (run_dir / BEST).exists() and (cfg.training.iterations == 0 or
-                                          (last is not None and last["iteration"] >= cfg.training.iterations))
-    if not done and (train_missing or cfg.training.iterations == 0):  # random init: nothing to train
-        train(cfg, resume=last is not None, progress=False)
-        last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
-    if not (run_dir / BEST).exists():
-        raise FileNotFoundError(f"{run_dir} holds no {BEST}: train it first (drop --no-train)")
     best = load_checkpoint(run_dir / BEST)
     return str(run_dir), {"iterations_trained": (last or best)["iteration"], "best_iteration": best["iteration"],
                           "planned_iterations": cfg.training.iterations,

@@ -1,5 +1,8 @@
 """Meta-RL through the run machinery: presets, small end-to-end CLI runs, exact resume, one-line errors."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config, load_preset, preset_names
 from fastadapt.training.inspection import navigation_paths
-from fastadapt.training.runs import evaluate_learner, load_run, train
+from fastadapt.training.runs import evaluate_learner, load_run, train, trained_run
 from fastadapt.training.trainer import Trainer
 
 TINY_NAV = ["--horizon", "8", "--trajectories", "3", "--meta-batch-size", "3", "--hidden-sizes", "8", "8",
@@ -64,6 +67,44 @@ def test_cli_trains_rl2_and_evaluates_bandit_baselines(tmp_path, capsys):
         assert main(["train", f"rl-bandit-{algorithm}", "--arms", "3", "--horizon", "5", "--test-tasks", "5",
                      "--val-tasks", "4", "--output-dir", str(tmp_path / algorithm), "--no-progress"]) == 0
         assert "return per trial" in capsys.readouterr().out
+
+
+def test_the_rl2_second_phase_preset_is_the_first_with_only_the_losses_and_the_start_changed():
+    first, second = load_preset("rl-bandit-rl2").flat(), load_preset("rl-bandit-rl2-finetune").flat()
+    changed = {key for key in first if first[key] != second[key]}
+    assert changed == {"value_coef", "entropy_coef", "iterations", "init_from", "output_dir"}
+    assert (second["value_coef"], second["entropy_coef"], second["init_from"]) == (0.05, 0.03, "runs/rl-bandit-rl2-1000")
+
+
+TINY_RL2 = dict(arms=3, horizon=5, recurrent_size=8, meta_batch_size=8, ppo_epochs=1, val_tasks=4, test_tasks=5,
+                val_every=1, checkpoint_every=1)
+
+
+def test_trained_run_trains_resumes_reuses_and_refuses_other_settings(tmp_path):
+    cfg = load_preset("rl-bandit-rl2").replace(**TINY_RL2, iterations=2, output_dir=str(tmp_path / "rl2"))
+    run_dir = trained_run(cfg)
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] == 2
+    stamp = (run_dir / "last.pt").stat().st_mtime_ns
+    assert trained_run(cfg) == run_dir and (run_dir / "last.pt").stat().st_mtime_ns == stamp  # reused as it is
+    assert load_checkpoint(trained_run(cfg.replace(iterations=3)) / "last.pt")["iteration"] == 3  # resumed
+    with pytest.raises(ValueError, match="recurrent_size=8"):
+        trained_run(cfg.replace(recurrent_size=16, iterations=4))
+    untrained = cfg.replace(output_dir=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        trained_run(untrained, train_missing=False)
+
+
+def test_the_bandit_benchmark_refuses_a_run_made_with_other_settings_than_its_preset(tmp_path):
+    stale = load_preset("rl-bandit-rl2-k5-n10").replace(recurrent_size=64)
+    run_dir = tmp_path / "rl-bandit-rl2-k5-n10"
+    run_dir.mkdir()
+    stale.replace(output_dir=str(run_dir)).save(run_dir / "config.yaml")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_bandits.py"
+    done = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path), "--settings", "5x10"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("rl_bandits: error: ") and "recurrent_size=64" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 class Killed(Exception):

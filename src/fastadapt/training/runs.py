@@ -131,6 +131,24 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         return result, learner
 
 
+def trained_run(cfg: Config, train_missing: bool = True) -> Path:
+    """The run of ``cfg`` in its output directory, as a benchmark needs it: reused when it has reached its
+    iterations, else trained or resumed (unless ``train_missing`` is off; a run of 0 iterations is always
+    made). A directory holding a run of other settings (an older version of a preset) is refused with a
+    ValueError rather than reused or resumed."""
+    run_dir = Path(cfg.training.output_dir)
+    if (run_dir / "config.yaml").exists():
+        check_resumable(cfg, run_dir)
+    last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
+    done = (run_dir / BEST).exists() and (cfg.training.iterations == 0 or
+                                          (last is not None and last["iteration"] >= cfg.training.iterations))
+    if not done and (train_missing or cfg.training.iterations == 0):
+        train(cfg, resume=last is not None, progress=False)
+    if not (run_dir / BEST).exists():
+        raise FileNotFoundError(f"{run_dir} holds no {BEST}: train it first")
+    return run_dir
+
+
 def write_architecture(run_dir: str | Path) -> tuple[Config, ArchitectureLearning]:
     """Save the meta-architecture of a metanas / tnas run's best checkpoint as RUN_DIR/architecture.json;
     returns the run's config and best learner."""
