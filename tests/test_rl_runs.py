@@ -89,6 +89,8 @@ def test_trained_run_trains_resumes_reuses_and_refuses_other_settings(tmp_path):
     assert load_checkpoint(trained_run(cfg.replace(iterations=3)) / "last.pt")["iteration"] == 3  # resumed
     with pytest.raises(ValueError, match="recurrent_size=8"):
         trained_run(cfg.replace(recurrent_size=16, iterations=4))
+    ucb1 = load_preset("rl-bandit-ucb1").replace(arms=3, horizon=5, test_tasks=5, output_dir=str(tmp_path / "ucb1"))
+    assert trained_run(ucb1) == trained_run(ucb1)  # a 0-iteration run, its settings resolved as saved
     untrained = cfg.replace(output_dir=str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="train it first"):
         trained_run(untrained, train_missing=False)

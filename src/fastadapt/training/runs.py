@@ -136,6 +136,7 @@ def trained_run(cfg: Config, train_missing: bool = True) -> Path:
     iterations, else trained or resumed (unless ``train_missing`` is off; a run of 0 iterations is always
     made). A directory holding a run of other settings (an older version of a preset) is refused with a
     ValueError rather than reused or resumed."""
+    cfg = cfg.resolved()  # as the run directory's config.yaml holds it
     run_dir = Path(cfg.training.output_dir)
     if (run_dir / "config.yaml").exists():
         check_resumable(cfg, run_dir)
