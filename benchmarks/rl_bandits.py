@@ -51,6 +51,7 @@ def rl2_run(preset: str, output_dir: Path) -> str:
 
 
 def trained(cfg) -> Path:
+    """``trained_run``, with a run directory of other settings than its preset as a one-line error (exit 2)."""
     try:
         return trained_run(cfg)
     except ValueError as error:
