@@ -10,7 +10,10 @@ trials over the task distribution (the discount runs across episode boundaries).
 Deviation from the paper: Duan et al. train with TRPO; here the slow learner is PPO (Schulman et al. 2017:
 clipped surrogate, several epochs of Adam steps on each batch of trials, a value head on the GRU with GAE),
 which is simpler and needs no second-order machinery for a recurrent policy. The paper's value function was
-a separate baseline network; ours shares the GRU.
+a separate baseline network; ours shares the GRU, so ``value_coef`` sets how much the value loss shapes the
+GRU: its gradient can be a hundred times the policy's (returns of 100 pulls are large numbers), and with the
+whole gradient clipped to ``max_grad_norm`` the policy then barely moves. An entropy bonus keeps a nearly
+deterministic policy able to change (docs/results.md, bandits).
 
 Adaptation needs no gradient step: evaluation runs each test MDP for one trial and reports its total reward.
 """
