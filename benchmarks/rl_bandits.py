@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
-from fastadapt.training.config import load_preset
+from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import Estimate, format_table
 from fastadapt.training.runs import evaluate_learner, load_run, trained_run
 
@@ -50,7 +50,7 @@ def rl2_run(preset: str, output_dir: Path) -> str:
     return str(trained(cfg))
 
 
-def trained(cfg) -> Path:
+def trained(cfg: Config) -> Path:
     """``trained_run``, with a run directory of other settings than its preset as a one-line error (exit 2)."""
     try:
         return trained_run(cfg)

@@ -55,6 +55,8 @@ def run_dir_of(preset: str, output_dir: Path, train_missing: bool, workers: int 
               file=sys.stderr)
         sys.exit(2)
     except FileNotFoundError as error:
+        if train_missing:
+            raise
         raise FileNotFoundError(f"{error} (drop --no-train)") from None
     last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
     best = load_checkpoint(run_dir / BEST)
