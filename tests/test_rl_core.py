@@ -126,6 +126,15 @@ def test_gaussian_and_categorical_maths():
                                atol=0.01, rtol=0, check_dtype=False)
 
 
+@pytest.mark.parametrize("actions", [GaussianMLPPolicy(Spaces(2, "continuous", 3)).actions,
+                                     CategoricalMLPPolicy(Spaces(2, "discrete", 4)).actions])
+def test_action_noise_is_made_on_the_seeds_device(actions):
+    """A GPU rollout once failed: the Gaussian noise's per-dimension counter was a CPU tensor. The "meta" device
+    checks devices as CUDA does, so this catches a CPU-only tensor without a GPU."""
+    seeds, steps = torch.arange(6, device="meta").reshape(2, 3), torch.arange(5, device="meta")
+    assert actions.noise(seeds, steps).device.type == "meta"
+
+
 def test_policies_refuse_the_wrong_action_space():
     continuous, discrete = Navigation2DTasks().spaces, BanditTasks().spaces
     with pytest.raises(ValueError, match="categorical policy needs discrete actions"):

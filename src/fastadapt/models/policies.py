@@ -73,7 +73,8 @@ class GaussianActions:
 
     def noise(self, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Standard normals: (*seeds.shape, steps, size)."""
-        return counter_noise.normal(seeds[..., None, None], steps[:, None], torch.arange(self.size))
+        return counter_noise.normal(seeds[..., None, None], steps[:, None],
+                                   torch.arange(self.size, device=seeds.device))
 
     def sample(self, dist: tuple[torch.Tensor, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
         mean, log_std = dist
