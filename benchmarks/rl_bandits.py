@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
-from fastadapt.training.config import Config, load_preset
+from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table
-from fastadapt.training.runs import evaluate_learner, load_run, trained_run
+from fastadapt.benchmarks.preset_runs import preset_run
+from fastadapt.training.runs import evaluate_learner, load_run
 
 #: (arms k, pulls n) -> the RL^2 rows: (label, preset)
 SETTINGS = {(5, 10): [("RL^2 (ours)", "rl-bandit-rl2-k5-n10")],
@@ -38,6 +38,7 @@ PAPER = {(10, 100): {"RL^2": 83.5, "Gittins": 82.8, "random": 49.9}}
 TARGETS = {(5, 10): 6.5, (10, 100): 80.0}
 UCB_GRID = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
 ROW = "return per trial"
+SCRIPT = "rl_bandits"
 
 
 def rl2_run(preset: str, output_dir: Path) -> str:
@@ -46,17 +47,8 @@ def rl2_run(preset: str, output_dir: Path) -> str:
         first, changes = FIRST_PHASE[preset]
         first_cfg = load_preset(first).replace(**changes,
                                                output_dir=str(output_dir / Path(cfg.training.init_from).name))
-        cfg = cfg.replace(init_from=str(trained(first_cfg)))
-    return str(trained(cfg))
-
-
-def trained(cfg: Config) -> Path:
-    """``trained_run``, with a run directory of other settings than its preset as a one-line error (exit 2)."""
-    try:
-        return trained_run(cfg)
-    except ValueError as error:
-        print(f"rl_bandits: error: {error}; its preset has changed since: give another --output-dir", file=sys.stderr)
-        sys.exit(2)
+        cfg = cfg.replace(init_from=str(preset_run(first_cfg, SCRIPT)))
+    return str(preset_run(cfg, SCRIPT))
 
 
 def baseline(name: str, arms: int, pulls: int, output_dir: Path, **method) -> tuple:
@@ -64,7 +56,7 @@ def baseline(name: str, arms: int, pulls: int, output_dir: Path, **method) -> tu
     suffix = "".join(f"-{key}{value}" for key, value in method.items())
     cfg = load_preset(f"rl-bandit-{name}").replace(arms=arms, horizon=pulls, **method,
                                                      output_dir=str(output_dir / f"{name}-k{arms}-n{pulls}{suffix}"))
-    return load_run(trained(cfg))
+    return load_run(preset_run(cfg, SCRIPT))
 
 
 def main() -> None:

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from fastadapt.benchmarks.preset_runs import preset_run
 from fastadapt.plots import plot_adaptation_curves
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import fixed_batches, load_run, trained_run
+from fastadapt.training.runs import fixed_batches, load_run
 from fastadapt.training.builders import build_tasks
 from fastadapt.training.trainer import BEST, LAST
 
@@ -49,11 +49,7 @@ def run_dir_of(preset: str, output_dir: Path, train_missing: bool, workers: int 
     if workers is not None:
         cfg = cfg.replace(rollout_workers=workers)
     try:
-        run_dir = trained_run(cfg, train_missing)
-    except ValueError as error:  # a run of an older version of the preset is refused, not reused
-        print(f"rl_locomotion: error: {error}; the preset {preset} has changed since: give another --output-dir",
-              file=sys.stderr)
-        sys.exit(2)
+        run_dir = preset_run(cfg, "rl_locomotion", train_missing)
     except FileNotFoundError as error:
         if train_missing:
             raise

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from fastadapt.benchmarks.preset_runs import preset_run
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table
-from fastadapt.training.runs import evaluate_learner, load_run, train
+from fastadapt.training.runs import evaluate_learner, load_run
 from fastadapt.training.trainer import BEST, LAST
 
 PRESETS = {"MAML": "rl-nav2d-maml", "pretrained": "rl-nav2d-pretrained", "random init": "rl-nav2d-random",
@@ -34,16 +35,10 @@ STEP_SIZES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 
 
 def finished_run(preset: str, output_dir: Path) -> tuple[str, float]:
-    """Train the preset's run in ``output_dir`` (or resume / reuse it); its directory and training seconds."""
-    cfg = load_preset(preset).replace(output_dir=str(output_dir / preset))
-    run_dir = Path(cfg.training.output_dir)
-    last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
-    done = (run_dir / BEST).exists() and (cfg.training.iterations == 0 or
-                                          (last is not None and last["iteration"] >= cfg.training.iterations))
-    if not done:
-        train(cfg, resume=last is not None, progress=False)
-        last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
-    return str(run_dir), (last or {}).get("seconds", 0.0)
+    """The preset's run in ``output_dir``, trained, resumed or reused; its directory and training seconds."""
+    run_dir = preset_run(load_preset(preset).replace(output_dir=str(output_dir / preset)), "rl_nav2d")
+    last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else load_checkpoint(run_dir / BEST)
+    return str(run_dir), last.get("seconds", 0.0)
 
 
 def choose_step_size(run_dir: str) -> tuple[float, dict[float, float]]:

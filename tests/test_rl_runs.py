@@ -96,16 +96,22 @@ def test_trained_run_trains_resumes_reuses_and_refuses_other_settings(tmp_path):
         trained_run(untrained, train_missing=False)
 
 
-def test_the_bandit_benchmark_refuses_a_run_made_with_other_settings_than_its_preset(tmp_path):
-    stale = load_preset("rl-bandit-rl2-k5-n10").replace(recurrent_size=64)
-    run_dir = tmp_path / "rl-bandit-rl2-k5-n10"
+@pytest.mark.parametrize("script, preset, change, arguments", [
+    ("rl_bandits", "rl-bandit-rl2-k5-n10", dict(recurrent_size=64), ["--settings", "5x10"]),
+    ("rl_nav2d", "rl-nav2d-maml", dict(gae_lambda=0.95), []),
+])
+def test_a_benchmark_refuses_a_run_made_with_other_settings_than_its_preset(tmp_path, script, preset, change,
+                                                                              arguments):
+    stale = load_preset(preset).replace(**change)
+    run_dir = tmp_path / preset
     run_dir.mkdir()
     stale.replace(output_dir=str(run_dir)).save(run_dir / "config.yaml")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_bandits.py"
-    done = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path), "--settings", "5x10"],
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    done = subprocess.run([sys.executable, str(path), "--output-dir", str(tmp_path), *arguments],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("rl_bandits: error: ") and "recurrent_size=64" in done.stderr
+    name, value = next(iter(change.items()))
+    assert done.stderr.startswith(f"{script}: error: ") and f"{name}={value}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
