@@ -1,15 +1,17 @@
 """2D navigation (Finn et al. 2017, section 5.3): MAML-RL against the pretrained, random-initialisation and
-oracle baselines, each evaluated on the same 40 fixed test goals after 0, 1, 2 and 3 policy-gradient steps.
+oracle baselines, each evaluated on the same fixed test goals (400, the presets' test_tasks) after 0, 1, 2 and 3
+policy-gradient steps.
 
     python benchmarks/rl_nav2d.py --output-dir runs/bench-nav2d
 
 1. trains the runs of the presets rl-nav2d-maml, rl-nav2d-pretrained and rl-nav2d-oracle (rl-nav2d-random
    trains nothing); a finished run is reused and an interrupted one resumed, so the script can be restarted;
-2. chooses the test-time step size of the pretrained and random-init baselines on the 40 *validation* goals
+2. chooses the test-time step size of the pretrained and random-init baselines on as many *validation* goals
    (first step alpha from a grid, later steps alpha / 2 as for MAML), by the mean return after one step;
    MAML keeps the paper's alpha = 0.1, then 0.05;
 3. evaluates every method on the test goals, prints the table beside the paper's MAML row, checks the
-   issue's targets and writes results.json.
+   issue's targets (and prints the per-goal difference between MAML and the pretrained policy after one
+   step, a paired comparison on the same goals) and writes results.json.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ import torch
 
 from fastadapt.benchmarks.preset_runs import preset_run
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import load_preset
-from fastadapt.training.evaluation import Estimate, format_table
-from fastadapt.training.runs import evaluate_learner, load_run
+from fastadapt.training.builders import build_tasks
+from fastadapt.training.config import Config, load_preset
+from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
+from fastadapt.training.runs import evaluate_learner, fixed_batches, load_run
 from fastadapt.training.trainer import BEST, LAST
 
 PRESETS = {"MAML": "rl-nav2d-maml", "pretrained": "rl-nav2d-pretrained", "random init": "rl-nav2d-random",
@@ -51,6 +54,13 @@ def choose_step_size(run_dir: str) -> tuple[float, dict[float, float]]:
     return max(scores, key=scores.get), scores
 
 
+def test_returns(cfg: Config, learner) -> dict[str, torch.Tensor]:
+    """Every test goal's mean return after each of the run's evaluation steps ("0 steps", "1 step", ...)."""
+    batches = fixed_batches(build_tasks(cfg, "test"), cfg.evaluation.test_tasks, "test")
+    results = per_task_results(learner, batches, cfg.evaluation.eval_steps)
+    return {step_label(steps): returns for steps, returns in results.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/bench-nav2d")
@@ -59,6 +69,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     columns: dict[str, dict[str, Estimate]] = {}
+    per_goal: dict[str, dict[str, torch.Tensor]] = {}
     record: dict = {"step_sizes": {}, "train_seconds": {}, "results": {}}
     for name, preset in PRESETS.items():
         start = time.perf_counter()
@@ -71,7 +82,8 @@ def main() -> None:
             record["step_sizes"][name] = {"chosen": alpha, "validation 1-step return": scores}
             print(f"{name}: step size {alpha} chosen on validation goals "
                   f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
-        columns[name] = evaluate_learner(cfg, learner)
+        per_goal[name] = test_returns(cfg, learner)
+        columns[name] = {row: mean_and_ci95(returns) for row, returns in per_goal[name].items()}
         record["results"][name] = {row: e.to_dict() for row, e in columns[name].items()}
         print(f"{name} ({preset}, trained {seconds / 60:.1f} min, evaluated in {time.perf_counter() - start:.0f} s "
               "incl. any training): " + ", ".join(f"{row} {e}" for row, e in columns[name].items()), flush=True)
@@ -80,8 +92,8 @@ def main() -> None:
     columns["oracle"] = {row: oracle for row in PAPER_MAML}  # it needs no adaptation: the same at every row
     columns["MAML (paper)"] = {row: f"{value:.2f}" for row, value in PAPER_MAML.items()}
     print()
-    print(format_table(columns, "2D navigation: mean return (sum of -L2 distances over <= 100 steps) on 40 fixed "
-                                "test goals, 20 trajectories each, mean ± 95% CI over goals"))
+    print(format_table(columns, f"2D navigation: mean return (sum of -L2 distances over <= 100 steps) on "
+                                f"{oracle.num_tasks} fixed test goals, 20 trajectories each, mean ± 95% CI over goals"))
 
     maml, pretrained = columns["MAML"], columns["pretrained"]
     closer = (oracle.mean - maml["0 steps"].mean) / (oracle.mean - maml["1 step"].mean)
@@ -90,7 +102,9 @@ def main() -> None:
           f"{'met' if closer >= 3 else 'NOT met'})")
     print(f"MAML after 1 step vs pretrained after 1 step: 95% CIs {'do not overlap' if gap > 0 else 'OVERLAP'} "
           f"(gap {gap:.2f})")
-    record.update(closer_to_oracle=closer, ci_gap=gap)
+    paired = mean_and_ci95(per_goal["MAML"]["1 step"] - per_goal["pretrained"]["1 step"])
+    print(f"per goal, MAML minus pretrained after 1 step (the same goals): {paired.mean:+.2f} ± {paired.ci95:.2f}")
+    record.update(closer_to_oracle=closer, ci_gap=gap, paired_difference_1_step=paired.to_dict())
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {output_dir / 'results.json'}")
 

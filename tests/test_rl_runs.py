@@ -96,9 +96,20 @@ def test_trained_run_trains_resumes_reuses_and_refuses_other_settings(tmp_path):
         trained_run(untrained, train_missing=False)
 
 
+def test_a_run_is_tested_as_its_latest_settings_say_not_as_its_checkpoint_was_saved(tmp_path):
+    """A resume may change test_tasks / eval_steps after the best checkpoint was written: load_run (fastadapt eval,
+    the benchmarks) follows config.yaml. A benchmark once tested the oracle on 40 goals where its preset said 400."""
+    cfg = load_preset("rl-bandit-rl2").replace(**TINY_RL2, iterations=2, output_dir=str(tmp_path / "rl2"))
+    run_dir = trained_run(cfg)
+    train(cfg.replace(test_tasks=7), resume=True, progress=False)  # nothing more to train; config.yaml rewritten
+    assert load_checkpoint(run_dir / "best.pt")["config"]["evaluation"]["test_tasks"] == 5
+    loaded, _ = load_run(run_dir, "best")
+    assert loaded.evaluation.test_tasks == 7
+
+
 @pytest.mark.parametrize("script, preset, change, arguments", [
     ("rl_bandits", "rl-bandit-rl2-k5-n10", dict(recurrent_size=64), ["--settings", "5x10"]),
-    ("rl_nav2d", "rl-nav2d-maml", dict(gae_lambda=0.95), []),
+    ("rl_nav2d", "rl-nav2d-maml", dict(gae_lambda=1.0), []),
 ])
 def test_a_benchmark_refuses_a_run_made_with_other_settings_than_its_preset(tmp_path, script, preset, change,
                                                                               arguments):

@@ -41,6 +41,8 @@ MAX_CHUNK_VALUES = 512 * 28 * 28
 #: (where the same archives are found; their checksums key the decoded cache), not for a folder.
 RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "log_every", "val_every", "checkpoint_every",
                                "test_tasks", "eval_steps", "threads", "rollout_workers"})
+#: Of those, the ones that say how the run is tested: ``load_run`` takes them from config.yaml (the latest).
+EVALUATION_CHANGES = ("test_tasks", "eval_steps")
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK,
@@ -192,6 +194,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Met
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     payload = load_checkpoint(run_dir / (BEST if checkpoint == "best" else LAST))
     cfg = Config.from_dict(payload["config"])
+    if (run_dir / "config.yaml").exists():  # a resume may have changed how the run is tested since that checkpoint
+        latest = Config.load(run_dir / "config.yaml").flat()
+        cfg = cfg.replace(**{name: latest[name] for name in EVALUATION_CHANGES})
     # an MDP family is built in full (it reads no data); other tasks from the run's recorded signature
     tasks = build_tasks(cfg, "train") if cfg.task.family in RL_FAMILIES else read_run_inputs(run_dir, cfg).signature
     learner = build_learner(cfg, tasks)
