@@ -1,4 +1,5 @@
 """Meta-RL through the run machinery: presets, small end-to-end CLI runs, exact resume, one-line errors."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from fastadapt.cli import main
 from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config, load_preset, preset_names
+from fastadapt.training.evaluation import mean_and_ci95
 from fastadapt.training.inspection import navigation_paths
 from fastadapt.training.runs import evaluate_learner, load_run, train, trained_run
 from fastadapt.training.trainer import Trainer
@@ -105,6 +107,24 @@ def test_a_run_is_tested_as_its_latest_settings_say_not_as_its_checkpoint_was_sa
     assert load_checkpoint(run_dir / "best.pt")["config"]["evaluation"]["test_tasks"] == 5
     loaded, _ = load_run(run_dir, "best")
     assert loaded.evaluation.test_tasks == 7
+
+
+def test_the_nav2d_benchmark_tests_each_goal_as_fastadapt_eval_does(tmp_path):
+    """benchmarks/rl_nav2d.py keeps every test goal's return (for the paired MAML - pretrained difference); their
+    mean ± CI must be the figures `fastadapt eval` prints for the same run."""
+    spec = importlib.util.spec_from_file_location(
+        "rl_nav2d", Path(__file__).resolve().parents[1] / "benchmarks" / "rl_nav2d.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    cfg = load_preset("rl-nav2d-maml").replace(horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
+                                               iterations=1, val_tasks=3, test_tasks=5, eval_steps=[0, 1],
+                                               output_dir=str(tmp_path / "maml"))
+    cfg, learner = load_run(trained_run(cfg), "best")
+    per_goal = benchmark.test_returns(cfg, learner)
+    assert list(per_goal) == ["0 steps", "1 step"] and all(r.shape == (5,) for r in per_goal.values())
+    expected = evaluate_learner(cfg, learner)
+    for row, returns in per_goal.items():
+        assert mean_and_ci95(returns) == expected[row]
 
 
 @pytest.mark.parametrize("script, preset, change, arguments", [
