@@ -151,7 +151,8 @@ def test_demo_reuses_only_an_identical_run_and_refuses_other_settings(tmp_path, 
 def test_seconds_are_cumulative_across_a_resume(tmp_path):
     train(_sinusoid(tmp_path, iterations=10), progress=False)
     before = _records(tmp_path / "run")[-1]["seconds"]
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["seconds"] >= before > 0
+    # the log rounds to the millisecond (0.07499 s is logged as 0.075), the checkpoint keeps the clock as it was
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["seconds"] >= before - 0.0005 and before > 0
     train(_sinusoid(tmp_path, iterations=20), resume=True, progress=False)
     after = [r["seconds"] for r in _records(tmp_path / "run") if r["iteration"] > 10]
     assert after and min(after) > before
