@@ -107,6 +107,10 @@ def test_a_run_is_tested_as_its_latest_settings_say_not_as_its_checkpoint_was_sa
     assert load_checkpoint(run_dir / "best.pt")["config"]["evaluation"]["test_tasks"] == 5
     loaded, _ = load_run(run_dir, "best")
     assert loaded.evaluation.test_tasks == 7
+    stamp = (run_dir / "last.pt").stat().st_mtime_ns
+    trained_run(cfg.replace(test_tasks=9))  # a benchmark reusing the finished run with a preset's new test_tasks
+    assert load_run(run_dir, "best")[0].evaluation.test_tasks == 9
+    assert (run_dir / "last.pt").stat().st_mtime_ns == stamp  # nothing retrained
 
 
 def test_the_nav2d_benchmark_tests_each_goal_as_fastadapt_eval_does(tmp_path):

@@ -137,16 +137,20 @@ def trained_run(cfg: Config, train_missing: bool = True) -> Path:
     """The run of ``cfg`` in its output directory, as a benchmark needs it: reused when it has reached its
     iterations, else trained or resumed (unless ``train_missing`` is off; a run of 0 iterations is always
     made). A directory holding a run of other settings (an older version of a preset) is refused with a
-    ValueError rather than reused or resumed."""
+    ValueError rather than reused or resumed; a finished run reused with other resumable settings (more test
+    tasks, say) records them in its config.yaml, as a resume would, so that ``load_run`` tests it as ``cfg`` says."""
     cfg = cfg.resolved()  # as the run directory's config.yaml holds it
     run_dir = Path(cfg.training.output_dir)
-    if (run_dir / "config.yaml").exists():
+    saved = Config.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+    if saved is not None:
         check_resumable(cfg, run_dir)
     last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
     done = (run_dir / BEST).exists() and (cfg.training.iterations == 0 or
                                           (last is not None and last["iteration"] >= cfg.training.iterations))
     if not done and (train_missing or cfg.training.iterations == 0):
         train(cfg, resume=last is not None, progress=False)
+    elif done and saved is not None and saved.flat() != cfg.flat():
+        cfg.save(run_dir / "config.yaml")
     if not (run_dir / BEST).exists():
         raise FileNotFoundError(f"{run_dir} holds no {BEST}: train it first")
     return run_dir
