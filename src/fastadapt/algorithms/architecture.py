@@ -33,6 +33,8 @@ TEMPERATURE = "temperature"
 class ArchitectureLearning:
     """Mixin placed before a MAML subclass: ``class MetaNAS(ArchitectureLearning, Reptile)``."""
 
+    captures_whole_step = False  # the warm-up depends on the iteration, which a graph would freeze
+
     def __init__(self, model: nn.Module, loss: str, *, alpha_inner_lr: float = 0.0, warmup_iterations: int = 0,
                  temperature_start: float = 1.0, temperature_end: float = 1.0, **maml_options) -> None:
         if not isinstance(model, SearchNetwork):

@@ -75,6 +75,13 @@ class MetaLearner(nn.Module):
     #: whether ``adapt`` reads the support set as a sequence and was trained on random orders of it, so that
     #: evaluation episodes must present their support in a (fixed) random order too, not class by class
     reads_support_in_order = False
+    #: whether ``meta_loss`` on a fixed-shape batch runs the same kernels every call, with no host
+    #: synchronisation and no branch on tensor values, so that one CUDA graph may capture the whole step
+    #: (training.captured); a learner claims it only where that has been checked
+    captures_whole_step = False
+    #: set while a captured step records ``meta_loss``: ``metrics`` then returns detached tensors, as reading
+    #: a value back to the host (``.item()``) cannot be captured and would wait for the GPU every step
+    metrics_as_tensors = False
 
     def __init__(self, loss: str) -> None:
         super().__init__()
@@ -102,10 +109,10 @@ class MetaLearner(nn.Module):
         return loss, self.metrics(outputs, tasks.query_y, loss)
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
-        metrics = {"loss": loss.item()}
+        metrics = {"loss": loss.detach()}
         if self.loss == "cross_entropy":
-            metrics["accuracy"] = per_task_metric(outputs.detach(), targets, self.loss).mean().item()
-        return metrics
+            metrics["accuracy"] = per_task_metric(outputs.detach(), targets, self.loss).mean()
+        return metrics if self.metrics_as_tensors else {key: value.item() for key, value in metrics.items()}
 
 
 # --- checks and helpers shared by the learners that read a support set (metric- and model-based) ---

@@ -42,6 +42,7 @@ def check_learning_rate(name: str, value: float) -> float:
 
 class MAML(MetaLearner):
     uses_adaptation_steps = True
+    captures_whole_step = True  # fixed shapes, no .item(), no branch on values (tests/test_captured.py)
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from fastadapt.tasks.base import TaskBatch
 
 
 class Pretrained(MAML):
+    captures_whole_step = False  # its own meta_loss, not checked under capture
     def meta_loss(self, tasks: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         x = torch.cat([tasks.support_x, tasks.query_x], dim=1)
         y = torch.cat([tasks.support_y, tasks.query_y], dim=1)

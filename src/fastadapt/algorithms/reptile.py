@@ -20,6 +20,7 @@ from fastadapt.tasks.base import TaskBatch
 
 
 class Reptile(MAML):
+    captures_whole_step = False  # its own meta_loss, not checked under capture
     def __init__(self, model: nn.Module, loss: str, inner_lr: float = 0.01, inner_steps: int = 5, **options) -> None:
         options.pop("first_order", None)
         super().__init__(model, loss, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True, **options)

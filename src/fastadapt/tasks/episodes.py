@@ -57,7 +57,7 @@ class EpisodeTasks:
         self._table, self._counts = dataset.class_index_table()
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
-        return self._materialize(self.sample_indices(num_tasks, generator))
+        return self.materialize(self.sample_indices(num_tasks, generator))
 
     def sample_indices(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """Dataset indices (tasks, n_way, k_shot + num_query): row j is label j's support, then query images.
@@ -86,7 +86,7 @@ class EpisodeTasks:
         class by class: for learners that read the support set as a sequence (MANN).
         """
         indices, order = self._fixed_indices(num_tasks, split, seed, shuffle_support)
-        return self._materialize(indices, order)
+        return self.materialize(indices, order)
 
     def iter_fixed_tasks(
         self, num_tasks: int, chunk_size: int, split: str = "test", seed: int = 0, shuffle_support: bool = False
@@ -102,7 +102,7 @@ class EpisodeTasks:
         indices, order = self._fixed_indices(num_tasks, split, seed, shuffle_support)
         for start in range(0, num_tasks, chunk_size):
             chunk = slice(start, start + chunk_size)
-            yield self._materialize(indices[chunk], None if order is None else order[chunk])
+            yield self.materialize(indices[chunk], None if order is None else order[chunk])
 
     def _fixed_indices(self, num_tasks: int, split: str, seed: int,
                        shuffle_support: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -122,14 +122,17 @@ class EpisodeTasks:
             order = torch.rand(num_tasks, self.n_way * self.k_shot, generator=orders).argsort(1)
         return torch.cat(blocks), order
 
-    def _materialize(self, indices: torch.Tensor, support_order: torch.Tensor | None = None) -> TaskBatch:
+    def materialize(self, indices: torch.Tensor, support_order: torch.Tensor | None = None,
+                    images: torch.Tensor | None = None) -> TaskBatch:
+        """The tasks of ``sample_indices``'s ``indices``, their images gathered from ``images`` (default: the
+        dataset's, on the CPU; a copy already on the GPU gives tasks on the GPU without a transfer)."""
         num_tasks, k = indices.shape[0], self.k_shot
         support, query = indices[:, :, :k].reshape(num_tasks, -1), indices[:, :, k:].reshape(num_tasks, -1)
-        labels = torch.arange(self.n_way)
+        labels = torch.arange(self.n_way, device=indices.device)
         support_y = labels.repeat_interleave(k).repeat(num_tasks, 1)
         if support_order is not None:
             support, support_y = support.gather(1, support_order), support_y.gather(1, support_order)
-        images = self.dataset.images
+        images = self.dataset.images if images is None else images
         return TaskBatch(
             images[support].float().div_(255),
             support_y,

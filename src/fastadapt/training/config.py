@@ -29,6 +29,10 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", flat: str | None
     return field(default=default, metadata=metadata)
 
 
+#: training.cuda_graph: whether the meta-step is captured in a CUDA graph (training.captured)
+CUDA_GRAPH_SETTINGS = ("auto", "on", "off")
+
+
 class ConfigError(ValueError):
     """A setting has the wrong type or an impossible value."""
 
@@ -247,6 +251,9 @@ class TrainingSettings:
     tasks_per_pass: int | None = setting(None, "memory-saving mode: run each meta-batch through forward and "
                                                "backward in chunks of this many tasks, gradients accumulated; "
                                                "null: all tasks at once")
+    cuda_graph: str = setting("auto", "auto: on a CUDA GPU, capture the whole meta-step of MAML-family methods "
+                                      "in one CUDA graph (much faster; the same tasks and math); on: the same, "
+                                      "saying why not where it cannot; off: always the eager step")
 
     def validate(self) -> None:
         _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every", "threads",
@@ -255,6 +262,8 @@ class TrainingSettings:
             raise ConfigError(f"config: rollout_workers must be >= 0, got {self.rollout_workers}")
         if self.iterations < 0:
             raise ConfigError(f"config: iterations must be >= 0, got {self.iterations}")
+        if self.cuda_graph not in CUDA_GRAPH_SETTINGS:
+            raise ConfigError(f"config: cuda_graph must be one of {CUDA_GRAPH_SETTINGS}, got {self.cuda_graph!r}")
         if self.lr_decay_every < 0:
             raise ConfigError(f"config: lr_decay_every must be >= 0, got {self.lr_decay_every}")
         if not self.meta_lr > 0:

@@ -23,12 +23,13 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
-    """The context the forward passes of a run execute in: bf16 autocast on ``device``, or nothing for fp32."""
+def autocast(precision: str, device: torch.device | str, cache: bool = True) -> AbstractContextManager:
+    """The context the forward passes of a run execute in: bf16 autocast on ``device``, or nothing for fp32.
+    ``cache`` off: no cache of weights cast to bf16 (a CUDA graph cannot capture one)."""
     device = torch.device(device)
     if check_precision(precision) == "bf16" and device.type not in ("cpu", "cuda"):
         raise ValueError(f"precision bf16 runs on cpu and cuda devices, not {device.type!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=cache)
 
 
 def has_native_bf16(device: torch.device | str) -> bool:

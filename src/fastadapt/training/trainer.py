@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training.allocator import reuse_freed_memory
+from fastadapt.training.captured import captured_step
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import evaluate, higher_is_better, metric_name
@@ -148,6 +149,21 @@ class Trainer:
         self.higher_is_better = higher_is_better(learner)
         self._stall_noted = False
         self._start: float | None = None  # when this session's fit began
+        self.captured = captured_step(cfg.training.cuda_graph, learner, tasks, self.optimizer,
+                                      cfg.training.meta_batch_size, cfg.training.precision, self.device,
+                                      self._graph_obstacle(), self.say)
+
+    def _graph_obstacle(self) -> str | None:
+        """What in this trainer keeps the step out of a CUDA graph (see training.captured), or None."""
+        if type(self).step is not Trainer.step:
+            return f"{type(self).__name__} has a step of its own"
+        if self.scheduler is not None:
+            return "the learning rate changes during the run (lr_decay_every)"
+        if self.gradient_hook is not None:
+            return "a gradient hook runs between backward pass and optimizer step"
+        if self.cfg.training.tasks_per_pass is not None:
+            return "tasks_per_pass splits the meta-batch"
+        return None
 
     def say(self, message: str) -> None:
         """A line for the person running this, above the progress bar."""
@@ -203,6 +219,10 @@ class Trainer:
         self.best_iteration = payload.get("best_iteration")
         self.seconds_before = payload.get("seconds", 0.0)
         restore_rng_state(payload["rng"], self.generator)
+        if self.optimizer:
+            for group in self.optimizer.param_groups:
+                if group.get("capturable"):  # saved by a captured step; one sets it again (on the GPU only)
+                    group["capturable"] = False
 
     def _truncate_log(self, iteration: int) -> None:
         """Drop log lines written after the checkpoint we resume from, so the log matches the run."""
@@ -213,7 +233,10 @@ class Trainer:
             log.write_text("".join(line + "\n" for line in kept))
 
     def _save(self, name: str, is_writer: bool) -> None:
-        """Every process builds the state (a distributed one gathers all ranks' RNG states); the writer saves it."""
+        """Every process builds the state (a distributed one gathers all ranks' RNG states); the writer saves it.
+        A captured step's run is checked for divergence first, so that no non-finite weights are saved."""
+        if self.captured is not None and self.captured.has_diverged():
+            self._diverged()
         state = self.state()
         if is_writer:
             save_checkpoint(self.run_dir / name, state)
@@ -257,6 +280,19 @@ class Trainer:
         if self.scheduler:
             self.scheduler.step()
         return totals
+
+    def _diverged(self) -> None:
+        raise NonFiniteLossError(
+            f"a meta-loss turned non-finite before iteration {self.iteration} (the captured step checks at log "
+            f"lines and checkpoints); the run diverged. Lower meta_lr (now {self.cfg.training.meta_lr}) or "
+            f"inner_lr (now {self.cfg.method.inner_lr}); the last good checkpoint is {self.run_dir / LAST}")
+
+    def _captured_sums(self) -> dict[str, float]:
+        """The captured step's metric sums since the last log line (it keeps them on the GPU until asked)."""
+        sums, diverged = self.captured.take_sums()
+        if diverged:
+            self._diverged()
+        return sums
 
     def rl_step(self, batch) -> dict[str, float]:
         """An RL learner's outer update is not one optimizer step on one loss (a TRPO step with its line search,
@@ -333,7 +369,11 @@ class Trainer:
         with bar, StopRequest() as stop:
             while self.iteration < cfg.iterations:
                 try:
-                    metrics = self.step(self.sample())
+                    if self.captured is not None:  # the same tasks as self.sample(), as indices; no read-back
+                        self.captured.step(self.tasks.sample_indices(cfg.meta_batch_size, self.generator))
+                        metrics = {}
+                    else:
+                        metrics = self.step(self.sample())
                 except KeyboardInterrupt:  # a second Ctrl-C: the step is abandoned, last.pt stays as it was
                     last = self.run_dir / LAST
                     saved = load_checkpoint(last)["iteration"] if last.exists() else None
@@ -346,6 +386,8 @@ class Trainer:
                 done = self.iteration == cfg.iterations
                 record: dict[str, float] = {}
                 if self.iteration % cfg.log_every == 0 or done:
+                    if self.captured is not None:
+                        running = self._captured_sums()
                     record = {key: value / since_log for key, value in running.items()}
                     if self.optimizer is not None:
                         record["lr"] = self.optimizer.param_groups[0]["lr"]
