@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.threads import network_built
+
 NORMS = ("transductive", "layer", "batch")
 POOLINGS = ("max", "stride")
 
@@ -128,6 +130,7 @@ class Conv4(nn.Module):
         on CPU (Omniglot batches, forward + backward); it is left off under MAML's vmapped inner loop.
         """
         super().__init__()
+        network_built("conv4")  # torch's thread count for this network (fastadapt.threads)
         if in_channels < 1 or hidden < 1 or (output_size is not None and output_size < 1):
             raise ValueError(
                 f"Conv4 sizes must be positive, got in_channels={in_channels}, hidden={hidden}, "

@@ -32,6 +32,7 @@ from fastadapt.models.conv4 import _norm_layer
 from fastadapt.models.darts_operations import (
     OPERATIONS, ZERO, FactorizedReduce, ReLUConvNorm, build_operation, check_operations,
 )
+from fastadapt.threads import network_built
 
 CELL_TYPES = ("normal", "reduce")
 #: Prefix of the architecture parameters in a ``SearchNetwork``'s named_parameters().
@@ -214,6 +215,7 @@ class _CellNetwork(nn.Module):
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int | None, norm: str) -> None:
         super().__init__()
+        network_built("darts")  # torch's thread count for this network (fastadapt.threads)
         if in_channels < 1 or (num_classes is not None and num_classes < 1):
             raise ValueError(f"network sizes must be positive, got in_channels={in_channels}, num_classes={num_classes}")
         self.space, self.in_channels, self.norm = space, in_channels, norm

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastadapt.threads import network_built
+
 
 class MLP(nn.Sequential):
     def __init__(self, input_size: int = 1, output_size: int = 1, hidden_sizes: tuple[int, ...] = (40, 40)) -> None:
@@ -16,6 +18,7 @@ class MLP(nn.Sequential):
             width = hidden
         layers.append(nn.Linear(width, output_size))
         super().__init__(*layers)
+        network_built("mlp")  # torch's thread count for this network (fastadapt.threads)
         self.input_size = input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 from fastadapt.environments import Spaces
 from fastadapt.environments import noise as counter_noise
 from fastadapt.models.mlp import MLP
+from fastadapt.threads import network_built
 
 Params = dict[str, torch.Tensor]
 Distribution = Any  # logits (categorical) or a (mean, log_std) pair (Gaussian)
@@ -181,6 +182,7 @@ class RecurrentPolicy(nn.Module):
 
     def __init__(self, spaces: Spaces, hidden_size: int = 256, init_log_std: float = 0.0) -> None:
         super().__init__()
+        network_built("gru")  # torch's thread count for this network (fastadapt.threads)
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {hidden_size}")
         self.spaces = spaces

@@ -218,8 +218,15 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     the run's evaluation settings ("5-way 1-shot", ..., see ``eval_settings``),
     each over the same number of fixed test episodes with ``eval_query``
     queries per class, followed by the number of steps when those are swept. ``dataset``: the classes to
-    draw test episodes from instead of the run's own test classes (cross-domain evaluation).
+    draw test episodes from instead of the run's own test classes (cross-domain evaluation). It runs on the
+    threads ``fastadapt train`` would choose for the run (one for a small network).
     """
+    with using_threads(choose_threads(cfg, resolve_model(cfg))[0]):
+        return _evaluate_learner(cfg, learner, num_tasks, steps, dataset, split)
+
+
+def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None, steps: list[int] | None,
+                      dataset: ClassDataset | None, split: str) -> dict[str, Estimate]:
     device = resolve_device(cfg.training.device)
     learner.to(device)
     num_tasks = num_tasks or cfg.evaluation.test_tasks
