@@ -28,7 +28,7 @@ def _pair(method=MAML, **options):
     torch.manual_seed(0)
     learner = method(Conv4(1, 8, 5, "transductive", pooling="stride"), "cross_entropy", inner_lr=0.4, **options)
     twin = copy.deepcopy(learner)
-    return (learner, torch.optim.Adam(learner.parameters(), lr=1e-3)), (twin, torch.optim.Adam(twin.parameters(), lr=1e-3))
+    return tuple((model, torch.optim.Adam(model.parameters(), lr=1e-3)) for model in (learner, twin))
 
 
 def _eager_step(learner, optimizer, batch):

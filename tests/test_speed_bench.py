@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fastadapt.cli import main
-from fastadapt.benchmarks.speed import (Measurement, Spec, gradient_differences, largest_convolution, measure,
-                                        quantities, report, run)
+from fastadapt.benchmarks.speed import (CAPTURED, Measurement, Spec, gradient_differences, largest_convolution, measure,
+                                        plan, quantities, report, run)
 
 TINY = ["--no-isolate", "--meta-batch-sizes", "2", "3", "--hidden", "8", "--repeats", "1", "--warmup", "0",
         "--threads", "1", "--matmul-size", "64", "--tasks-per-pass", "1"]
@@ -80,6 +80,23 @@ def test_ratios_and_targets_from_given_measurements():
     assert ("target maml meta-batch 32: bf16 speed-up >= 2.5: 0.25 NOT met (blocked by hardware: no native bf16 "
             "arithmetic here; needs a CPU with AMX or AVX512-BF16, or a GPU)") in text
     assert "blocked" not in report(rows, "results", rates=rates, native_bf16=True)
+
+
+def test_the_captured_step_is_a_row_of_its_own_compared_with_the_eager_step_and_with_fp32():
+    def measured(impl, seconds, **variant):
+        return Measurement(Spec("maml", impl, 32, **variant), [seconds], 100)
+
+    eager = [measured("ours", 1.0), measured("reference", 2.0)]
+    rows = eager + [measured(CAPTURED, 0.25), measured(CAPTURED, 0.2, precision="bf16")]
+    text = report(rows, "results")
+    assert re.search(r"^  ours, 2nd order, captured in a CUDA graph\s+250.0\s+4.00\s", text, re.M)
+    assert "  -> ours, 2nd order, captured in a CUDA graph: 4.00x the speed of the eager step" in text
+    assert "  -> ours, 2nd order, captured in a CUDA graph, bf16: 1.25x the speed of fp32, both captured" in text
+    assert quantities(rows, {}) == quantities(eager, {})  # the eager rows' quantities and targets as before
+    planned = [(s.impl, s.meta_batch, s.precision) for s in plan([4, 128], precisions=("fp32", "bf16"), captured=True)
+               if s.impl == CAPTURED]
+    assert planned == [(CAPTURED, 4, "fp32"), (CAPTURED, 128, "fp32"), (CAPTURED, 128, "bf16")]
+    assert not any(s.impl == CAPTURED for s in plan([4, 128]))
 
 
 @pytest.mark.parametrize("pooling, stride, size, flops", [("stride", 2, 14, 2 * 64 * 64 * 9 * 7 * 7),

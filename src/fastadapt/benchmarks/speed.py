@@ -70,6 +70,8 @@ METHODS = ("maml", "fomaml", "protonet")
 IMPLEMENTATIONS = ("ours", "reference", "floor")
 #: the reference loop on channels-last tensors: the part of the speed-up that is memory layout alone
 LAYOUT_CONTROL = "reference-cl"
+#: ours with the whole step captured in one CUDA graph (training.captured); measured on CUDA devices only
+CAPTURED = "captured"
 #: (n_way, k_shot, queries per class)
 EPISODES = {"maml": (5, 1, 15), "fomaml": (5, 1, 15), "protonet": (60, 5, 5)}
 #: Prototypical Networks' network (Snell et al.): max-pooling Conv-4
@@ -199,7 +201,8 @@ def _config(spec: Spec, tasks: EpisodeTasks) -> Config:
     return Config(algorithm=spec.method, tasks="omniglot", n_way=tasks.n_way, k_shot=tasks.k_shot,
                   num_query=tasks.num_query, conv_channels=spec.hidden, pooling=spec.pooling, inner_lr=INNER_LR,
                   inner_steps=1, meta_lr=META_LR, meta_batch_size=spec.meta_batch, device=spec.device,
-                  precision=spec.precision, tasks_per_pass=spec.tasks_per_pass)
+                  precision=spec.precision, tasks_per_pass=spec.tasks_per_pass,
+                  cuda_graph="on" if spec.impl == CAPTURED else "off")
 
 
 def _reference_loss(method: str, model: nn.Module, batch: TaskBatch) -> torch.Tensor:
@@ -239,11 +242,16 @@ def _step_function(spec: Spec, tasks: EpisodeTasks, batch: TaskBatch) -> Callabl
         images = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
         labels = torch.cat([batch.support_y, batch.query_y], 1).flatten()
         return _adam_steps(model, lambda: F.cross_entropy(model(images), labels))
-    if spec.impl == "ours":
+    if spec.impl in ("ours", CAPTURED):
         cfg = _config(spec, tasks)
         with warnings.catch_warnings():  # bf16 without native support: the report's header says so
             warnings.simplefilter("ignore")
             trainer = Trainer(cfg, build_learner(cfg, tasks), tasks, device=spec.device, progress=False)
+        if spec.impl == CAPTURED:  # the same tasks as ``batch``, as the dataset indices the captured step reads
+            if trainer.captured is None:
+                raise ValueError(f"the captured step needs a CUDA device, not {spec.device}")
+            indices = tasks.sample_indices(spec.meta_batch, torch.Generator().manual_seed(spec.seed))
+            return lambda: trainer.captured.step(indices)
         return lambda: trainer.step(batch)
     # The layout control's Conv-4 turns its weights and every input channels-last itself.
     model = _reference_model(spec, tasks, channels_last=spec.impl == LAYOUT_CONTROL).to(spec.device)
@@ -420,12 +428,14 @@ def gradient_differences(meta_batch: int = 4, hidden: int = 64, device: str = "c
 
 # --- running and reporting ---
 def plan(meta_batch_sizes: Sequence[int], layout_control: bool = False, precisions: Sequence[str] = ("fp32",),
-         tasks_per_pass: int | None = None, pooling: str = "stride", **common: object) -> list[Spec]:
+         tasks_per_pass: int | None = None, pooling: str = "stride", captured: bool = False,
+         **common: object) -> list[Spec]:
     """The measurements of one benchmark run: per meta-batch size MAML and FOMAML (ours, reference, and with
     ``layout_control`` the reference on channels-last tensors) and one floor (the same images serve both), with
     ours in bf16 (second order, first meta-batch size) and in memory-saving mode (second order, largest
-    meta-batch size) where asked; then one Prototypical Networks episode (ours, in bf16 too where asked,
-    reference, floor)."""
+    meta-batch size) where asked, and with ``captured`` (a CUDA device) second-order MAML captured in a CUDA
+    graph at every size (in bf16 too at the largest); then one Prototypical Networks episode (ours, in bf16 too
+    where asked, reference, floor)."""
     references = ("reference", LAYOUT_CONTROL) if layout_control else ("reference",)
     bf16 = "bf16" in precisions
     specs = []
@@ -436,6 +446,10 @@ def plan(meta_batch_sizes: Sequence[int], layout_control: bool = False, precisio
             specs.append(replace(maml, precision="bf16"))
         if tasks_per_pass and tasks_per_pass < size and size == max(meta_batch_sizes):
             specs.append(replace(maml, tasks_per_pass=tasks_per_pass))
+        if captured:
+            specs.append(replace(maml, impl=CAPTURED))
+            if bf16 and size == max(meta_batch_sizes):
+                specs.append(replace(maml, impl=CAPTURED, precision="bf16"))
         specs += [Spec("maml", impl, size, pooling=pooling, **common) for impl in references]
         specs += [Spec("fomaml", impl, size, pooling=pooling, **common) for impl in ("ours", *references)]
         specs.append(Spec("maml", "floor", size, pooling=pooling, **common))
@@ -480,7 +494,7 @@ def _label(spec: Spec) -> str:
     order = {"maml": ", 2nd order", "fomaml": ", 1st order", "protonet": ""}[spec.method]
     if spec.impl == "reference":
         return "reference (as Snell et al.'s code)" if spec.method == "protonet" else f"reference loop over tasks{order}"
-    variant = ""
+    variant = ", captured in a CUDA graph" if spec.impl == CAPTURED else ""
     if spec.precision != "fp32":
         variant += f", {spec.precision}"
     if spec.tasks_per_pass:
@@ -611,6 +625,13 @@ def report(measurements: Sequence[Measurement], header: str,
                 parts.append(f"{control.step / m.step:.2f}x over the channels-last reference")
             if parts:
                 lines.append(f"  -> {_label(spec)}: " + "; ".join(parts))
+            graph = by_key.get((spec.method, CAPTURED, spec.meta_batch, "fp32", None))
+            if graph:
+                lines.append(f"  -> {_label(graph.spec)}: {m.step / graph.step:.2f}x the speed of the eager step")
+                graph_bf16 = by_key.get((spec.method, CAPTURED, spec.meta_batch, "bf16", None))
+                if graph_bf16:
+                    lines.append(f"  -> {_label(graph_bf16.spec)}: {graph.step / graph_bf16.step:.2f}x the speed "
+                                 "of fp32, both captured")
             for other in setting.rows:
                 if other.spec.key[:2] != spec.key[:2] or other.spec.key[2] != spec.meta_batch or other is m:
                     continue
@@ -745,7 +766,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     rates = ceilings(args.device, args.threads, list(convolutions.values()), matmul_size, isolate=not args.no_isolate)
     print(_ceilings_line(rates, convolutions, args.threads, device, matmul_size), flush=True)
     specs = plan(args.meta_batch_sizes, args.layout_control, args.precisions, args.tasks_per_pass or None,
-                 args.pooling, device=args.device, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                 args.pooling, captured=device.type == "cuda", device=args.device, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
                  hidden=args.hidden, data_root=args.data_root)
     measurements = run(specs, isolate=not args.no_isolate, log=lambda line: print(line, flush=True))
     gradients = None
