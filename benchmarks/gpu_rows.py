@@ -33,8 +33,11 @@ Priority, and why:
 (c) ``omniglot-matching``: its preset reached 18,008 of 20,000 in a shared 6.7 minutes before, so it can
     finish; no full-budget test figure yet.
 (d) ``omniglot-anil`` (10,000 iterations) where that preset exists: a short row that completes.
-(e) ``omniglot-snail``, then ``omniglot-metanet``: their cut-short rows exist (11,967 and 12,953 of 20,000);
-    they come last, and resume from their archives in a later slot.
+(e) ``omniglot-metanet``, then ``omniglot-snail``: their cut-short rows exist (12,953 and 11,967 of 20,000),
+    so they come last. Meta Networks first because an unfinished run of it can resume in a later slot: its
+    archive is about 3 MB, while SNAIL's 3.2M weights make two checkpoints of about 38 MB each, over the 16 MiB
+    a file that comes back from the GPU machine, so a SNAIL run that does not finish can only be tested cut
+    short.
 Runs share the GPU by time-slicing, so each extra process slows the others (four presets side by side each
 ran at about a third of its speed alone): ``--parallel 3`` by default keeps MAML's share high.
 
@@ -72,8 +75,8 @@ ROWS = (
     ("maml", "omniglot-maml", ()),
     ("matching", "omniglot-matching", ()),
     ("anil", "omniglot-anil", ("--iterations", "10000")),
-    ("snail", "omniglot-snail", ()),
     ("metanet", "omniglot-metanet", ()),
+    ("snail", "omniglot-snail", ()),
 )
 #: Files of a run directory that a resume and its test need (the archive of an unfinished run holds these).
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "inputs.json", "test_looks.json")
@@ -268,6 +271,9 @@ def test_rows(rows: list[Row], args: argparse.Namespace, until: float) -> None:
         finished = state["iteration"] >= state["iterations"]
         if not finished and not args.test_cut_short:
             continue
+        if not (row.run_dir / "best.pt").exists():
+            row.notes.append("not tested: stopped before its first validation")
+            continue
         command = fastadapt("eval", str(row.run_dir), "--json", str(row.run_dir / f".{TEST}.new"))
         (row.run_dir / LOOKS).write_text(json.dumps({"looks": looks(row.run_dir) + 1}) + "\n")
         with open(row.run_dir.parent / f"{row.name}.log", "a") as out:
@@ -284,7 +290,7 @@ def test_rows(rows: list[Row], args: argparse.Namespace, until: float) -> None:
         new = row.run_dir / f".{TEST}.new"
         if process.returncode == 0 and new.exists():
             payload = json.loads(new.read_text())
-            payload.update(iteration=state["iteration"], command=shown(command))
+            payload.update(iteration=state["iteration"], command=shown(command[:5]))  # less --json
             (row.run_dir / TEST).write_text(json.dumps(payload, indent=2) + "\n")
             new.unlink()
         else:
