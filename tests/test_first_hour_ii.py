@@ -1,6 +1,8 @@
 """A new user's first hour, part II: the Python API on the threads the command line chooses, evaluation that
 shows progress, labels that say what they measure, errors that say what to do."""
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -8,6 +10,8 @@ import pytest
 import torch
 
 from fastadapt import threads
+from fastadapt.cli import main, preset_timings, quick_config
+from fastadapt.training.config import load_preset
 from fastadapt.training.config import Config
 from fastadapt.training.runs import evaluate_learner, train
 
@@ -56,3 +60,54 @@ def test_evaluate_learner_runs_on_the_threads_train_would_choose(tmp_path, monke
         evaluate_learner(cfg, learner)
         assert torch.get_num_threads() == 2
     assert seen == [1]
+
+
+# --- 2. evaluation shows progress; a finished run resumed shows its recorded test; --quick ---
+def _tiny_sinusoid(tmp_path, *extra):
+    return ["train", "sinusoid-maml", "--iterations", "3", "--meta-batch-size", "2", "--val-tasks", "2",
+            "--test-tasks", "7", "--output-dir", str(tmp_path / "run"), *extra]
+
+
+def test_eval_shows_a_progress_bar_with_the_time_left(tmp_path, capsys):
+    assert main(_tiny_sinusoid(tmp_path, "--no-eval", "--no-progress")) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "testing on 7 fixed test tasks" in err and "7/7" in err and "<" in err  # tqdm's [elapsed<left]
+
+
+def test_a_finished_run_resumed_shows_its_recorded_test_instead_of_testing_again(tmp_path, capsys, monkeypatch):
+    assert main(_tiny_sinusoid(tmp_path, "--no-progress")) == 0
+    first = capsys.readouterr().out
+    import fastadapt.training.runs as runs
+
+    def no_second_test(*args, **kwargs):
+        raise AssertionError("tested again")
+
+    monkeypatch.setattr(runs, "evaluate_learner", no_second_test)
+    assert main(_tiny_sinusoid(tmp_path, "--no-progress", "--resume")) == 0
+    again = capsys.readouterr().out
+    table = first[first.index("sinusoid, K=10"):]
+    assert table in again and "recorded in" in again and "fastadapt eval" in again
+    monkeypatch.undo()
+    assert main(_tiny_sinusoid(tmp_path, "--no-progress", "--resume", "--test-tasks", "5")) == 0  # other settings
+    assert "MSE on 5 fixed test tasks" in capsys.readouterr().out
+
+
+def test_quick_cuts_any_preset_to_a_labelled_try_out(tmp_path, capsys):
+    cfg = quick_config(load_preset("omniglot-matching"), "omniglot-matching")
+    per_iteration = preset_timings()["seconds_per_iteration"]["omniglot-matching"]
+    assert 0 < cfg.training.iterations * per_iteration <= 60 and cfg.evaluation.test_tasks <= 50
+    assert cfg.training.output_dir.endswith("-quick") and cfg.training.val_every == cfg.training.iterations
+    assert main(["train", "sinusoid-maml", "--quick", "--iterations", "3", "--output-dir", str(tmp_path / "q"),
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "QUICK RUN (3 of 70,000 iterations, 50 test tasks)" in captured.out
+    assert "QUICK RUN" in captured.err  # said before training starts
+    assert "QUICK RUN" in json.loads((tmp_path / "q" / "test_results.json").read_text())["quick"]
+
+
+def test_the_readme_says_how_to_try_a_preset_quickly():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert all(flag in readme for flag in ("--quick", "--test-tasks", "--no-eval"))
+    assert re.search(r"fastadapt train \S+ --quick", readme)

@@ -49,7 +49,34 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> Config:
     cfg = load_preset(args.preset) if args.preset else Config()
     overrides = {s.flat: getattr(args, s.flat) for s in settings() if getattr(args, s.flat) is not None}
+    if getattr(args, "quick", False):
+        cfg = quick_config(cfg, args.preset)
     return cfg.replace(**overrides)
+
+
+#: What ``--quick`` aims at: about this many seconds of training, then a test on at most QUICK_TEST_TASKS tasks.
+QUICK_TRAINING_SECONDS = 30
+QUICK_TEST_TASKS = 50
+
+
+def quick_config(cfg: Config, preset: str | None) -> Config:
+    """``cfg`` cut to a try-out of about a minute: as many iterations as the preset's measured time per iteration
+    allows in QUICK_TRAINING_SECONDS (20 where it was not measured), validated once at the end on at most 20
+    tasks, tested on at most QUICK_TEST_TASKS, in ``<output_dir>-quick``. Flags given with it still win."""
+    per_iteration = preset_timings().get("seconds_per_iteration", {}).get(Path(preset or "").stem)
+    iterations = min(cfg.training.iterations, max(1, round(QUICK_TRAINING_SECONDS / per_iteration))
+                     if per_iteration else 20)
+    return cfg.replace(iterations=iterations, val_every=iterations, checkpoint_every=iterations,
+                       log_every=max(1, iterations // 10), val_tasks=min(cfg.training.val_tasks, 20),
+                       test_tasks=min(cfg.evaluation.test_tasks, QUICK_TEST_TASKS),
+                       output_dir=cfg.training.output_dir.rstrip("/") + "-quick")
+
+
+def quick_label(cfg: Config, preset: str | None) -> str:
+    """How a --quick run's outputs say what it is."""
+    full = load_preset(preset) if preset else Config()
+    return (f"QUICK RUN ({cfg.training.iterations:,} of {full.training.iterations:,} iterations, "
+            f"{cfg.evaluation.test_tasks} test tasks): a try-out, not the preset's result")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -66,10 +93,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.distributed import is_main_process
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import (evaluate_learner, load_metrics, load_run, record_test_results,
-                                         results_payload, train)
+    from fastadapt.training.runs import (TEST_RESULTS, evaluate_learner, load_metrics, load_run, recorded_results,
+                                         record_test_results, results_payload, train)
 
     cfg = _config_from_args(args)
+    label = quick_label(cfg, args.preset) if args.quick else None
+    if label:
+        print(f"fastadapt: {label}", file=sys.stderr)
     result, _ = train(cfg, resume=args.resume, progress=not args.no_progress, nproc=args.nproc)
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
@@ -82,9 +112,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     _print_architecture(cfg, result.run_dir)
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
-        results = evaluate_learner(cfg, learner)
-        print(format_table({cfg.method.name: results}, _eval_title(cfg)))
-        record_test_results(result.run_dir, results_payload(result.run_dir, "best", cfg, cfg.task.family, results))
+        recorded, why = recorded_results(result.run_dir, cfg) if args.resume else (None, "")
+        if recorded is not None:
+            print(format_table({cfg.method.name: recorded}, (f"{label}\n" if label else "") + _eval_title(cfg)))
+            print(f"(recorded in {result.run_dir / TEST_RESULTS}: the best checkpoint and the evaluation settings are "
+                  f"the same; `fastadapt eval {result.run_dir}` tests it again)")
+            return
+        if args.resume:
+            print(f"fastadapt: testing the best checkpoint ({why})", file=sys.stderr)
+        results = evaluate_learner(cfg, learner, progress=not args.no_progress)
+        print(format_table({cfg.method.name: results}, (f"{label}\n" if label else "") + _eval_title(cfg)))
+        payload = results_payload(result.run_dir, "best", cfg, cfg.task.family, results)
+        record_test_results(result.run_dir, {**payload, "quick": label} if label else payload)
 
 
 def _print_architecture(cfg: Config, run_dir: Path) -> None:
@@ -163,11 +202,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from fastadapt.training.crossdomain import evaluate_cross_domain
 
         results, title = evaluate_cross_domain(args.run_dir, cfg, learner, args.tasks, args.data_root, args.steps,
-                                               ways_asked=bool(args.eval_ways))
+                                               ways_asked=bool(args.eval_ways), progress=True)
     elif args.data_root:
         raise ValueError("--data-root says where another domain's images are: give it with --tasks folder or omniglot")
     else:
-        results, title = evaluate_learner(cfg, learner, steps=args.steps), _eval_title(cfg)
+        results, title = evaluate_learner(cfg, learner, steps=args.steps, progress=True), _eval_title(cfg)
     payload = results_payload(args.run_dir, args.checkpoint, cfg, args.tasks or cfg.task.family, results)
     if args.json == "-":
         print(json.dumps(payload, indent=2))
@@ -359,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training "
                                                               "(default: off)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
+    train.add_argument("--quick", action="store_true",
+                       help="try the preset in about a minute: about 30 s of training (by its measured time per "
+                            "iteration), one validation, at most 50 test tasks, in <output-dir>-quick; labelled "
+                            "QUICK RUN in its outputs; flags given still win (default: off)")
     train.add_argument("--nproc", type=int, metavar="N",
                        help="split each meta-batch over N local processes (torch.distributed; gloo on CPU, "
                             "NCCL with one GPU each); or launch with `torchrun --nproc-per-node N -m fastadapt "
@@ -459,8 +502,11 @@ def main(argv: list[str] | None = None) -> int:
     from fastadapt.training.distributed import WorkerError
     from fastadapt.training.trainer import TrainingInterrupted
 
+    from fastadapt.threads import quietly
+
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    quietly()
     reuse_freed_memory()
     try:
         args.func(args)

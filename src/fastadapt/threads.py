@@ -30,7 +30,7 @@ SMALL_MODELS = frozenset({"mlp", "gru"})
 #: torch's own thread count, as it stood when fastadapt was first imported.
 TORCH_DEFAULT = torch.get_num_threads()
 _ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-_state = {"blocks": 0, "applied": None, "said": None}
+_state = {"blocks": 0, "applied": None, "said": None, "quiet": False}
 
 
 def available_cores() -> int:
@@ -79,10 +79,15 @@ def network_built(model_name: str) -> None:
     _state["applied"] = threads
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
-        if _state["said"] != threads:
+        if _state["said"] != threads and not _state["quiet"]:
             _state["said"] = threads
             print(f"fastadapt: torch set to {threads} thread{'s' * (threads > 1)} ({why}; call "
                   "torch.set_num_threads(N) after importing fastadapt to choose yourself)", file=sys.stderr)
+
+
+def quietly() -> None:
+    """Stop ``network_built`` from saying what it chose (the command line says it its own way)."""
+    _state["quiet"] = True
 
 
 @contextmanager

@@ -44,12 +44,13 @@ def domain_dataset(cfg: Config, preparation: ImagePreparation, family: str, data
 
 
 def evaluate_cross_domain(run_dir: str | Path, cfg: Config, learner: MetaLearner, family: str,
-                          data_root: str | None = None, steps: list[int] | None = None, ways_asked: bool = False
-                          ) -> tuple[dict[str, Estimate], str]:
+                          data_root: str | None = None, steps: list[int] | None = None, ways_asked: bool = False,
+                          progress: bool = False) -> tuple[dict[str, Estimate], str]:
     """The run's evaluation table on ``family``'s test classes, and a title saying what was evaluated.
 
     The run's own evaluation ways that the other domain has too few classes for (20-way on the ten digits)
     are left out, and the title says so; ways the user asked for (``ways_asked``) that do not fit are an error.
+    ``progress``: a progress bar, as ``evaluate_learner``'s.
     """
     preparation = read_run_inputs(run_dir, cfg).preparation
     if preparation is None:
@@ -61,7 +62,8 @@ def evaluate_cross_domain(run_dir: str | Path, cfg: Config, learner: MetaLearner
         raise ValueError(f"--eval-ways {' '.join(map(str, ways))}: the test classes of {family} are only "
                          f"{dataset.num_classes}; ask for at most {dataset.num_classes}-way episodes")
     skipped = sorted(set(ways) - set(fitting))
-    results = evaluate_learner(domain.replace(eval_ways=fitting), learner, steps=steps, dataset=dataset)
+    results = evaluate_learner(domain.replace(eval_ways=fitting), learner, steps=steps, dataset=dataset,
+                               progress=progress)
     evaluation = domain.evaluation
     title = (f"trained on {cfg.task.family}, evaluated on {note}: accuracy on {evaluation.test_tasks} fixed test "
              f"episodes, {evaluation.eval_query} queries per class (mean ± 95% CI)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -50,10 +50,11 @@ def higher_is_better(learner: MetaLearner | RLMetaLearner) -> bool:
 @torch.no_grad()
 def per_task_results(
     learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu",
-    precision: str = "fp32",
+    precision: str = "fp32", advance: Callable[[int], object] | None = None,
 ) -> dict[int | None, torch.Tensor]:
     """The metric of every task after each number of adaptation steps (None = the learner's default), with the
-    forward passes in ``precision`` (a bf16 run is evaluated as it was trained).
+    forward passes in ``precision`` (a bf16 run is evaluated as it was trained). ``advance(n)`` is called after
+    each chunk of n tasks (a progress bar's ``update``).
 
     For an RL learner the metric is a task's mean return (``evaluate_returns``: new trajectories before
     each adaptation step, from the task's own seed, so the result is the same every call)."""
@@ -67,12 +68,14 @@ def per_task_results(
                 returns = learner.evaluate_returns(batch, None if list(steps) == [None] else list(steps))
                 for s in steps:
                     results[s].append(returns[s].cpu())
-                continue
-            for s in steps:
-                with autocast(precision, device):
-                    adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
-                    outputs = learner.predict(adapted, batch.query_x)
-                results[s].append(per_task_metric(outputs, batch.query_y, learner.loss).cpu())
+            else:
+                for s in steps:
+                    with autocast(precision, device):
+                        adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
+                        outputs = learner.predict(adapted, batch.query_x)
+                    results[s].append(per_task_metric(outputs, batch.query_y, learner.loss).cpu())
+            if advance is not None:
+                advance(len(batch))
     finally:
         learner.train(was_training)
     return {s: torch.cat(r) for s, r in results.items()}
@@ -84,10 +87,12 @@ def evaluate(
     steps: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
+    advance: Callable[[int], object] | None = None,
 ) -> dict[int | None, Estimate]:
     """Mean ± 95% CI of the metric. ``steps`` sweeps adaptation steps for gradient-based learners."""
     sweep: Sequence[int | None] = list(steps) if (steps and learner.uses_adaptation_steps) else [None]
-    return {s: mean_and_ci95(v) for s, v in per_task_results(learner, batches, sweep, device, precision).items()}
+    results = per_task_results(learner, batches, sweep, device, precision, advance)
+    return {s: mean_and_ci95(v) for s, v in results.items()}
 
 
 def step_label(steps: int | None) -> str:

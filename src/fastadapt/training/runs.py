@@ -8,9 +8,10 @@ import json
 import math
 from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
+from tqdm.auto import tqdm
 
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
@@ -210,7 +211,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Met
 
 def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = None,
                      steps: list[int] | None = None, dataset: ClassDataset | None = None,
-                     split: str = "test") -> dict[str, Estimate]:
+                     split: str = "test", progress: bool = False) -> dict[str, Estimate]:
     """Mean ± 95% CI on the fixed test tasks (or, with ``split`` "val", the validation tasks: for choices such
     as a baseline's test-time step size, which must never be made on the test tasks).
 
@@ -219,33 +220,40 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     each over the same number of fixed test episodes with ``eval_query``
     queries per class, followed by the number of steps when those are swept. ``dataset``: the classes to
     draw test episodes from instead of the run's own test classes (cross-domain evaluation). It runs on the
-    threads ``fastadapt train`` would choose for the run (one for a small network).
+    threads ``fastadapt train`` would choose for the run (one for a small network). ``progress``: a progress
+    bar on stderr, tasks done and the expected time left.
     """
-    with using_threads(choose_threads(cfg, resolve_model(cfg))[0]):
-        return _evaluate_learner(cfg, learner, num_tasks, steps, dataset, split)
+    num_tasks = num_tasks or cfg.evaluation.test_tasks
+    tasks = build_tasks(cfg, split) if dataset is None else None
+    episodic = dataset is not None or isinstance(tasks, EpisodeTasks)
+    settings = eval_settings(cfg) if episodic else [None]
+    bar = tqdm(total=num_tasks * len(settings), disable=not progress, unit="task", dynamic_ncols=True,
+               desc=f"{'testing' if split == 'test' else 'validating'} on {num_tasks} fixed {split} tasks"
+                    + (f" x {len(settings)} settings" if len(settings) > 1 else ""))
+    with bar, using_threads(choose_threads(cfg, resolve_model(cfg))[0]):
+        return _evaluate_learner(cfg, learner, num_tasks, steps, dataset, split, tasks, settings, bar.update)
 
 
-def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None, steps: list[int] | None,
-                      dataset: ClassDataset | None, split: str) -> dict[str, Estimate]:
+def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int, steps: list[int] | None,
+                      dataset: ClassDataset | None, split: str, tasks: TaskDistribution | None,
+                      settings: list, advance: Callable[[int], object]) -> dict[str, Estimate]:
     device = resolve_device(cfg.training.device)
     learner.to(device)
-    num_tasks = num_tasks or cfg.evaluation.test_tasks
     steps = steps if steps is not None else cfg.evaluation.eval_steps
-    tasks = build_tasks(cfg, split) if dataset is None else None
     if isinstance(learner, RLMetaLearner):
         results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device,
-                           precision=cfg.training.precision)
+                           precision=cfg.training.precision, advance=advance)
         return {("return per trial" if s is None else step_label(s)): e for s, e in results.items()}
-    if dataset is None and not isinstance(tasks, EpisodeTasks):
+    if settings == [None]:
         results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device,
-                           precision=cfg.training.precision)
+                           precision=cfg.training.precision, advance=advance)
         return {step_label(s): e for s, e in results.items()}
     rows = {}
-    for way, shot in eval_settings(cfg):
+    for way, shot in settings:
         episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)
         batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order)
         results = evaluate(learner, batches, steps=steps, device=device,
-                           precision=cfg.training.precision)
+                           precision=cfg.training.precision, advance=advance)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows
@@ -266,8 +274,10 @@ def results_payload(run_dir: str | Path, checkpoint: str, cfg: Config, tasks: st
 
 
 def record_test_results(run_dir: str | Path, payload: dict) -> Path:
-    """Write a run's own test evaluation to ``run_dir``/test_results.json, atomically."""
+    """Write a run's own test evaluation to ``run_dir``/test_results.json, atomically, with the iteration of the
+    best checkpoint it evaluated (so that a resume that changes nothing can show it again: ``recorded_results``)."""
     path = Path(run_dir) / TEST_RESULTS
+    payload = {**payload, "best_iteration": load_checkpoint(Path(run_dir) / BEST)["iteration"]}
     with atomic_file(path) as out:
         out.write((json.dumps(payload, indent=2) + "\n").encode())
     return path
@@ -281,3 +291,19 @@ def read_test_results(run_dir: str | Path) -> dict | None:
         return payload if isinstance(payload, dict) and isinstance(payload.get("results"), dict) else None
     except (OSError, ValueError):
         return None
+
+
+def recorded_results(run_dir: str | Path, cfg: Config) -> tuple[dict[str, Estimate] | None, str]:
+    """The run's recorded test results when they still hold, that is when they were measured on the best
+    checkpoint it has now with the evaluation settings of ``cfg``; else None. With why, in words."""
+    payload = read_test_results(run_dir)
+    if payload is None:
+        return None, f"no readable {TEST_RESULTS}"
+    if payload.get("best_iteration") != load_checkpoint(Path(run_dir) / BEST)["iteration"]:
+        return None, f"{TEST_RESULTS} was measured on another best checkpoint"
+    if payload.get("config") != json.loads(json.dumps(cfg.to_dict())) or payload.get("tasks") != cfg.task.family:
+        return None, f"{TEST_RESULTS} was measured with other settings"
+    try:
+        return {row: Estimate(**estimate) for row, estimate in payload["results"].items()}, "unchanged"
+    except TypeError:  # written by another version
+        return None, f"{TEST_RESULTS} is in another format"
