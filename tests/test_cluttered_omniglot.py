@@ -1,0 +1,94 @@
+"""The cluttered-Omniglot generator: one official job regenerated bit for bit (the published MD5), and the rules
+that keep it in step with the original's random stream."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastadapt.datasets import cluttered_omniglot as co
+
+
+@pytest.fixture(scope="module")
+def val_one_shot_glyphs(omniglot_dir):
+    return co.load_glyphs("val-one-shot", omniglot_dir)
+
+
+@pytest.fixture(scope="module")
+def official_job(val_one_shot_glyphs):
+    """The last job of val-one-shot at 4 characters: 2,000 canvases, about a second."""
+    return co.generate_job(val_one_shot_glyphs, 4, "val-one-shot", len(co.job_seeds("val-one-shot")) - 1)
+
+
+def test_the_last_val_one_shot_job_at_4_characters_matches_the_published_md5(official_job):
+    assert co.canvas_md5(official_job.canvases[-1]) == co.PUBLISHED_MD5[4]["val-one-shot"]
+    assert co.canvas_md5(official_job.canvases[-2]) != co.PUBLISHED_MD5[4]["val-one-shot"]
+
+
+def test_the_one_shot_splits_use_ten_evaluation_alphabets_each(val_one_shot_glyphs, omniglot_dir):
+    test_glyphs = co.load_glyphs("test-one-shot", omniglot_dir)
+    assert len(val_one_shot_glyphs) + len(test_glyphs) == 659  # the whole evaluation set, no character twice
+    assert all(len(drawings) == 20 and drawings[0].size == (105, 105) and drawings[0].mode == "1"
+               for drawings in val_one_shot_glyphs + test_glyphs)
+
+
+def test_the_mask_is_the_target_which_is_drawn_last_in_one_colour_inside_its_box(official_job):
+    canvases, masks, references, boxes = official_job
+    visible = masks.any(axis=(1, 2))
+    # The crop stops before the last inked row and column, so a thin target can crop to ink-free pixels: 1 in 2,000.
+    assert visible.sum() == len(masks) - 1
+    for canvas, mask, reference, (left, top, width, height) in zip(*(a[visible] for a in official_job)):
+        ys, xs = np.nonzero(mask)
+        assert left <= xs.min() <= xs.max() < left + width and top <= ys.min() <= ys.max() < top + height
+        assert len(np.unique(canvas[mask.astype(bool)], axis=0)) == 1  # never occluded
+        assert reference.any()
+    assert set(np.unique(masks)) == {0, 1}
+
+
+def test_job_seeds_are_sorted_distinct_and_one_per_job():
+    for split, spec in co.SPLITS.items():
+        seeds = co.job_seeds(split)
+        assert len(seeds) == spec.size // co.JOB_LENGTH
+        assert np.all(np.diff(seeds) > 0) and seeds.max() < 2**32
+
+
+def _consumed(rng, reference_seed):
+    """How many doubles ``rng`` is ahead of a fresh RandomState(reference_seed)."""
+    fresh = np.random.RandomState(reference_seed)
+    state = rng.get_state()[1:3]
+    for n in range(64):
+        if np.array_equal(fresh.get_state()[1], state[0]) and fresh.get_state()[2] == state[1]:
+            return n
+        fresh.random_sample()
+    raise AssertionError("no match within 64 draws")
+
+
+def _ink(*inked):
+    """A 9x7 transformed drawing inked at the given (row slice, column slice) blocks."""
+    ink = np.zeros((9, 7), bool)
+    for block in inked:
+        ink[block] = True
+    return ink
+
+
+@pytest.mark.parametrize("ink, drawn, colour_draws", [
+    (_ink(), None, 0),  # no ink: fails before the colour
+    (_ink(np.s_[4, 1:6]), None, 3),  # one inked row: crops to nothing, after the colour
+    (_ink(np.s_[1:7, 3]), None, 3),  # one inked column, likewise
+    (_ink(np.s_[2:5, 2:4], np.s_[6, 5]), (4, 3), 3),  # the crop drops the last inked row and column
+])
+def test_a_draw_fails_after_its_colour_only_when_the_crop_is_empty(monkeypatch, ink, drawn, colour_draws):
+    monkeypatch.setattr(co, "_transform", lambda rng, glyph, scale: ink)
+    rng = np.random.RandomState(7)
+    result = co._draw(rng, Image.new("1", (105, 105)))
+    assert _consumed(rng, 7) == colour_draws
+    if drawn is None:
+        assert result is None
+    else:
+        assert result[0].shape == drawn and result[0][:3, :2].all() and not result[0][3].any()
+        assert np.array_equal(result[1], (255 * np.random.RandomState(7).random_sample(3)).astype(np.uint8))
+
+
+def test_an_unknown_split_or_job_is_a_value_error(val_one_shot_glyphs):
+    with pytest.raises(ValueError, match="unknown cluttered Omniglot split"):
+        co.job_seeds("val")
+    with pytest.raises(ValueError, match="jobs 0 to 4"):
+        co.generate_job(val_one_shot_glyphs, 4, "val-one-shot", 5)
