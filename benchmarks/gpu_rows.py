@@ -145,8 +145,10 @@ PROBE_SETTINGS = ((32, 1, "fp32", "off"), (32, 1, "fp32", "on"), (32, 15, "fp32"
                   (128, 15, "fp32", "on"), (128, 15, "bf16", "on"))
 
 
-def speed_probe(data_root: str | None, device: str, steps: int, settings=PROBE_SETTINGS) -> list[dict]:
-    """Milliseconds a meta-iteration of the omniglot-maml preset, eager and captured, on ``device``."""
+def speed_probe(data_root: str | None, device: str, steps: int, settings=PROBE_SETTINGS,
+                check_steps: int = 20) -> list[dict]:
+    """Milliseconds a meta-iteration of the omniglot-maml preset, eager and captured, on ``device``; then how far
+    the captured step's weights are from the eager step's after ``check_steps`` meta-iterations."""
     from fastadapt.training.builders import build_learner, build_tasks
     from fastadapt.training.config import load_preset
     from fastadapt.training.trainer import Trainer
@@ -185,7 +187,37 @@ def speed_probe(data_root: str | None, device: str, steps: int, settings=PROBE_S
         finally:
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
+    results.append(same_run_check(base, device, check_steps))
     return results
+
+
+def same_run_check(cfg, device: str, steps: int) -> dict:
+    """Largest weight difference between the eager and the captured step after ``steps`` meta-iterations from
+    the same seed on the same tasks (the CPU tests check the captured step's path bit for bit, not the graph)."""
+    from fastadapt.training.builders import build_learner, build_tasks
+    from fastadapt.training.trainer import Trainer
+
+    label = f"captured against eager: largest weight difference after {steps} meta-iterations of meta-batch 32"
+    try:
+        tasks = build_tasks(cfg, "train")
+        trainers = [Trainer(cfg.replace(cuda_graph=graph), build_learner(cfg, tasks), tasks, device=device,
+                            progress=False) for graph in ("off", "on")]
+        eager, captured = trainers
+        for _ in range(steps):
+            eager.step(eager.sample())
+            if captured.captured is not None:
+                captured.captured.step(tasks.sample_indices(cfg.training.meta_batch_size, captured.generator))
+            else:
+                captured.step(captured.sample())
+        difference = max((p - q).abs().max().item() for p, q in zip(eager.learner.parameters(),
+                                                                    captured.learner.parameters()))
+        scale = max(p.abs().max().item() for p in eager.learner.parameters())
+        log(f"probe: {label}: {difference:.2e} (largest weight {scale:.2e})")
+        return {"setting": label, "max_abs_difference": difference, "max_abs_weight": scale,
+                "captured": captured.captured is not None and captured.captured.captured}
+    except Exception as error:
+        log(f"probe: {label}: failed: {type(error).__name__}: {error}"[:300])
+        return {"setting": label, "error": f"{type(error).__name__}: {error}"[:300]}
 
 
 def plan(args: argparse.Namespace, work: Path) -> list[Row]:
@@ -318,7 +350,8 @@ def markdown(payload: dict) -> str:
     lines = [f"GPU rows, {payload['machine']}, {payload['date']} ({payload['minutes']} minutes asked)", ""]
     if payload["probe"]:
         lines += ["| MAML probe (omniglot-maml, 5-way 1-shot, 2nd order) | ms / iteration |", "| --- | --- |"]
-        lines += [f"| {p['setting']} | {p.get('ms_per_iteration', p.get('error'))} |" for p in payload["probe"]]
+        lines += [f"| {p['setting']} | {p.get('ms_per_iteration', p.get('max_abs_difference', p.get('error')))} |"
+                  for p in payload["probe"]]
         lines.append("")
     lines += ["| row (command) | iterations | training | best validation | test (mean ± 95% CI) | looks |",
               "| --- | --- | --- | --- | --- | --- |"]

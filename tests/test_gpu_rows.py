@@ -72,7 +72,11 @@ def test_the_plan_keeps_the_priority_order_and_leaves_out_presets_not_shipped(gp
 
 def test_the_probe_times_eager_and_captured_steps_and_says_when_nothing_was_captured(gpu_rows, fake_omniglot,
                                                                                       one_thread):
-    results = gpu_rows.speed_probe(None, "cpu", 1, settings=((2, 1, "fp32", "off"), (2, 1, "fp32", "on")))
-    assert [r["setting"] for r in results] == ["meta-batch 2, 1 query, fp32, eager",
-                                               "meta-batch 2, 1 query, fp32, captured"]
-    assert all(r["ms_per_iteration"] > 0 and r["captured"] is False for r in results)  # a CPU captures nothing
+    results = gpu_rows.speed_probe(None, "cpu", 1, settings=((2, 1, "fp32", "off"), (2, 1, "fp32", "on")),
+                                   check_steps=1)
+    assert [r["setting"] for r in results[:2]] == ["meta-batch 2, 1 query, fp32, eager",
+                                                   "meta-batch 2, 1 query, fp32, captured"]
+    assert all(r["ms_per_iteration"] > 0 and r["captured"] is False for r in results[:2])  # a CPU captures nothing
+    check = results[2]
+    assert check["setting"].startswith("captured against eager") and check["captured"] is False
+    assert check["max_abs_difference"] == 0 < check["max_abs_weight"]  # both eager here: the same run

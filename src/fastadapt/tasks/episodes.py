@@ -128,8 +128,10 @@ class EpisodeTasks:
         dataset's, on the CPU; a copy already on the GPU gives tasks on the GPU without a transfer)."""
         num_tasks, k = indices.shape[0], self.k_shot
         support, query = indices[:, :, :k].reshape(num_tasks, -1), indices[:, :, k:].reshape(num_tasks, -1)
-        labels = torch.arange(self.n_way, device=indices.device)
-        support_y = labels.repeat_interleave(k).repeat(num_tasks, 1)
+        labels = torch.arange(self.n_way, device=indices.device).unsqueeze(1)
+        # each label k (then num_query) times, by expanding: no kernel that may copy a count from the host, which a
+        # CUDA graph (training.captured) could not capture
+        support_y = labels.expand(self.n_way, k).reshape(1, -1).repeat(num_tasks, 1)
         if support_order is not None:
             support, support_y = support.gather(1, support_order), support_y.gather(1, support_order)
         images = self.dataset.images if images is None else images
@@ -137,7 +139,7 @@ class EpisodeTasks:
             images[support].float().div_(255),
             support_y,
             images[query].float().div_(255),
-            labels.repeat_interleave(self.num_query).repeat(num_tasks, 1),
+            labels.expand(self.n_way, self.num_query).reshape(1, -1).repeat(num_tasks, 1),
         )
 
     def __repr__(self) -> str:
