@@ -111,3 +111,61 @@ def test_the_readme_says_how_to_try_a_preset_quickly():
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert all(flag in readme for flag in ("--quick", "--test-tasks", "--no-eval"))
     assert re.search(r"fastadapt train \S+ --quick", readme)
+
+
+# --- 3. labels that say what they measure ---
+def _folder_run(tmp_path, glyph_folder):
+    """A ProtoNet trained 4-way 2-shot and validated 2-way 1-shot."""
+    run = tmp_path / "folder"
+    assert main(["train", "--algorithm", "protonet", "--tasks", "folder", "--data-root", str(glyph_folder),
+                 "--n-way", "4", "--k-shot", "2", "--num-query", "5", "--eval-ways", "2", "--eval-shots", "1",
+                 "--eval-query", "5", "--iterations", "2", "--val-tasks", "2", "--test-tasks", "2", "--threads", "1",
+                 "--conv-channels", "8", "--no-progress", "--output-dir", str(run)]) == 0
+    return run
+
+
+def _suptitles(monkeypatch):
+    import fastadapt.plots as plots
+    seen, finish = [], plots._finish
+
+    def recording(fig, path, *args, **kwargs):
+        seen.append(fig._suptitle.get_text() if fig._suptitle else "")
+        return finish(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_finish", recording)
+    return seen
+
+
+def test_the_serve_page_and_the_curves_name_the_validation_episodes(tmp_path, glyph_folder, monkeypatch, capsys):
+    seen = _suptitles(monkeypatch)
+    run = _folder_run(tmp_path, glyph_folder)
+    assert main(["plot", str(run)]) == 0
+    assert seen and all("train: 4-way 2-shot, val: 2-way 1-shot" in title for title in seen)
+    from fastadapt.serve.model import serve_run
+    assert serve_run(run).describe()["validation_episodes"] == "2-way 1-shot"
+    page = open(os.path.join(ROOT, "src", "fastadapt", "serve", "static", "app.js")).read()
+    assert "training episodes' way and shot" not in page and "model.validation_episodes" in page
+
+
+def test_learning_curves_of_a_run_validated_as_it_trains_say_nothing_more(tmp_path, monkeypatch):
+    seen = _suptitles(monkeypatch)
+    assert main(_tiny_sinusoid(tmp_path, "--no-progress", "--no-eval")) == 0
+    assert seen == ["maml on sinusoid"]
+
+
+def test_no_learning_curve_title_runs_off_the_figure(tmp_path, monkeypatch):
+    """2D navigation's panel titles are the longest ("training return (meta-batch mean; MAML: after ...)")."""
+    import matplotlib.pyplot as plt
+    import fastadapt.plots as plots
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    records = [{"iteration": i, "return": -40.0 + i, "val_return": -30.0 + i} for i in range(1, 11)]
+    plots.plot_learning_curves(records, tmp_path / "curves.png", title="runs/rl-nav2d-maml")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    frame = fig.bbox
+    texts = [fig._suptitle] + [ax.title for ax in fig.axes]
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1, text.get_text()
+    plt.close(fig)

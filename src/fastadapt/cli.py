@@ -93,8 +93,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.distributed import is_main_process
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import (TEST_RESULTS, evaluate_learner, load_metrics, load_run, recorded_results,
-                                         record_test_results, results_payload, train)
+    from fastadapt.training.runs import (TEST_RESULTS, curves_subtitle, evaluate_learner, load_metrics, load_run,
+                                         recorded_results, record_test_results, results_payload, train)
 
     cfg = _config_from_args(args)
     label = quick_label(cfg, args.preset) if args.quick else None
@@ -105,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     if result.iterations:
         figure = plot_learning_curves(load_metrics(result.run_dir), result.run_dir / "learning_curves.png",
-                                      title=f"{cfg.method.name} on {cfg.task.family}")
+                                      title=f"{cfg.method.name} on {cfg.task.family}",
+                                      subtitle=curves_subtitle(cfg.resolved()))
         print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
     else:
         print(f"nothing trained (0 iterations); run saved in {result.run_dir}")
@@ -273,14 +274,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
     from fastadapt.training.builders import ARCHITECTURE_SEARCH, POLICY_GRADIENT_ADAPTED, load_architecture
     from fastadapt.training.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
-    from fastadapt.training.runs import load_metrics, load_run, write_architecture
+    from fastadapt.training.runs import curves_subtitle, load_metrics, load_run, write_architecture
 
     run_dir = Path(args.run_dir)
-    path = plot_learning_curves(load_metrics(run_dir), Path(args.output or run_dir / "learning_curves.png"),
-                                title=str(run_dir))
+    records = load_metrics(run_dir)
+    cfg = Config.load(run_dir / "config.yaml")
+    path = plot_learning_curves(records, Path(args.output or run_dir / "learning_curves.png"), title=str(run_dir),
+                                subtitle=curves_subtitle(cfg))
     print(f"wrote {path}")
     folder = path.parent
-    cfg = Config.load(run_dir / "config.yaml")
     if cfg.task.family == "nav2d" and cfg.method.name in POLICY_GRADIENT_ADAPTED:
         cfg, learner = load_run(run_dir, "best")
         steps = tuple(s for s in (0, 1, 3) if s <= max(cfg.evaluation.eval_steps))  # the oracle: 0 steps only

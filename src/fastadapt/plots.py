@@ -1,6 +1,7 @@
 """Figures: learning curves of a run, and the MAML paper's sinusoid adaptation figure."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,9 @@ TITLES = {"loss": "training loss (meta-batch mean)", "accuracy": "training accur
           "val_accuracy": "validation accuracy (fixed episodes)", "val_mse": "validation MSE (fixed tasks)",
           "return": "training return (meta-batch mean; MAML: after its inner steps)",
           "val_return": "validation return (fixed tasks)"}
+
+#: Characters per line of a learning-curve panel's title (4.5 inches wide at the default font size).
+PANEL_TITLE_CHARACTERS = 38
 
 
 def _iterations(value: float, _position: int) -> str:
@@ -33,8 +37,10 @@ def _finish(fig, path: Path, rect: tuple[float, float, float, float] | None = No
     return Path(path)
 
 
-def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Path:
-    """Training loss (and accuracy) and validation metric against iteration, as a PNG."""
+def plot_learning_curves(records: list[dict], path: Path, title: str = "", subtitle: str | None = None) -> Path:
+    """Training loss (and accuracy) and validation metric against iteration, as a PNG. ``subtitle``: a second
+    title line, e.g. that training and validation episodes differ ("train: 60-way 5-shot, val: 5-way 1-shot").
+    Panel titles wrap to their panel's width rather than run off the figure's edge."""
     val_keys = sorted({k for r in records for k in r if k.startswith("val_")})
     training = "return" if any("return" in r for r in records) else "loss"  # RL runs log returns, not a loss
     panels = [training] + (["accuracy"] if any("accuracy" in r for r in records) else []) + val_keys
@@ -45,13 +51,13 @@ def plot_learning_curves(records: list[dict], path: Path, title: str = "") -> Pa
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=4)
         ax.set_xlabel("meta-iteration")
-        ax.set_title(TITLES.get(key, key.replace("_", " ")))
+        ax.set_title(textwrap.fill(TITLES.get(key, key.replace("_", " ")), PANEL_TITLE_CHARACTERS))
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.xaxis.set_major_formatter(FuncFormatter(_iterations))
         ax.grid(alpha=0.3)
         if key in ("loss", "val_mse") and points and min(ys) > 0:
             ax.set_yscale("log")
-    fig.suptitle(title)
+    fig.suptitle("\n".join(filter(None, [title, subtitle])))
     return _finish(fig, path)
 
 

@@ -31,7 +31,7 @@ from fastadapt.datasets.omniglot import find_omniglot_archives
 from fastadapt.datasets.preparation import ImagePreparation
 from fastadapt.training.builders import ANY_WAY, FIXED_SHOT
 from fastadapt.training.config import Config, load_preset
-from fastadapt.training.runs import (evaluate_learner, load_metrics, load_run, read_test_results,
+from fastadapt.training.runs import (episode_shapes, evaluate_learner, load_metrics, load_run, read_test_results,
                                      record_test_results, results_payload, train)
 from fastadapt.training.trainer import BEST
 
@@ -77,6 +77,7 @@ class ServedModel:
             "preparation": self.classifier.preparation.describe(),
             "test_accuracy": _accuracy_rows(self.test_results),
             "best_validation_accuracy": max((p[1] for p in self.curves.get("val_accuracy", [])), default=None),
+            "validation_episodes": None if self.source == "pixels" else episode_shapes(cfg)[1],
             "curves": self.curves,
         }
 

@@ -20,8 +20,8 @@ from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, RL_METHODS, RL_METHODS_SPLIT_OVER_PROCESSES,
-                                         build_learner, build_tasks, check_config, eval_settings, resolve_device,
+from fastadapt.training.builders import (ARCHITECTURE_FILE, MINIBATCH_TRAINED, RL_FAMILIES, RL_METHODS,
+                                         RL_METHODS_SPLIT_OVER_PROCESSES, build_learner, build_tasks, check_config, eval_settings, resolve_device,
                                          resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
@@ -307,3 +307,23 @@ def recorded_results(run_dir: str | Path, cfg: Config) -> tuple[dict[str, Estima
         return {row: Estimate(**estimate) for row, estimate in payload["results"].items()}, "unchanged"
     except TypeError:  # written by another version
         return None, f"{TEST_RESULTS} is in another format"
+
+
+def episode_shapes(cfg: Config) -> tuple[str, str] | None:
+    """A classification run's (training, validation) episodes in words, e.g. ("60-way 5-shot", "5-way 1-shot"):
+    it validates on its first evaluation setting, not on its training episodes. None for other runs."""
+    if cfg.task.family in RL_FAMILIES or cfg.task.family == "sinusoid":
+        return None
+    train = ("minibatches of all training classes" if cfg.method.name in MINIBATCH_TRAINED
+             else f"{cfg.task.n_way}-way {cfg.task.k_shot}-shot")
+    way, shot = eval_settings(cfg)[0]
+    return train, f"{way}-way {shot}-shot"
+
+
+def curves_subtitle(cfg: Config) -> str | None:
+    """What a run's learning curves need said: "train: 60-way 5-shot, val: 5-way 1-shot" when the training and
+    validation curves come from episodes of other shapes (their accuracies are not comparable); else None."""
+    shapes = episode_shapes(cfg)
+    if shapes is None or shapes[0] == shapes[1]:
+        return None
+    return f"train: {shapes[0]}, val: {shapes[1]}"

@@ -276,7 +276,7 @@ function describeModel(model) {
   const rows = [["method", model.method], ["trained on", model.dataset + (model.trained ? `, ${model.trained}` : "")],
                 ["images", model.preparation], ["drawings", model.drawings]];
   if (model.best_validation_accuracy !== null) {
-    rows.push(["best validation accuracy", `${(100 * model.best_validation_accuracy).toFixed(2)}% (training episodes' way and shot)`]);
+    rows.push(["best validation accuracy", `${(100 * model.best_validation_accuracy).toFixed(2)}% (${model.validation_episodes} validation episodes)`]);
   }
   facts.replaceChildren(...rows.flatMap(([key, value]) => [element("dt", {text: key}), element("dd", {text: value})]));
   const table = document.getElementById("test-accuracy");
