@@ -10,8 +10,8 @@ from fastadapt.algorithms import MAML
 from fastadapt.benchmarks.speed import omniglot_like
 from fastadapt.models import MLP, Conv4
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks, SinusoidTasks
-from fastadapt.training.builders import (ALGORITHMS, ARCHITECTURE_SEARCH, MINIBATCH_TRAINED, RL_METHODS, build_learner,
-                                         check_config)
+from fastadapt.algorithms.registry import method_names, method_spec
+from fastadapt.training.builders import build_learner, check_config
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.precision import autocast, has_native_bf16
@@ -73,14 +73,14 @@ def _image_config(algorithm, tmp_path, **overrides):
     return Config(**values)
 
 
-@pytest.mark.parametrize("algorithm", sorted(set(ALGORITHMS) - {"knn"} - RL_METHODS))
+@pytest.mark.parametrize("algorithm", sorted(set(method_names(rl=False)) - {"knn"}))
 def test_every_method_trains_in_bf16_with_fp32_master_weights(algorithm, tmp_path):
     dataset = omniglot_like(num_classes=12, images_per_class=6)
-    tasks = ClassMiniBatches(dataset) if algorithm in MINIBATCH_TRAINED else EpisodeTasks(dataset, 3, 2, 2)
+    tasks = ClassMiniBatches(dataset) if method_spec(algorithm).minibatch_trained else EpisodeTasks(dataset, 3, 2, 2)
     small_search = dict(cells=2, nodes=2, cell_channels=4, stem_multiplier=1,
                         operations=["conv_3x3", "max_pool_3x3", "skip_connect", "zero"])
     cfg = _image_config(algorithm, tmp_path, full_context_embeddings=algorithm == "matching",
-                        **(small_search if algorithm in ARCHITECTURE_SEARCH else {}))
+                        **(small_search if method_spec(algorithm).searches_architecture else {}))
     learner = build_learner(cfg, tasks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -28,7 +28,7 @@ import torch
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.datasets.folder import IMAGE_SUFFIXES, list_class_folders
 from fastadapt.datasets.preparation import ImageLike, ImagePreparation
-from fastadapt.training.builders import ANY_WAY, FIXED_SHOT, resolve_device
+from fastadapt.training.builders import method_of, resolve_device
 from fastadapt.training.config import Config
 from fastadapt.training.run_inputs import read_run_inputs
 from fastadapt.training.runs import load_run
@@ -136,11 +136,11 @@ class FewShotClassifier:
 
     def _check_episode(self, classes: list[Hashable], labels: list[Hashable]) -> None:
         """Methods with an N-way head or memory serve N classes; SNAIL also its K shots."""
-        method, task = self.config.method.name, self.config.task
-        if method not in ANY_WAY and len(classes) != task.n_way:
+        method, task, spec = self.config.method.name, self.config.task, method_of(self.config)
+        if not spec.any_way and len(classes) != task.n_way:
             raise ValueError(f"this {method} run was trained {task.n_way}-way and classifies exactly "
                              f"{task.n_way} classes; got {len(classes)}")
-        if method in FIXED_SHOT:
+        if spec.fixed_shot:
             counts = {c: labels.count(c) for c in classes}
             if set(counts.values()) != {task.k_shot}:
                 raise ValueError(f"this {method} run was trained {task.k_shot}-shot and needs exactly "

@@ -130,10 +130,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _print_architecture(cfg: Config, run_dir: Path) -> None:
     """For a search: the meta-architecture it found; for model darts: the architecture trained. With the size of
     the discrete network."""
-    from fastadapt.training.builders import ARCHITECTURE_FILE, ARCHITECTURE_SEARCH, load_architecture
+    from fastadapt.training.builders import ARCHITECTURE_FILE, load_architecture, method_of
     from fastadapt.training.inspection import architecture_size
 
-    if cfg.method.name in ARCHITECTURE_SEARCH:
+    if method_of(cfg).searches_architecture:
         source = run_dir / ARCHITECTURE_FILE
         what = f"meta-architecture of the best checkpoint ({source})"
     elif cfg.model.name == "darts":
@@ -272,7 +272,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from fastadapt.plots import (plot_cells, plot_frame_strip, plot_learning_curves, plot_navigation_trajectories,
                                  plot_task_architectures)
     from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
-    from fastadapt.training.builders import ARCHITECTURE_SEARCH, POLICY_GRADIENT_ADAPTED, load_architecture
+    from fastadapt.training.builders import load_architecture, method_of
     from fastadapt.training.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
     from fastadapt.training.runs import curves_subtitle, load_metrics, load_run, write_architecture
 
@@ -283,7 +283,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
                                 subtitle=curves_subtitle(cfg))
     print(f"wrote {path}")
     folder = path.parent
-    if cfg.task.family == "nav2d" and cfg.method.name in POLICY_GRADIENT_ADAPTED:
+    method = method_of(cfg)
+    if cfg.task.family == "nav2d" and method.policy == "feedforward":
         cfg, learner = load_run(run_dir, "best")
         steps = tuple(s for s in (0, 1, 3) if s <= max(cfg.evaluation.eval_steps))  # the oracle: 0 steps only
         who = f"{cfg.method.name}{' (goal observed: oracle)' if cfg.task.observe_goal else ''}"
@@ -292,7 +293,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
             title=f"{who}: one sampled trajectory per {SPLIT_NAMES[args.split]} goal"
                   + (" before and after adaptation" if len(steps) > 1 else ""))
         print(f"wrote {figure}")
-    if cfg.task.family in LOCOMOTION_FAMILIES and cfg.method.name in POLICY_GRADIENT_ADAPTED:
+    if cfg.task.family in LOCOMOTION_FAMILIES and method.policy == "feedforward":
         cfg, learner = load_run(run_dir, "best")
         try:
             rows = locomotion_frames(cfg, learner, split=args.split)
@@ -304,7 +305,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
                                   f"{SPLIT_NAMES[args.split]} tasks: the first sampled trajectory before and after "
                                   "one policy-gradient step")
         print(f"wrote {figure}")
-    if cfg.method.name in ARCHITECTURE_SEARCH:
+    if method.searches_architecture:
         cfg, learner = write_architecture(run_dir)
         meta = learner.architecture()
         print(f"wrote {run_dir / 'architecture.json'}")

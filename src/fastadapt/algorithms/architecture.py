@@ -144,3 +144,12 @@ class ArchitectureLearning:
             alphas = {name[len(ALPHA_PREFIX):]: adapted[name][task] for name in names}
             genotypes.append(discretise(architecture_weights(alphas, temperature), self.model.space))
         return genotypes
+
+
+#: The method settings of the architecture search (MetaNAS, T-NAS).
+ARCHITECTURE_OPTIONS = ("alpha_inner_lr", "warmup_iterations", "temperature_start", "temperature_end")
+
+
+def architecture_options(method) -> dict:
+    """The architecture-search options of a run's method settings, as ``ArchitectureLearning`` takes them."""
+    return {name: getattr(method, name) for name in ARCHITECTURE_OPTIONS}

@@ -22,6 +22,7 @@ from functools import lru_cache
 import torch
 
 from fastadapt.algorithms.base import RLMetaLearner
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.environments import BatchedBernoulliBandit
 from fastadapt.environments.noise import derive_seeds, uniform
 from fastadapt.rl.rollout import ENV_STREAM, POLICY_STREAM
@@ -133,3 +134,15 @@ class BayesOptimal(BanditAlgorithm):
             values = [self.action_value(per_arm, arm, self.horizon - t) for arm in range(len(per_arm))]
             arms.append(max(range(len(values)), key=values.__getitem__))
         return torch.tensor(arms, device=counts.device).reshape(counts.shape[:-1])
+
+
+def _bandit(name: str, cls: type[BanditAlgorithm], build=None, options: tuple[str, ...] = ()) -> MethodSpec:
+    return MethodSpec(name, cls, build or (lambda context: cls()), options, rl=True, bandit=True)
+
+
+SPECS = (
+    _bandit("random-arms", RandomArms),
+    _bandit("ucb1", UCB1, lambda context: UCB1(context.cfg.method.ucb_exploration), ("ucb_exploration",)),
+    _bandit("thompson", ThompsonSampling),
+    _bandit("bayes-optimal", BayesOptimal),
+)

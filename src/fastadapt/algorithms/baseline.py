@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 
 from fastadapt.algorithms.base import MetaLearner, embed_images
 from fastadapt.algorithms.protonet import support_one_hot
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
 
 FINETUNE = ("head", "all")
@@ -138,3 +139,18 @@ class Baseline(MetaLearner):
             features = self._embed(adapted.encoder, query_x)
         return self.logits(adapted.weight, adapted.bias, features)
 
+
+#: The method settings of Baseline and Baseline++ (how a new task's head is fitted).
+FINETUNE_OPTIONS = ("finetune", "finetune_steps", "finetune_lr")
+
+
+def finetune_options(method) -> dict:
+    return {name: getattr(method, name) for name in FINETUNE_OPTIONS}
+
+
+def _build(context) -> Baseline:
+    return Baseline(*context.encoder(), context.tasks.output_size, **finetune_options(context.cfg.method))
+
+
+SPECS = (MethodSpec("baseline", Baseline, _build, FINETUNE_OPTIONS, any_way=True, minibatch_trained=True,
+                    images_only=True),)

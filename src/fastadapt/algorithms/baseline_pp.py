@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms.baseline import Baseline
+from fastadapt.algorithms.baseline import FINETUNE_OPTIONS, Baseline, finetune_options
+from fastadapt.algorithms.spec import MethodSpec
 
 
 class BaselinePlusPlus(Baseline):
@@ -38,3 +39,13 @@ class BaselinePlusPlus(Baseline):
     def initial_head(self, features: torch.Tensor, one_hot: torch.Tensor) -> tuple[torch.Tensor, None]:
         sums = one_hot.transpose(1, 2) @ F.normalize(features, dim=-1)
         return sums / one_hot.sum(1).unsqueeze(-1), None
+
+
+def _build(context) -> BaselinePlusPlus:
+    method = context.cfg.method
+    scale = {} if method.cosine_scale is None else {"scale": method.cosine_scale}
+    return BaselinePlusPlus(*context.encoder(), context.tasks.output_size, **finetune_options(method), **scale)
+
+
+SPECS = (MethodSpec("baseline++", BaselinePlusPlus, _build, (*FINETUNE_OPTIONS, "cosine_scale"), any_way=True,
+                    minibatch_trained=True, images_only=True),)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms.protonet import EmbeddedSupport, MetricLearner, squared_distances
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -52,3 +53,22 @@ class NearestNeighbours(MetricLearner):
             "NearestNeighbours has nothing to meta-train: it is evaluation-only (adapt + predict). To use a learned "
             "embedding, train an encoder with another method (e.g. PrototypicalNetworks) and pass it as encoder"
         )
+
+
+def _build(context) -> NearestNeighbours:
+    """k-NN on raw pixels (``model: pixels``), or in the embedding another run learned (``encoder_from``)."""
+    cfg = context.cfg
+    if cfg.method.encoder_from is not None:
+        trained = context.trained_learner(cfg.method.encoder_from)
+        if not hasattr(trained, "encoder"):
+            raise ValueError(f"the run in {cfg.method.encoder_from} ({type(trained).__name__}) "
+                             "has no encoder to borrow")
+        return NearestNeighbours(trained.encoder.eval().requires_grad_(False), k=cfg.method.neighbours)
+    if cfg.model.name != "pixels":
+        raise ValueError("knn has nothing to train: use --model pixels (k-NN on raw pixels), or "
+                         "--encoder-from RUN_DIR for k-NN in the embedding another run learned")
+    return NearestNeighbours(None, k=cfg.method.neighbours)
+
+
+SPECS = (MethodSpec("knn", NearestNeighbours, _build, ("neighbours", "encoder_from"), any_way=True, pixel_input=True,
+                    images_only=True),)

@@ -22,6 +22,7 @@ from torch import nn
 from fastadapt.algorithms.base import embed_images
 from fastadapt.algorithms.baseline import Baseline, FittedHead
 from fastadapt.algorithms.protonet import support_one_hot
+from fastadapt.algorithms.spec import MethodSpec
 
 
 class EmbeddingLogisticRegression(Baseline):
@@ -58,3 +59,14 @@ class EmbeddingLogisticRegression(Baseline):
             weight = w - step * (residual.transpose(1, 2) @ z + w / self.c)
             bias = b - step * residual.sum(1)
         return weight, bias
+
+
+def _build(context) -> EmbeddingLogisticRegression:
+    if context.cfg.method.finetune != "head":
+        raise ValueError("logreg fits a logistic regression on frozen features: finetune 'all' is for "
+                         "baseline and baseline++")
+    return EmbeddingLogisticRegression(*context.encoder(), context.tasks.output_size)
+
+
+SPECS = (MethodSpec("logreg", EmbeddingLogisticRegression, _build, any_way=True, minibatch_trained=True,
+                    images_only=True),)

@@ -24,8 +24,10 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from fastadapt.algorithms.base import MetaLearner, per_task_loss
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.models.conv4 import to_channels_last
 from fastadapt.tasks.base import TaskBatch
+
 
 Params = dict[str, torch.Tensor]
 
@@ -160,3 +162,26 @@ class MAML(MetaLearner):
         loss = losses.mean()
         carried = sum((g * adapted[name]).sum() for name, g in grads.items()) / tasks.num_tasks
         return loss + (carried - carried.detach()), self.metrics(outputs, tasks.query_y, loss)
+
+
+#: The method settings of every learner built on MAML's inner loop.
+GRADIENT_OPTIONS = ("inner_lr", "inner_steps", "eval_inner_steps", "first_order")
+
+
+def gradient_options(method) -> dict:
+    """The inner-loop options of a run's method settings, as MAML and its subclasses take them."""
+    return {name: getattr(method, name) for name in GRADIENT_OPTIONS}
+
+
+def build_gradient_based(cls: type[MAML], **fixed):
+    """The builder of a learner on MAML's inner loop (``fixed`` overrides settings: FOMAML's first_order)."""
+    def build(context) -> MAML:
+        return cls(context.model(), context.tasks.loss, **{**gradient_options(context.cfg.method), **fixed})
+
+    return build
+
+
+SPECS = (
+    MethodSpec("maml", MAML, build_gradient_based(MAML), GRADIENT_OPTIONS, gradient_based=True),
+    MethodSpec("fomaml", MAML, build_gradient_based(MAML, first_order=True), GRADIENT_OPTIONS, gradient_based=True),
+)

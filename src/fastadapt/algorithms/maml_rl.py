@@ -23,12 +23,14 @@ Evaluation follows the paper: sample with theta, step, sample again... and repor
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
 
 from fastadapt.algorithms.base import RLMetaLearner
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.models.policies import MLPPolicy
 from fastadapt.rl import (Episodes, TRPOSettings, discounted_returns, gae, linear_baseline_values,
                           masked_mean_per_task, normalize_per_task, policy_gradient_loss, rollout, surrogate_loss,
@@ -183,3 +185,28 @@ class MAMLRL(RLMetaLearner):
         if steps is None:
             return {None: history[self.inner_steps].returns.mean(1)}
         return {step: history[step].returns.mean(1) for step in wanted}
+
+
+#: The method settings of the learners on MAML-RL's policy-gradient inner loop and TRPO outer step.
+POLICY_GRADIENT_OPTIONS = ("inner_lr", "inner_steps", "first_order", "gamma", "gae_lambda", "eval_inner_lrs",
+                           *(f.name for f in fields(TRPOSettings)))
+
+
+def build_policy_gradient(cls: type[MAMLRL]):
+    """The builder of MAML-RL, Meta-SGD-RL or the pretrained policy from a run's settings."""
+    def build(context) -> MAMLRL:
+        method = context.cfg.method
+        options = dict(inner_lr=method.inner_lr, trajectories=context.cfg.task.trajectories,
+                       first_order=method.first_order, gamma=method.gamma,
+                       gae_lambda=1.0 if method.gae_lambda is None else method.gae_lambda,
+                       trpo=TRPOSettings(**{f.name: getattr(method, f.name) for f in fields(TRPOSettings)}),
+                       eval_inner_lrs=method.eval_inner_lrs or None)
+        if cls.min_inner_steps > 0:
+            options["inner_steps"] = method.inner_steps
+        return cls(context.model(), **options)
+
+    return build
+
+
+SPECS = (MethodSpec("maml-rl", MAMLRL, build_policy_gradient(MAMLRL), POLICY_GRADIENT_OPTIONS, rl=True,
+                    policy="feedforward"),)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, check_queries, embed_images
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -233,3 +234,7 @@ def accuracy_by_instance(
     seen = F.one_hot(labels, logits.shape[-1]).cumsum(1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     correct = (logits.argmax(-1) == labels).float()
     return {k: correct[seen == k].mean().item() if (seen == k).any() else float("nan") for k in instances}
+
+
+SPECS = (MethodSpec("mann", MANN, lambda context: MANN(*context.encoder(), n_way=context.cfg.task.n_way),
+                    pixel_input=True, images_only=True),)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms.protonet import EmbeddedSupport, MetricLearner, check_pair, cosine_similarities
+from fastadapt.algorithms.spec import MethodSpec
 
 
 class MatchingNetworks(MetricLearner):
@@ -105,3 +106,14 @@ class MatchingNetworks(MetricLearner):
         even where a scaled softmax underflows."""
         per_class = self.log_attention(adapted, queries).unsqueeze(-1) + adapted.one_hot.log().unsqueeze(1)
         return torch.logsumexp(per_class, dim=2)
+
+
+def _build(context) -> MatchingNetworks:
+    encoder, width = context.encoder()
+    method = context.cfg.method
+    return MatchingNetworks(encoder, method.full_context_embeddings, embedding_size=width,
+                            cosine_scale=method.cosine_scale)
+
+
+SPECS = (MethodSpec("matching", MatchingNetworks, _build, ("full_context_embeddings", "cosine_scale"), any_way=True,
+                    images_only=True),)

@@ -20,9 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastadapt.algorithms.architecture import ARCHITECTURE_OPTIONS, architecture_options
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.maml import GRADIENT_OPTIONS, gradient_options
 from fastadapt.algorithms.reptile import Reptile
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
 
 OUTER_UPDATES = ("reptile", "fomaml")
@@ -44,3 +47,13 @@ class MetaNAS(ArchitectureLearning, Reptile):
             return Reptile.meta_loss(self, tasks)
         # First-order MAML: the query loss after Reptile's first-order inner loop.
         return MetaLearner.meta_loss(self, tasks)
+
+
+def _build(context) -> MetaNAS:
+    method = context.cfg.method
+    return MetaNAS(context.model(), context.tasks.loss, outer=method.outer_update, **gradient_options(method),
+                   **architecture_options(method))
+
+
+SPECS = (MethodSpec("metanas", MetaNAS, _build, (*GRADIENT_OPTIONS, *ARCHITECTURE_OPTIONS, "outer_update"),
+                    gradient_based=True, searches_architecture=True),)

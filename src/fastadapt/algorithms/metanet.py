@@ -43,6 +43,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, check_queries, embed_images
+from fastadapt.algorithms.spec import MethodSpec
 
 Weights = dict[str, torch.Tensor]
 
@@ -167,3 +168,7 @@ class MetaNet(MetaLearner):
         queries = self._represent(features, self.representation.weight, adapted.representation_fast)
         _, fast = read_memory(adapted.keys, adapted.values, queries)
         return self._base(features, self._slow_base(), fast)
+
+
+SPECS = (MethodSpec("metanet", MetaNet, lambda context: MetaNet(*context.encoder(), n_way=context.cfg.task.n_way),
+                    images_only=True),)

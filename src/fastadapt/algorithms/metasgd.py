@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from fastadapt.algorithms.maml import MAML, Params
+from fastadapt.algorithms.maml import GRADIENT_OPTIONS, MAML, Params, build_gradient_based
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.algorithms.step_sizes import StepSizes
 
 
@@ -20,3 +21,6 @@ class MetaSGD(MAML):
 
     def inner_learning_rates(self) -> Params:
         return self.inner_rates.by_weight()
+
+
+SPECS = (MethodSpec("metasgd", MetaSGD, build_gradient_based(MetaSGD), GRADIENT_OPTIONS, gradient_based=True),)

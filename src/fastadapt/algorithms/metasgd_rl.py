@@ -12,6 +12,8 @@ alpha, then alpha / 2, keeps its meaning: the learned step, then half of it).
 from __future__ import annotations
 
 from fastadapt.algorithms.maml_rl import MAMLRL, Params
+from fastadapt.algorithms.maml_rl import POLICY_GRADIENT_OPTIONS, build_policy_gradient
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.algorithms.step_sizes import StepSizes
 from fastadapt.models.policies import MLPPolicy
 
@@ -23,3 +25,7 @@ class MetaSGDRL(MAMLRL):
 
     def step_sizes(self, lr: float) -> Params:
         return {name: rate * (lr / self.inner_lr) for name, rate in self.inner_rates.by_weight().items()}
+
+
+SPECS = (MethodSpec("metasgd-rl", MetaSGDRL, build_policy_gradient(MetaSGDRL), POLICY_GRADIENT_OPTIONS, rl=True,
+                    policy="feedforward"),)

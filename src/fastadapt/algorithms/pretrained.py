@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.maml import GRADIENT_OPTIONS, MAML, build_gradient_based
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -21,3 +22,6 @@ class Pretrained(MAML):
         outputs = self.model(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         loss = self.task_losses(outputs, y).mean()
         return loss, self.metrics(outputs, y, loss)
+
+
+SPECS = (MethodSpec("pretrained", Pretrained, build_gradient_based(Pretrained), GRADIENT_OPTIONS, gradient_based=True),)

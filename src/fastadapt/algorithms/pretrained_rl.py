@@ -12,6 +12,8 @@ The step size of the test-time steps is chosen on validation tasks (the paper: "
 from __future__ import annotations
 
 from fastadapt.algorithms.maml_rl import MAMLRL
+from fastadapt.algorithms.maml_rl import POLICY_GRADIENT_OPTIONS, build_policy_gradient
+from fastadapt.algorithms.spec import MethodSpec
 
 
 class PretrainedPolicy(MAMLRL):
@@ -21,3 +23,7 @@ class PretrainedPolicy(MAMLRL):
         if options.pop("inner_steps", 0):
             raise ValueError("the pretrained baseline trains without inner steps; set inner_steps to 0")
         super().__init__(policy, inner_steps=0, **options)
+
+
+SPECS = (MethodSpec("pretrained-rl", PretrainedPolicy, build_policy_gradient(PretrainedPolicy), POLICY_GRADIENT_OPTIONS, rl=True,
+                    policy="feedforward"),)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, embed_images, in_fp32
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
 
 DISTANCES = ("squared_euclidean", "cosine")
@@ -152,3 +153,7 @@ class PrototypicalNetworks(MetricLearner):
         if self.distance == "cosine":
             return self.scale * cosine_similarities(queries, adapted)
         return -squared_distances(queries, adapted)
+
+
+SPECS = (MethodSpec("protonet", PrototypicalNetworks, lambda context: PrototypicalNetworks(context.encoder()[0]),
+                    any_way=True, images_only=True),)

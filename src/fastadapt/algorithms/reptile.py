@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.maml import GRADIENT_OPTIONS, MAML, build_gradient_based
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -35,3 +36,6 @@ class Reptile(MAML):
             for name, theta in self.model.named_parameters()
         )
         return surrogate, self.metrics(outputs, tasks.query_y, query_loss)
+
+
+SPECS = (MethodSpec("reptile", Reptile, build_gradient_based(Reptile), GRADIENT_OPTIONS, gradient_based=True),)

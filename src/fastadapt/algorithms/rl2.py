@@ -23,6 +23,7 @@ import torch
 
 from fastadapt.algorithms.base import RLMetaLearner
 from fastadapt.algorithms.maml_rl import check_rewards
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.models.policies import RecurrentPolicy
 from fastadapt.rl import Episodes, clipped_surrogate_loss, gae, masked_mean_per_task, replay, rollout
 from fastadapt.rl.returns import check_discount
@@ -96,3 +97,16 @@ class RL2(RLMetaLearner):
     def evaluate_returns(self, tasks: MDPBatch, steps: list[int] | None = None) -> dict[int | None, torch.Tensor]:
         """Each task's total reward over one trial (its hidden state starts fresh)."""
         return {None: self.sample(tasks, 1).returns.mean(1)}
+
+
+def _build(context) -> RL2:
+    method = context.cfg.method
+    return RL2(context.model(), trials=context.cfg.task.trajectories, gamma=method.gamma,
+               gae_lambda=0.3 if method.gae_lambda is None else method.gae_lambda, clip=method.ppo_clip,
+               epochs=method.ppo_epochs, minibatches=method.ppo_minibatches, value_coef=method.value_coef,
+               entropy_coef=method.entropy_coef, max_grad_norm=method.max_grad_norm)
+
+
+SPECS = (MethodSpec("rl2", RL2, _build, ("gamma", "gae_lambda", "ppo_clip", "ppo_epochs", "ppo_minibatches",
+                                         "value_coef", "entropy_coef", "max_grad_norm"),
+                    rl=True, policy="gru", splits_over_processes=False),)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, check_queries, embed_images
+from fastadapt.algorithms.spec import MethodSpec
 
 # Every block maps a full sequence (B, L, C) -> (B, L, C + added) with ``forward``, and with
 # ``extend(prefix, last)`` also computes the outputs at one extra position after the prefix,
@@ -167,3 +168,10 @@ class SNAIL(MetaLearner):
         features = embed_images(self.encoder, query_x, "SNAIL", self.encoder_dim)
         unlabelled = torch.cat([features, features.new_zeros(*features.shape[:2], self.n_way)], -1)
         return self.query_logits(adapted, unlabelled)
+
+
+def _build(context) -> SNAIL:
+    return SNAIL(*context.encoder(), n_way=context.cfg.task.n_way, k_shot=context.cfg.task.k_shot)
+
+
+SPECS = (MethodSpec("snail", SNAIL, _build, fixed_shot=True, images_only=True),)

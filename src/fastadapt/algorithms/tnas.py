@@ -17,11 +17,21 @@ from __future__ import annotations
 
 from torch import nn
 
-from fastadapt.algorithms.architecture import ArchitectureLearning
-from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.architecture import ARCHITECTURE_OPTIONS, ArchitectureLearning, architecture_options
+from fastadapt.algorithms.maml import GRADIENT_OPTIONS, MAML, gradient_options
+from fastadapt.algorithms.spec import MethodSpec
 
 
 class TNAS(ArchitectureLearning, MAML):
     def __init__(self, model: nn.Module, loss: str, inner_lr: float = 0.4, alpha_inner_lr: float = 30.0,
                  **options) -> None:
         super().__init__(model, loss, inner_lr=inner_lr, alpha_inner_lr=alpha_inner_lr, **options)
+
+
+def _build(context) -> TNAS:
+    method = context.cfg.method
+    return TNAS(context.model(), context.tasks.loss, **gradient_options(method), **architecture_options(method))
+
+
+SPECS = (MethodSpec("tnas", TNAS, _build, (*GRADIENT_OPTIONS, *ARCHITECTURE_OPTIONS), gradient_based=True,
+                    searches_architecture=True),)

@@ -29,7 +29,7 @@ from fastadapt.classifier import Classification, FewShotClassifier
 from fastadapt.datasets.drawing import as_omniglot_drawing
 from fastadapt.datasets.omniglot import find_omniglot_archives
 from fastadapt.datasets.preparation import ImagePreparation
-from fastadapt.training.builders import ANY_WAY, FIXED_SHOT
+from fastadapt.training.builders import method_of
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.runs import (episode_shapes, evaluate_learner, load_metrics, load_run, read_test_results,
                                      record_test_results, results_payload, train)
@@ -63,14 +63,15 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         cfg = self.classifier.config
         method, task = cfg.method.name, cfg.task
-        ways = [2, MAX_CLASSES] if method in ANY_WAY else [task.n_way, task.n_way]
+        spec = method_of(cfg)
+        ways = [2, MAX_CLASSES] if spec.any_way else [task.n_way, task.n_way]
         return {
             "source": self.source, "summary": self.summary,
             "run_dir": None if self.run_dir is None else str(self.run_dir),
             "method": method,
             "dataset": "nothing (raw pixels)" if self.source == "pixels" else _dataset_words(cfg),
             "trained": None if self.source == "pixels" else f"{task.n_way}-way {task.k_shot}-shot episodes",
-            "ways": ways, "shots": task.k_shot if method in FIXED_SHOT else None,
+            "ways": ways, "shots": task.k_shot if spec.fixed_shot else None,
             "drawings": ("redrawn as Omniglot's drawings (stroke width, size, centring), then prepared as the "
                          "training images were" if self.redraws_drawings else "prepared as the training images "
                          "were, as drawn (dark strokes on white)"),

@@ -13,15 +13,14 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from fastadapt import algorithms
-from fastadapt.algorithms.architecture import ArchitectureLearning
-from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.registry import method_names, method_spec, methods
+from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
 from fastadapt.datasets.digits import load_digits_dataset
 from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
 from fastadapt.models import MLP, CategoricalMLPPolicy, Conv4, GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.models.conv4 import NORMS
-from fastadapt.rl import TRPOSettings
 from fastadapt.tasks import (BanditTasks, ClassMiniBatches, EpisodeTasks, LocomotionTasks, Navigation2DTasks,
                              SinusoidTasks, TabularMDPTasks)
 from fastadapt.models.darts import DiscreteNetwork, Genotype, SearchNetwork, SearchSpace
@@ -151,7 +150,7 @@ def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
     if cfg.task.family in TASK_FAMILIES:
         return TASK_FAMILIES[cfg.task.family](cfg, split)
     if cfg.task.family in DATASETS:
-        if split == "train" and cfg.method.name in MINIBATCH_TRAINED:
+        if split == "train" and method_of(cfg).minibatch_trained:
             return ClassMiniBatches(class_dataset(cfg, "train"))
         way, shot = (cfg.task.n_way, cfg.task.k_shot) if split == "train" else eval_settings(cfg)[0]
         return episodes(cfg, split, way, shot)
@@ -196,14 +195,14 @@ def resolve_norm(cfg: Config) -> str:
     """'auto': per-task batch statistics for gradient-based methods (the MAML paper's), running ones for the rest."""
     if cfg.model.norm != "auto":
         return cfg.model.norm
-    return "transductive" if cfg.method.name in GRADIENT_BASED else "batch"
+    return "transductive" if method_of(cfg).gradient_based else "batch"
 
 
 def resolve_policy(cfg: Config, tasks: MDPTaskDistribution) -> str:
     """The policy's kind, with 'auto' resolved: RL^2's GRU, else by the task's actions."""
     if cfg.model.policy != "auto":
         return cfg.model.policy
-    if cfg.method.name == "rl2":
+    if method_of(cfg).policy == "gru":
         return "gru"
     return "gaussian" if tasks.spaces.action_kind == "continuous" else "categorical"
 
@@ -225,7 +224,7 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
     if cfg.task.family in RL_FAMILIES:
         return build_policy(cfg, tasks)
     kind = resolve_model(cfg)
-    if cfg.method.name in ARCHITECTURE_SEARCH and kind != "supernet":
+    if method_of(cfg).searches_architecture and kind != "supernet":
         raise ValueError(f"{cfg.method.name} searches an architecture: its model is the DARTS supernet "
                          f"(--model supernet or auto), not {kind!r}")
     if kind in ("supernet", "darts"):
@@ -240,11 +239,11 @@ def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.M
             raise ValueError(f"model 'conv4' needs image tasks, but {cfg.task.family!r} tasks are not images")
         return Conv4(shape[0], cfg.model.conv_channels, tasks.output_size if head else None, resolve_norm(cfg),
                      shape[1:],
-                     channels_last=cfg.method.name not in GRADIENT_BASED and not _finetunes_encoder(cfg),
+                     channels_last=not method_of(cfg).gradient_based and not _finetunes_encoder(cfg),
                      pooling=cfg.model.pooling)
     if kind == "pixels":
-        if head or cfg.method.name not in PIXEL_INPUT:
-            raise ValueError(f"model 'pixels' (no network: raw pixels) serves {sorted(PIXEL_INPUT)} only")
+        if head or not method_of(cfg).pixel_input:
+            raise ValueError(f"model 'pixels' (no network: raw pixels) serves {method_names(pixel_input=True)} only")
         return nn.Flatten()
     raise ValueError(f"unknown model {cfg.model.name!r}; choose 'mlp', 'conv4', 'supernet', 'darts', 'pixels' "
                      "or 'auto'")
@@ -276,8 +275,8 @@ def _darts_network(cfg: Config, tasks: TaskDistribution, kind: str, head: bool) 
         raise ValueError(f"model {kind!r} needs image tasks, but {cfg.task.family!r} tasks are not images")
     space, classes = search_space(cfg), tasks.output_size if head else None
     if kind == "supernet":
-        if cfg.method.name not in ARCHITECTURE_SEARCH:
-            raise ValueError(f"model 'supernet' is searched by {sorted(ARCHITECTURE_SEARCH)}; to train a found "
+        if not method_of(cfg).searches_architecture:
+            raise ValueError(f"model 'supernet' is searched by {method_names(searches_architecture=True)}; to train a found "
                              "architecture use --model darts --architecture PATH")
         return SearchNetwork(space, shape[0], classes, resolve_norm(cfg))
     if cfg.model.architecture is None:
@@ -287,7 +286,7 @@ def _darts_network(cfg: Config, tasks: TaskDistribution, kind: str, head: bool) 
 
 def _finetunes_encoder(cfg: Config) -> bool:
     """Whether the method fine-tunes a copy of the encoder per task, under vmap (which needs NCHW tensors)."""
-    return cfg.method.name in MINIBATCH_TRAINED and cfg.method.finetune == "all"
+    return method_of(cfg).minibatch_trained and cfg.method.finetune == "all"
 
 
 def _encoder(cfg: Config, tasks: TaskDistribution) -> tuple[nn.Module, int]:
@@ -299,196 +298,55 @@ def _encoder(cfg: Config, tasks: TaskDistribution) -> tuple[nn.Module, int]:
 
 
 # --- algorithms ---
-def _gradient_based(cls: type[algorithms.MAML], **fixed) -> Callable[[Config, TaskDistribution], MetaLearner]:
-    def build(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
-        method = cfg.method
-        options = dict(inner_lr=method.inner_lr, inner_steps=method.inner_steps,
-                       eval_inner_steps=method.eval_inner_steps, first_order=method.first_order)
-        if issubclass(cls, ArchitectureLearning):
-            options.update(alpha_inner_lr=method.alpha_inner_lr, warmup_iterations=method.warmup_iterations,
-                           temperature_start=method.temperature_start, temperature_end=method.temperature_end)
-        if cls is algorithms.MetaNAS:
-            options["outer"] = method.outer_update
-        options.update(fixed)
-        return cls(build_model(cfg, tasks), tasks.loss, **options)
+class BuildContext:
+    """What a method's ``build`` (its ``MethodSpec``) is given: the run's settings, its training tasks, and the
+    networks those settings describe."""
 
-    return build
+    def __init__(self, cfg: Config, tasks: TaskDistribution) -> None:
+        self.cfg, self.tasks = cfg, tasks
 
+    def model(self, head: bool = True) -> nn.Module:
+        """The network (an RL family's policy); with ``head`` it outputs what the tasks need."""
+        return build_model(self.cfg, self.tasks, head)
 
-def _classifier(
-    build: Callable[[Config, EpisodeTasks], MetaLearner]
-) -> Callable[[Config, TaskDistribution], MetaLearner]:
-    def checked(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
-        if getattr(tasks, "input_shape", None) is None:
-            raise ValueError(f"algorithm {cfg.method.name!r} classifies images: use tasks 'omniglot' or 'folder', "
-                             f"not {cfg.task.family!r}")
-        return build(cfg, tasks)
+    def encoder(self) -> tuple[nn.Module, int]:
+        """The model without a head and the width of its features."""
+        return _encoder(self.cfg, self.tasks)
 
-    return checked
-
-
-def _trpo(cfg: Config) -> TRPOSettings:
-    method = cfg.method
-    return TRPOSettings(max_kl=method.max_kl, cg_iterations=method.cg_iterations, cg_damping=method.cg_damping,
-                        backtrack_ratio=method.backtrack_ratio, line_search_steps=method.line_search_steps,
-                        curvature_fraction=method.curvature_fraction)
-
-
-def _policy_gradient(cls: type[algorithms.MAMLRL]) -> Callable[[Config, MDPTaskDistribution], RLMetaLearner]:
-    """MAML-RL, Meta-SGD-RL and the pretrained baseline: a feed-forward policy, adapted by policy-gradient steps."""
-
-    def build(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
-        method = cfg.method
-        options = dict(inner_lr=method.inner_lr, trajectories=cfg.task.trajectories, first_order=method.first_order,
-                       gamma=method.gamma, gae_lambda=1.0 if method.gae_lambda is None else method.gae_lambda,
-                       trpo=_trpo(cfg), eval_inner_lrs=method.eval_inner_lrs or None)
-        if cls.min_inner_steps > 0:
-            options["inner_steps"] = method.inner_steps
-        return cls(build_model(cfg, tasks), **options)
-
-    return build
-
-
-def _rl2(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
-    method = cfg.method
-    return algorithms.RL2(build_model(cfg, tasks), trials=cfg.task.trajectories, gamma=method.gamma,
-                          gae_lambda=0.3 if method.gae_lambda is None else method.gae_lambda, clip=method.ppo_clip,
-                          epochs=method.ppo_epochs, minibatches=method.ppo_minibatches, value_coef=method.value_coef,
-                          entropy_coef=method.entropy_coef, max_grad_norm=method.max_grad_norm)
-
-
-def _bandit_algorithm(cfg: Config, tasks: MDPTaskDistribution) -> RLMetaLearner:
-    if cfg.method.name == "ucb1":
-        return algorithms.UCB1(cfg.method.ucb_exploration)
-    return {"random-arms": algorithms.RandomArms, "thompson": algorithms.ThompsonSampling,
-            "bayes-optimal": algorithms.BayesOptimal}[cfg.method.name]()
-
-
-def _knn(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
-    """k-NN on raw pixels (``model: pixels``), or in the embedding another run learned (``encoder_from``)."""
-    if cfg.method.encoder_from is not None:
+    @staticmethod
+    def trained_learner(run_dir: str) -> nn.Module:
+        """The best learner of the run in ``run_dir`` (k-NN borrows its encoder)."""
         from fastadapt.training.runs import load_run  # runs builds on this module; import when needed
 
-        _, trained = load_run(cfg.method.encoder_from)
-        if not hasattr(trained, "encoder"):
-            raise ValueError(f"the run in {cfg.method.encoder_from} ({type(trained).__name__}) "
-                             "has no encoder to borrow")
-        return algorithms.NearestNeighbours(trained.encoder.eval().requires_grad_(False), k=cfg.method.neighbours)
-    if cfg.model.name != "pixels":
-        raise ValueError("knn has nothing to train: use --model pixels (k-NN on raw pixels), or "
-                         "--encoder-from RUN_DIR for k-NN in the embedding another run learned")
-    return algorithms.NearestNeighbours(None, k=cfg.method.neighbours)
+        return load_run(run_dir)[1]
 
 
-def _protonet(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
-    return algorithms.PrototypicalNetworks(_encoder(cfg, tasks)[0])
-
-
-def _matching(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
-    encoder, width = _encoder(cfg, tasks)
-    return algorithms.MatchingNetworks(encoder, cfg.method.full_context_embeddings, embedding_size=width,
-                                       cosine_scale=cfg.method.cosine_scale)
-
-
-def _mann(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
-    return algorithms.MANN(*_encoder(cfg, tasks), n_way=cfg.task.n_way)
-
-
-def _snail(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
-    return algorithms.SNAIL(*_encoder(cfg, tasks), n_way=cfg.task.n_way, k_shot=cfg.task.k_shot)
-
-
-def _metanet(cfg: Config, tasks: EpisodeTasks) -> MetaLearner:
-    return algorithms.MetaNet(*_encoder(cfg, tasks), n_way=cfg.task.n_way)
-
-
-def _transfer(cls: type[algorithms.Baseline]) -> Callable[[Config, ClassMiniBatches], MetaLearner]:
-    """Baseline, Baseline++ or embedding + logistic regression: an encoder and a head over all training classes."""
-    def build(cfg: Config, tasks: ClassMiniBatches) -> MetaLearner:
-        encoder, width = _encoder(cfg, tasks)
-        method = cfg.method
-        if cls is algorithms.EmbeddingLogisticRegression:
-            if method.finetune != "head":
-                raise ValueError("logreg fits a logistic regression on frozen features: finetune 'all' is for "
-                                 "baseline and baseline++")
-            return cls(encoder, width, tasks.output_size)
-        options = dict(finetune=method.finetune, finetune_steps=method.finetune_steps, finetune_lr=method.finetune_lr)
-        if cls is algorithms.BaselinePlusPlus and method.cosine_scale is not None:
-            options["scale"] = method.cosine_scale
-        return cls(encoder, width, tasks.output_size, **options)
-
-    return build
-
-
-ALGORITHMS: dict[str, Callable[[Config, TaskDistribution], MetaLearner]] = {
-    "maml": _gradient_based(algorithms.MAML),
-    "fomaml": _gradient_based(algorithms.MAML, first_order=True),
-    "metasgd": _gradient_based(algorithms.MetaSGD),
-    "reptile": _gradient_based(algorithms.Reptile),
-    "pretrained": _gradient_based(algorithms.Pretrained),
-    "metanas": _gradient_based(algorithms.MetaNAS),
-    "tnas": _gradient_based(algorithms.TNAS),
-    "protonet": _classifier(_protonet),
-    "matching": _classifier(_matching),
-    "knn": _classifier(_knn),
-    "mann": _classifier(_mann),
-    "snail": _classifier(_snail),
-    "metanet": _classifier(_metanet),
-    "baseline": _classifier(_transfer(algorithms.Baseline)),
-    "baseline++": _classifier(_transfer(algorithms.BaselinePlusPlus)),
-    "logreg": _classifier(_transfer(algorithms.EmbeddingLogisticRegression)),
-    "maml-rl": _policy_gradient(algorithms.MAMLRL),
-    "metasgd-rl": _policy_gradient(algorithms.MetaSGDRL),
-    "pretrained-rl": _policy_gradient(algorithms.PretrainedPolicy),
-    "rl2": _rl2,
-    "random-arms": _bandit_algorithm,
-    "ucb1": _bandit_algorithm,
-    "thompson": _bandit_algorithm,
-    "bayes-optimal": _bandit_algorithm,
-}
-#: Methods trained as one classifier over all training classes, on mini-batches (tasks.ClassMiniBatches).
-MINIBATCH_TRAINED = frozenset({"baseline", "baseline++", "logreg"})
-#: Methods for the MDP families: they act in environments instead of reading support sets.
-#: RL methods that adapt a feed-forward policy by policy-gradient steps (evaluated after 0..3 steps).
-POLICY_GRADIENT_ADAPTED = frozenset({"maml-rl", "metasgd-rl", "pretrained-rl"})
-RL_METHODS = POLICY_GRADIENT_ADAPTED | frozenset({"rl2", "random-arms", "ucb1", "thompson", "bayes-optimal"})
-#: RL methods whose meta-batch splits over processes (--nproc): TRPO averages its gradient, Fisher-vector
-#: products and line-search values over them. RL^2's PPO normalises advantages and draws minibatches over
-#: the whole batch, so it runs in one process.
-RL_METHODS_SPLIT_OVER_PROCESSES = POLICY_GRADIENT_ADAPTED
-#: Hand-designed bandit algorithms: nothing to train, bandit tasks only.
-BANDIT_ALGORITHMS = frozenset({"random-arms", "ucb1", "thompson", "bayes-optimal"})
-POLICIES = ("auto", "gaussian", "categorical", "gru")
-#: Methods that may read raw pixels instead of an embedding (model "pixels").
-PIXEL_INPUT = frozenset({"knn", "mann"})
-GRADIENT_BASED = frozenset({"maml", "fomaml", "metasgd", "reptile", "pretrained", "metanas", "tnas"})
-#: Methods that search an architecture (a DARTS supernet's alphas) along with the weights.
-ARCHITECTURE_SEARCH = frozenset({"metanas", "tnas"})
-#: Methods that compare queries with the support set, so one trained model serves any number of ways and shots.
-ANY_WAY = frozenset({"protonet", "matching", "knn"}) | MINIBATCH_TRAINED
-#: Methods built for the training shot count too (SNAIL's sequence length).
-FIXED_SHOT = frozenset({"snail"})
+def method_of(cfg: Config) -> MethodSpec:
+    """The specification of the run's method."""
+    return method_spec(cfg.method.name)
 
 
 def eval_settings(cfg: Config) -> list[tuple[int, int]]:
     """The (ways, shots) a classification run is evaluated at: eval_ways x eval_shots (default: the training
     ones), less those the method cannot serve (a classification head or memory sized for n_way)."""
-    task, evaluation, method = cfg.task, cfg.evaluation, cfg.method.name
-    ways = [w for w in evaluation.eval_ways or [task.n_way] if method in ANY_WAY or w == task.n_way]
-    shots = [s for s in evaluation.eval_shots or [task.k_shot] if method not in FIXED_SHOT or s == task.k_shot]
+    task, evaluation, method = cfg.task, cfg.evaluation, method_of(cfg)
+    ways = [w for w in evaluation.eval_ways or [task.n_way] if method.any_way or w == task.n_way]
+    shots = [s for s in evaluation.eval_shots or [task.k_shot] if not method.fixed_shot or s == task.k_shot]
     if not ways or not shots:
         raise ValueError(f"{cfg.method.name} is built for {cfg.task.n_way}-way episodes"
-                         f"{f' of {cfg.task.k_shot} shots' if cfg.method.name in FIXED_SHOT else ''}; "
+                         f"{f' of {cfg.task.k_shot} shots' if method.fixed_shot else ''}; "
                          f"eval_ways {evaluation.eval_ways} / eval_shots {evaluation.eval_shots} "
                          "leave nothing to evaluate")
     return [(w, s) for w in ways for s in shots]
 
 
 def build_learner(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
-    if cfg.method.name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {cfg.method.name!r}; choose one of {sorted(ALGORITHMS)}")
+    method = method_of(cfg)
+    if method.images_only and getattr(tasks, "input_shape", None) is None:
+        raise ValueError(f"algorithm {cfg.method.name!r} classifies images: use tasks 'omniglot' or 'folder', "
+                         f"not {cfg.task.family!r}")
     torch.manual_seed(cfg.training.seed)
-    return ALGORITHMS[cfg.method.name](cfg, tasks)
+    return method.build(BuildContext(cfg, tasks))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -514,12 +372,13 @@ def resolve_model(cfg: Config) -> str:
     sinusoid regression and for RL policies (whose kind is ``model.policy``), Conv-4 for images."""
     if cfg.model.name != "auto":
         return cfg.model.name
-    if cfg.method.name in ARCHITECTURE_SEARCH:
+    if method_of(cfg).searches_architecture:
         return "supernet"
     return "mlp" if cfg.task.family in ("sinusoid", *RL_FAMILIES) else "conv4"
 
 
 MODELS = ("auto", "mlp", "conv4", "pixels", "supernet", "darts")
+POLICIES = ("auto", "gaussian", "categorical", "gru")
 META_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -534,7 +393,7 @@ def _check_name(flag: str, value: str, choices: Iterable[str]) -> None:
 def check_config(cfg: Config) -> None:
     """Check every setting of a run before it starts: names first (so a typo is reported as one), then
     combinations, then sizes against the data, for training, validation and every evaluation setting."""
-    _check_name("--algorithm", cfg.method.name, ALGORITHMS)
+    _check_name("--algorithm", cfg.method.name, methods())
     _check_name("--tasks", cfg.task.family, {**TASK_FAMILIES, **DATASETS})
     _check_name("--model", cfg.model.name, MODELS)
     _check_name("--norm", cfg.model.norm, ("auto", *NORMS))
@@ -543,22 +402,23 @@ def check_config(cfg: Config) -> None:
     if cfg.task.family == "omniglot":
         _check_name("--dataset-split", cfg.task.dataset_split, OMNIGLOT_SPLITS)
     resolve_device(cfg.training.device)
-    if cfg.task.family in RL_FAMILIES or cfg.method.name in RL_METHODS:
+    if cfg.task.family in RL_FAMILIES or method_of(cfg).rl:
         check_rl_config(cfg)
         return
-    norm, method = resolve_norm(cfg), cfg.method.name
-    if resolve_model(cfg) == "conv4" and method in GRADIENT_BASED and norm == "batch":
+    norm, method, spec = resolve_norm(cfg), cfg.method.name, method_of(cfg)
+    if resolve_model(cfg) == "conv4" and spec.gradient_based and norm == "batch":
         raise ValueError(f"--norm batch does not work with {method}: its inner loop adapts every task in one "
                          "vmapped call, which cannot update running statistics; use --norm transductive "
                          "(the MAML paper's) or layer")
-    if resolve_model(cfg) == "conv4" and method not in GRADIENT_BASED and norm == "transductive":
+    if resolve_model(cfg) == "conv4" and not spec.gradient_based and norm == "transductive":
         raise ValueError(f"--norm transductive does not work with {method}: it embeds many episodes in one call, "
                          "so batch statistics would mix episodes and a test episode would depend on others; "
                          "use --norm batch or layer")
-    if resolve_model(cfg) == "pixels" and method not in PIXEL_INPUT:
-        raise ValueError(f"model 'pixels' (no network: raw pixels) serves {sorted(PIXEL_INPUT)} only, not {method}")
+    if resolve_model(cfg) == "pixels" and not spec.pixel_input:
+        raise ValueError(f"model 'pixels' (no network: raw pixels) serves {method_names(pixel_input=True)} only, "
+                         f"not {method}")
     if cfg.task.family in DATASETS:
-        if cfg.method.name in MINIBATCH_TRAINED:  # trained on mini-batches: a training episode is never drawn
+        if spec.minibatch_trained:  # trained on mini-batches: a training episode is never drawn
             class_dataset(cfg, "train")
         else:
             episodes(cfg, "train", cfg.task.n_way, cfg.task.k_shot)
@@ -569,16 +429,16 @@ def check_config(cfg: Config) -> None:
 
 def check_rl_config(cfg: Config) -> None:
     """Reinforcement-learning runs: an RL method on an MDP family, with a policy that can act there."""
-    family, method = cfg.task.family, cfg.method.name
+    family, method, spec = cfg.task.family, cfg.method.name, method_of(cfg)
     if family not in RL_FAMILIES:
         raise ValueError(f"{method} learns in MDPs: use --tasks {' / '.join(RL_FAMILIES)}, not {family!r}")
     if cfg.training.precision != "fp32" or cfg.training.tasks_per_pass is not None:
         raise ValueError(f"{method}: --precision bf16 and --tasks-per-pass are for image and regression networks; "
                          "an RL policy is a small network stepped with its simulator, and runs in fp32 in one pass")
-    if method not in RL_METHODS:
+    if not spec.rl:
         raise ValueError(f"--tasks {family} is a reinforcement-learning family: use --algorithm "
-                         f"{' / '.join(sorted(RL_METHODS))}, not {method!r}")
-    if method in BANDIT_ALGORITHMS:
+                         f"{' / '.join(method_names(rl=True))}, not {method!r}")
+    if spec.bandit:
         if family != "bandit":
             raise ValueError(f"{method} is a bandit algorithm: use --tasks bandit, not {family!r}")
         if cfg.training.iterations > 0:
@@ -591,8 +451,8 @@ def check_rl_config(cfg: Config) -> None:
     _check_name("--policy", cfg.model.policy, POLICIES)
     tasks = build_tasks(cfg, "train")
     policy = resolve_policy(cfg, tasks)
-    if (method == "rl2") != (policy == "gru"):
-        raise ValueError("rl2 needs --policy gru (its hidden state is what adapts)" if method == "rl2" else
+    if (spec.policy == "gru") != (policy == "gru"):
+        raise ValueError(f"{method} needs --policy gru (its hidden state is what adapts)" if spec.policy == "gru" else
                          f"{method} adapts a feed-forward policy by gradient steps: use --policy gaussian or "
                          "categorical, not gru")
     build_policy(cfg, tasks)  # a policy that cannot act in these tasks is refused here, before training

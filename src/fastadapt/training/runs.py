@@ -20,9 +20,8 @@ from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (ARCHITECTURE_FILE, MINIBATCH_TRAINED, RL_FAMILIES, RL_METHODS,
-                                         RL_METHODS_SPLIT_OVER_PROCESSES, build_learner, build_tasks, check_config, eval_settings, resolve_device,
-                                         resolve_model)
+from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, build_learner, build_tasks, check_config,
+                                         eval_settings, method_of, resolve_device, resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate, evaluate, step_label
@@ -96,7 +95,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
                 raise FileExistsError(f"{run_dir} already holds a run ({name}); pass --resume to continue it or "
                                       "choose another --output-dir")
     check_config(cfg)
-    if (cfg.method.name in RL_METHODS - RL_METHODS_SPLIT_OVER_PROCESSES
+    if (method_of(cfg).rl and not method_of(cfg).splits_over_processes
             and max(nproc or 1, distributed.launched_world_size() or 1) > 1):
         raise ValueError(f"--nproc: {cfg.method.name} runs in one process (its PPO update normalises advantages and "
                          "draws minibatches over the whole meta-batch); its simulator already steps every task at once")
@@ -314,7 +313,7 @@ def episode_shapes(cfg: Config) -> tuple[str, str] | None:
     it validates on its first evaluation setting, not on its training episodes. None for other runs."""
     if cfg.task.family in RL_FAMILIES or cfg.task.family == "sinusoid":
         return None
-    train = ("minibatches of all training classes" if cfg.method.name in MINIBATCH_TRAINED
+    train = ("minibatches of all training classes" if method_of(cfg).minibatch_trained
              else f"{cfg.task.n_way}-way {cfg.task.k_shot}-shot")
     way, shot = eval_settings(cfg)[0]
     return train, f"{way}-way {shot}-shot"

@@ -1,0 +1,57 @@
+"""What a method is, declared next to its learner: a ``MethodSpec``.
+
+Each method file ends with the specifications of the methods it implements (``SPECS``), and
+``algorithms.registry`` collects them, one line per file. Everything else (the command line, the trainer,
+the run directories, the classifier, the server) asks the specification what a method can do instead of
+keeping its own list of names.
+
+``build`` receives the run's building context (``training.builders.BuildContext``): ``cfg`` (the run's
+settings, ``cfg.method`` its method's options), ``tasks`` (the training task distribution), and
+``model(head=True)``, ``encoder()`` (an embedding network and its width) and ``trained_learner(run_dir)``,
+so that a method file needs nothing from the training package.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: its name (``--algorithm``), learner class, builder and traits."""
+
+    name: str
+    learner: type[nn.Module]
+    build: Callable[[Any], nn.Module]
+    #: the method settings (``cfg.method`` fields) it reads, for ``--help`` and the documentation
+    options: tuple[str, ...] = field(default=())
+    #: adapts a network by gradient steps on the support set (MAML's family): per-task batch statistics by default
+    gradient_based: bool = False
+    #: compares queries with the support set, so one trained model serves any number of ways (and shots)
+    any_way: bool = False
+    #: built for the training shot count too (SNAIL's sequence length)
+    fixed_shot: bool = False
+    #: may read raw pixels instead of an embedding (model "pixels")
+    pixel_input: bool = False
+    #: trained as one classifier over all training classes, on mini-batches (tasks.ClassMiniBatches)
+    minibatch_trained: bool = False
+    #: classifies images only (it embeds them with a network that has no head)
+    images_only: bool = False
+    #: acts in MDPs instead of reading support sets (an ``RLMetaLearner``)
+    rl: bool = False
+    #: RL: its meta-batch may split over processes (--nproc); TRPO averages its gradient, Fisher-vector
+    #: products and line-search values over them, PPO (RL^2) normalises over the whole batch and does not
+    splits_over_processes: bool = True
+    #: RL: the policy it adapts: "feedforward" (by policy-gradient steps) or "gru" (its hidden state adapts);
+    #: None for a bandit algorithm, which has none
+    policy: str | None = None
+    #: a hand-designed bandit algorithm: nothing to train, bandit tasks only
+    bandit: bool = False
+    #: searches an architecture (a DARTS supernet's alphas) along with the weights
+    searches_architecture: bool = False
+
+    def __post_init__(self) -> None:
+        if self.policy not in (None, "feedforward", "gru") or (self.policy is not None and not self.rl):
+            raise ValueError(f"method {self.name}: policy is 'feedforward' or 'gru' for an RL method, else None")
