@@ -9,6 +9,7 @@ from fastadapt.algorithms.spec import MethodSpec
 #: The method files, in the order ``fastadapt`` lists their methods.
 MODULES = (
     "maml",
+    "anil",
     "metasgd",
     "reptile",
     "pretrained",
