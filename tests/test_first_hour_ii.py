@@ -169,3 +169,29 @@ def test_no_learning_curve_title_runs_off_the_figure(tmp_path, monkeypatch):
         box = text.get_window_extent(renderer)
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1, text.get_text()
     plt.close(fig)
+
+
+# --- 4. Omniglot without internet ---
+def test_a_failed_omniglot_download_says_where_to_put_the_two_zips(tmp_path, monkeypatch):
+    from fastadapt.datasets import omniglot
+    from fastadapt.datasets.download import DownloadError
+    monkeypatch.delenv("FASTADAPT_DATA", raising=False)
+    monkeypatch.setenv("FASTADAPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(omniglot, "OMNIGLOT_URL", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    with pytest.raises(DownloadError) as error:
+        omniglot.find_omniglot_archives()
+    message = str(error.value)
+    assert all(words in message for words in ("images_background.zip", "images_evaluation.zip", "--data-root",
+                                              "FASTADAPT_DATA", str(tmp_path / "cache" / "omniglot")))
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "images_background.zip" in readme and "images_evaluation.zip" in readme
+
+
+def test_presets_print_the_recorded_full_runs_the_readme_quotes(capsys):
+    full_runs = preset_timings()["full_runs"]
+    assert main(["presets"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for name, run in full_runs.items():
+        assert rows[name].rstrip().endswith(f"full run: {run['minutes']:g} min")
+        assert f"{run['minutes']:g} min" in readme, name

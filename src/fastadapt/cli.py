@@ -337,7 +337,9 @@ def cmd_presets(args: argparse.Namespace) -> None:
         elif task.family in LOCOMOTION_FAMILIES:
             shots = f"{task.trajectories} traj., H={task.horizon or 200}"
         per_iteration = timings.get("seconds_per_iteration", {}).get(name)
-        estimate = ("no training" if cfg.training.iterations == 0 else "not measured" if per_iteration is None
+        full_run = timings.get("full_runs", {}).get(name)
+        estimate = ("no training" if cfg.training.iterations == 0 else f"full run: {full_run['minutes']:g} min"
+                    if full_run else "not measured" if per_iteration is None
                     else _duration(per_iteration * cfg.training.iterations))
         rows.append([name, cfg.method.name, task.family, shots, f"{cfg.training.iterations:,}", estimate])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -347,7 +349,9 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def preset_timings() -> dict:
-    """Seconds per training iteration of each preset, measured once by ``benchmarks/preset_timings.py``."""
+    """Seconds per training iteration of each preset, measured once by ``benchmarks/preset_timings.py`` (a few
+    steps: rough), and the training time of the presets' recorded full runs (``full_runs``, from
+    docs/results.md), which ``fastadapt presets`` shows instead where there is one."""
     from importlib import resources
 
     path = resources.files("fastadapt.configs").joinpath("timings.json")

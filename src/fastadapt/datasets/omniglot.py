@@ -91,7 +91,9 @@ def find_omniglot_archives(
     if missing and not download:
         raise FileNotFoundError(f"Omniglot archives {missing} are not in {folder} and download=False")
     for name in missing:
-        download_file(OMNIGLOT_URL + name, folder / name, md5=OMNIGLOT_MD5[name])
+        download_file(OMNIGLOT_URL + name, folder / name, md5=OMNIGLOT_MD5[name], by_hand=(
+            f"without internet: copy {' and '.join(OMNIGLOT_MD5)} (from {OMNIGLOT_URL}) into one folder and give "
+            f"it with --data-root DIR or FASTADAPT_DATA=DIR, or put them in {folder}"))
     return [folder / name for name in OMNIGLOT_MD5]
 
 
