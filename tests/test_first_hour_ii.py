@@ -195,3 +195,83 @@ def test_presets_print_the_recorded_full_runs_the_readme_quotes(capsys):
     for name, run in full_runs.items():
         assert rows[name].rstrip().endswith(f"full run: {run['minutes']:g} min")
         assert f"{run['minutes']:g} min" in readme, name
+
+
+# --- 5. rough edges ---
+def test_ctrl_c_stops_fastadapt_serve_quietly(tmp_path):
+    pytest.importorskip("uvicorn")
+    import signal
+    import socket
+    import time
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
+    server = subprocess.Popen([sys.executable, "-m", "fastadapt", "serve", "--no-train", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    server.send_signal(signal.SIGINT)
+    out, err = server.communicate(timeout=60)
+    assert server.returncode == 0 and "Traceback" not in err and "stopped serving" in err, err
+
+
+def test_the_readme_api_example_says_which_port():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "127.0.0.1:8000/api" not in readme
+    block = readme[readme.index("/api/classify\", json.dumps") - 2000:]
+    assert "--port 8765" in block and "PORT = 8765" in block
+
+
+def test_a_misspelled_preset_is_one_line_with_a_suggestion(capsys):
+    assert main(["train", "omniglot-protonet-cpuu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean 'omniglot-protonet-cpu'?" in err and "[" not in err
+
+
+def test_unreadable_images_are_all_named_in_one_error_or_skipped(tmp_path, capsys):
+    from episode_helpers import write_glyph_folder
+    folder = write_glyph_folder(tmp_path / "images", classes=10, images=8)
+    broken = sorted(folder.glob("*/*.png"))[:5]
+    for file in broken:
+        file.write_bytes(b"not an image")
+    command = ["train", "--algorithm", "protonet", "--tasks", "folder", "--data-root", str(folder), "--n-way", "2",
+               "--k-shot", "1", "--num-query", "2", "--eval-query", "2", "--iterations", "1", "--val-tasks", "2",
+               "--test-tasks", "2", "--threads", "1", "--conv-channels", "8", "--no-progress",
+               "--output-dir", str(tmp_path / "run")]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "5 of the 80 image files" in err and "and 2 more" in err
+    assert all(str(file) in err for file in broken[:3]) and "--skip-unreadable" in err
+    assert main(command + ["--skip-unreadable"]) == 0
+    assert "left out 5 of the 80 image files" in capsys.readouterr().err
+
+
+def test_an_estimate_prints_to_its_intervals_precision():
+    from fastadapt.training.evaluation import Estimate
+    assert repr(Estimate(3.0709, 0.1979, 1000)) == "3.07 ± 0.20"
+    assert repr(Estimate(0.98641, 0.00219, 600)) == "0.9864 ± 0.0022"
+    assert str(Estimate(3.0709, 0.1979, 1000)) == "3.0709 ± 0.1979"  # tables keep four decimals
+    assert str({"0 steps": Estimate(3.0709, 0.1979, 1000)}) == "{'0 steps': 3.07 ± 0.20}"
+
+
+def test_meta_sgd_warns_once_when_evaluated_past_its_trained_steps():
+    import warnings
+    from fastadapt.algorithms import MetaSGD
+    from fastadapt.models import MLP
+    learner = MetaSGD(MLP(), "mse", inner_steps=1).eval()
+    x, y = torch.randn(2, 5, 1), torch.randn(2, 5, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learner.adapt(x, y, steps=1)  # as trained: no warning
+    with pytest.warns(UserWarning, match="learned its step sizes for 1 step; 3 steps apply them past that"):
+        learner.adapt(x, y, steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learner.adapt(x, y, steps=5)  # said once

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 from fastadapt.training.config import SECTIONS, Config, base_type, load_preset, preset_names, settings
@@ -265,7 +266,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     served = choose_model(args.run_dir, data_root=args.data_root, allow_training=not args.no_train)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"fastadapt: serving {served.summary}\n  open http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
-    serve(served, args.host, args.port)
+    try:
+        serve(served, args.host, args.port)
+    except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again: the way to stop, not an error
+        print("fastadapt: stopped serving", file=sys.stderr)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -501,6 +505,16 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                FloatingPointError)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """fastadapt's own warnings as one line on the command line, like its errors; others as Python shows them."""
+    if "fastadapt" in Path(filename).parts:
+        return f"fastadapt: warning: {message}\n"
+    return ORIGINAL_FORMATWARNING(message, category, filename, lineno, line)
+
+
+ORIGINAL_FORMATWARNING = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     from fastadapt.datasets.download import DownloadError
     from fastadapt.environments.extras import MissingExtraError
@@ -514,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     quietly()
+    warnings.formatwarning = _one_line_warning
     reuse_freed_memory()
     try:
         args.func(args)

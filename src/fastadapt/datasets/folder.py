@@ -8,6 +8,7 @@ small datasets people bring; pixel values are kept as they are (no inversion).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,13 @@ IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
+#: How many unreadable files an error names before it counts the rest.
+NAMED_UNREADABLE = 3
+
+
 def load_image_folder(
-    path: str | os.PathLike, image_size: int | tuple[int, int] | None = None, channels: int | None = None
+    path: str | os.PathLike, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
+    skip_unreadable: bool = False,
 ) -> ClassDataset:
     """One class per sub-folder of ``path`` (sorted by name), one image per file with a known suffix.
 
@@ -29,7 +35,8 @@ def load_image_folder(
     (Lanczos filter); None keeps the files' size, which must then be the same
     for all. ``channels``: 1 (grayscale) or 3 (RGB) to convert to; None gives 1
     if every image is grayscale, else 3. Files with other suffixes and hidden
-    entries are ignored.
+    entries are ignored. Files that cannot be decoded are all found before one error names the first few and
+    counts the rest; with ``skip_unreadable`` they are left out instead, and listed on stderr the same way.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -42,7 +49,27 @@ def load_image_folder(
     for label, (_, found) in enumerate(classes):
         files += found
         labels += [label] * len(found)
-    images = [read_image(f) for f in files]
+    images, unreadable = {}, {}
+    for index, file in enumerate(files):
+        try:
+            images[index] = read_image(file)
+        except ValueError as error:
+            unreadable[index] = f"{file} ({error.__cause__ or error})"
+    if unreadable:
+        named = list(unreadable.values())
+        listed = "; ".join(named[:NAMED_UNREADABLE]) + (
+            f"; and {len(named) - NAMED_UNREADABLE} more" if len(named) > NAMED_UNREADABLE else "")
+        counts = f"{len(named)} of the {len(files)} image files in {root}"
+        if not skip_unreadable:
+            raise ValueError(f"cannot read image{'s' * (len(named) > 1)} {listed} ({counts}). Fix or remove them, or "
+                             "leave them out with --skip-unreadable")
+        print(f"fastadapt: warning: left out {counts}, which cannot be read: {listed}", file=sys.stderr)
+        empty = [name for label, (name, _) in enumerate(classes) if label not in {labels[i] for i in images}]
+        if empty:
+            raise ValueError(f"no readable images left in class folder{'s' * (len(empty) > 1)} {', '.join(empty)} "
+                             f"of {root}")
+    files, labels = [files[i] for i in images], [labels[i] for i in images]
+    images = list(images.values())
     if channels is None:
         channels = 1 if all(image.mode in _GRAY_MODES for image in images) else 3
     if size is None:

@@ -48,8 +48,8 @@ def _omniglot(cfg: Config, split: str) -> ClassDataset:
 
 
 @lru_cache(maxsize=4)
-def _read_folder(path: str, image_size: int, channels: int | None) -> ClassDataset:
-    return load_image_folder(path, image_size, channels)
+def _read_folder(path: str, image_size: int, channels: int | None, skip_unreadable: bool) -> ClassDataset:
+    return load_image_folder(path, image_size, channels, skip_unreadable)
 
 
 def _folder(cfg: Config, split: str) -> ClassDataset:
@@ -62,8 +62,9 @@ def _folder(cfg: Config, split: str) -> ClassDataset:
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root} has a train/ sub-folder but no {split}/ one; give it {split}/<class>/...")
         _check_disjoint_splits(root)
-        return _read_folder(str(root / split), cfg.task.image_size, cfg.task.channels)
-    dataset = _read_folder(str(root), cfg.task.image_size, cfg.task.channels)
+        return _read_folder(str(root / split), cfg.task.image_size, cfg.task.channels,
+                            cfg.task.skip_unreadable)
+    dataset = _read_folder(str(root), cfg.task.image_size, cfg.task.channels, cfg.task.skip_unreadable)
     order = torch.randperm(dataset.num_classes, generator=torch.Generator().manual_seed(0)).tolist()
     train_end = round(FOLDER_SPLIT["train"] * len(order))
     val_end = train_end + round(FOLDER_SPLIT["val"] * len(order))

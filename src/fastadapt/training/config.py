@@ -64,6 +64,8 @@ class TaskSettings:
                                                 "as three new classes")
     image_size: int = setting(28, "images are resized to image_size x image_size")
     channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); default: as the images are")
+    skip_unreadable: bool = setting(False, "tasks folder: leave out image files that cannot be read (listed on "
+                                           "stderr) rather than stop with an error naming them")
     horizon: int | None = setting(None, "RL: steps per episode (default: 100 for nav2d, 10 for tabular-mdp, 200 for "
                                         "the MuJoCo families), or pulls per trial for bandit (n, default 100)")
     trajectories: int = setting(20, "RL: trajectories sampled in each task before each adaptation step "
@@ -534,6 +536,8 @@ def load_preset(name_or_path: str) -> Config:
             raise FileNotFoundError(f"config file {path} does not exist")
         return Config.load(path)
     if name_or_path not in preset_names():
-        raise ConfigError(f"unknown preset {name_or_path!r}; choose one of {preset_names()} or give a .yaml path")
+        close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
+        raise ConfigError(f"unknown preset {name_or_path!r}" + (f": did you mean {close[0]!r}?" if close else "")
+                          + " (`fastadapt presets` lists them; or give a .yaml path)")
     with resources.as_file(resources.files("fastadapt.configs").joinpath(f"{name_or_path}.yaml")) as preset:
         return Config.load(preset)

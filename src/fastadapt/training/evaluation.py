@@ -24,6 +24,13 @@ class Estimate:
             return "diverged"
         return f"{self.mean:.4f} ± {self.ci95:.4f}"
 
+    def __repr__(self) -> str:
+        """Short, for a printed dict: the mean to the interval's second significant digit ("3.07 ± 0.20")."""
+        if not math.isfinite(self.mean):
+            return "diverged"
+        digits = max(0, 1 - math.floor(math.log10(self.ci95))) if self.ci95 > 0 else 4
+        return f"{self.mean:.{digits}f} ± {self.ci95:.{digits}f}"
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
