@@ -275,3 +275,28 @@ def test_meta_sgd_warns_once_when_evaluated_past_its_trained_steps():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learner.adapt(x, y, steps=5)  # said once
+
+
+def test_few_test_classes_widen_the_interval_and_say_so():
+    from fastadapt.training.evaluation import T_975, class_clustered
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.tensor([[0, 1], [1, 0]]).repeat(500, 1)  # 1,000 2-way episodes of the same 2 classes
+    per_label = torch.where(classes == 0, 0.9, 0.7) + 0.05 * torch.randn(1000, 2, generator=generator)
+    estimate = class_clustered(per_label, classes)
+    by_episode = 1.96 * per_label.mean(1).std().item() / 1000 ** 0.5
+    assert estimate.num_classes == 2 and estimate.num_tasks == 1000
+    assert estimate.ci95 > 50 * by_episode and str(estimate).endswith("(2 test classes)")
+    many = torch.randperm(100, generator=generator)[:40].view(20, 2).repeat(50, 1)  # 40 classes: not few
+    assert class_clustered(per_label, many).num_classes is None
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert [round(scipy_stats.t.ppf(0.975, df), 3) for df in range(1, len(T_975) + 1)] == list(T_975)
+
+
+def test_a_folder_run_with_two_test_classes_reports_them(tmp_path, glyph_folder, capsys):
+    from episode_helpers import write_glyph_folder
+    folder = write_glyph_folder(tmp_path / "ten", classes=10, images=10)  # 6 / 2 / 2 classes
+    assert main(["train", "--algorithm", "protonet", "--tasks", "folder", "--data-root", str(folder), "--n-way", "2",
+                 "--k-shot", "1", "--num-query", "5", "--eval-query", "5", "--iterations", "1", "--val-tasks", "2",
+                 "--test-tasks", "100", "--threads", "1", "--conv-channels", "8", "--no-progress",
+                 "--output-dir", str(tmp_path / "run")]) == 0
+    assert "(2 test classes)" in capsys.readouterr().out

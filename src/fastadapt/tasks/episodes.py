@@ -104,6 +104,11 @@ class EpisodeTasks:
             chunk = slice(start, start + chunk_size)
             yield self.materialize(indices[chunk], None if order is None else order[chunk])
 
+    def fixed_classes(self, num_tasks: int, split: str = "test", seed: int = 0) -> torch.Tensor:
+        """The dataset class of each label of ``fixed_tasks(num_tasks, split, seed)``'s tasks: (tasks, n_way)."""
+        indices, _ = self._fixed_indices(num_tasks, split, seed, shuffle_support=False)
+        return self.dataset.labels[indices[:, :, 0]]
+
     def _fixed_indices(self, num_tasks: int, split: str, seed: int,
                        shuffle_support: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fixed tasks' dataset indices and, with ``shuffle_support``, each task's support order."""

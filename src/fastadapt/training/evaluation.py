@@ -13,16 +13,29 @@ from fastadapt.tasks.base import TaskBatch
 from fastadapt.training.precision import autocast
 
 
+#: Up to this many test classes, an interval over episodes alone understates the uncertainty (see
+#: ``class_clustered``), and classification results get the interval over classes where it is wider.
+FEW_TEST_CLASSES = 20
+#: Student's t, 97.5% quantile, for 1 to FEW_TEST_CLASSES - 1 degrees of freedom.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093)
+
+
 @dataclass(frozen=True)
 class Estimate:
+    """A mean and the half-width of its 95% interval over ``num_tasks`` tasks; ``num_classes``: set when the
+    interval is the one over that many test classes (``class_clustered``), and then said after the figures."""
+
     mean: float
     ci95: float
     num_tasks: int
+    num_classes: int | None = None
 
     def __str__(self) -> str:
         if not math.isfinite(self.mean):  # e.g. Meta-SGD's learned step sizes applied for more steps than trained
             return "diverged"
-        return f"{self.mean:.4f} ± {self.ci95:.4f}"
+        classes = "" if self.num_classes is None else f" ({self.num_classes} test classes)"
+        return f"{self.mean:.4f} ± {self.ci95:.4f}{classes}"
 
     def __repr__(self) -> str:
         """Short, for a printed dict: the mean to the interval's second significant digit ("3.07 ± 0.20")."""
@@ -44,6 +57,33 @@ def mean_and_ci95(values: torch.Tensor) -> Estimate:
     return Estimate(values.mean().item(), 1.96 * std / math.sqrt(n), n)
 
 
+def class_clustered(per_label: torch.Tensor, classes: torch.Tensor) -> Estimate:
+    """Mean accuracy of the episodes, with a 95% interval that accounts for how few test classes there are.
+
+    ``per_label`` (episodes, n_way): each episode's accuracy on the queries of each of its classes;
+    ``classes`` (episodes, n_way): which test class each was. The usual interval (1.96 standard errors over
+    episodes) treats the episodes as independent draws, but they are all drawn from the same k test classes:
+    with 1,000 2-way episodes from 2 classes it measures how well the model tells *those two* apart, to a
+    precision that says nothing about new classes. Here the classes are the units, as in a cluster-sampled
+    survey: each class's accuracy averaged over all its episodes, and a t interval (k - 1 degrees of freedom)
+    over those k class means. It captures how much accuracy varies from class to class, which dominates
+    when k is small, and is conservative in that each class mean still carries its episodes' noise (a class's
+    accuracy also depends on the classes it was paired with, which this treats as part of that noise).
+    The wider of the two intervals is returned, with ``num_classes`` set when it is the class one.
+    """
+    episodes = mean_and_ci95(per_label.mean(1))
+    ids, inverse = classes.flatten().unique(return_inverse=True)
+    k = ids.numel()
+    if k < 2 or k > FEW_TEST_CLASSES:
+        return episodes
+    sums = torch.zeros(k, dtype=torch.float64).index_add_(0, inverse, per_label.flatten().double())
+    class_means = sums / torch.bincount(inverse, minlength=k)
+    half = T_975[k - 2] * class_means.std(unbiased=True).item() / math.sqrt(k)
+    if half <= episodes.ci95:
+        return episodes
+    return Estimate(episodes.mean, half, episodes.num_tasks, k)
+
+
 def metric_name(learner: MetaLearner | RLMetaLearner) -> str:
     if isinstance(learner, RLMetaLearner):
         return "return"
@@ -57,11 +97,12 @@ def higher_is_better(learner: MetaLearner | RLMetaLearner) -> bool:
 @torch.no_grad()
 def per_task_results(
     learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu",
-    precision: str = "fp32", advance: Callable[[int], object] | None = None,
+    precision: str = "fp32", advance: Callable[[int], object] | None = None, by_label: bool = False,
 ) -> dict[int | None, torch.Tensor]:
     """The metric of every task after each number of adaptation steps (None = the learner's default), with the
     forward passes in ``precision`` (a bf16 run is evaluated as it was trained). ``advance(n)`` is called after
-    each chunk of n tasks (a progress bar's ``update``).
+    each chunk of n tasks (a progress bar's ``update``). ``by_label`` (classification): each task's accuracy on
+    the queries of each label, (tasks, n_way), instead of its accuracy.
 
     For an RL learner the metric is a task's mean return (``evaluate_returns``: new trajectories before
     each adaptation step, from the task's own seed, so the result is the same every call)."""
@@ -80,7 +121,9 @@ def per_task_results(
                     with autocast(precision, device):
                         adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
                         outputs = learner.predict(adapted, batch.query_x)
-                    results[s].append(per_task_metric(outputs, batch.query_y, learner.loss).cpu())
+                    metric = (per_label_accuracy(outputs, batch.query_y) if by_label
+                              else per_task_metric(outputs, batch.query_y, learner.loss))
+                    results[s].append(metric.cpu())
             if advance is not None:
                 advance(len(batch))
     finally:
@@ -95,11 +138,23 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     advance: Callable[[int], object] | None = None,
+    classes: torch.Tensor | None = None,
 ) -> dict[int | None, Estimate]:
-    """Mean ± 95% CI of the metric. ``steps`` sweeps adaptation steps for gradient-based learners."""
+    """Mean ± 95% CI of the metric. ``steps`` sweeps adaptation steps for gradient-based learners. ``classes``
+    (tasks, n_way): the test class of each label of each classification episode, for ``class_clustered``."""
     sweep: Sequence[int | None] = list(steps) if (steps and learner.uses_adaptation_steps) else [None]
-    results = per_task_results(learner, batches, sweep, device, precision, advance)
+    results = per_task_results(learner, batches, sweep, device, precision, advance, by_label=classes is not None)
+    if classes is not None:
+        return {s: class_clustered(v, classes) for s, v in results.items()}
     return {s: mean_and_ci95(v) for s, v in results.items()}
+
+
+def per_label_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Accuracy on the queries of each label: outputs (tasks, queries, n_way), targets (tasks, queries) ->
+    (tasks, n_way); every label must have queries."""
+    correct = (outputs.argmax(-1) == targets).double()
+    one_hot = torch.nn.functional.one_hot(targets, outputs.shape[-1]).double()
+    return (correct.unsqueeze(-1) * one_hot).sum(1) / one_hot.sum(1)
 
 
 def step_label(steps: int | None) -> str:

@@ -24,7 +24,7 @@ from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, build_l
                                          eval_settings, method_of, resolve_device, resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
-from fastadapt.training.evaluation import Estimate, evaluate, step_label
+from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, step_label
 from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
 from fastadapt.training.precision import check_precision
 from fastadapt.training.threads import choose_threads, using_threads
@@ -251,8 +251,9 @@ def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int, steps: 
     for way, shot in settings:
         episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)
         batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order)
-        results = evaluate(learner, batches, steps=steps, device=device,
-                           precision=cfg.training.precision, advance=advance)
+        few = episodes.dataset.num_classes <= FEW_TEST_CLASSES
+        results = evaluate(learner, batches, steps=steps, device=device, precision=cfg.training.precision,
+                           advance=advance, classes=episodes.fixed_classes(num_tasks, split) if few else None)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows
