@@ -300,3 +300,24 @@ def test_a_folder_run_with_two_test_classes_reports_them(tmp_path, glyph_folder,
                  "--test-tasks", "100", "--threads", "1", "--conv-channels", "8", "--no-progress",
                  "--output-dir", str(tmp_path / "run")]) == 0
     assert "(2 test classes)" in capsys.readouterr().out
+
+
+# --- 6. what people expect from similar tools ---
+def test_the_classifier_follows_scikit_learns_estimator_conventions(tmp_path, glyph_folder):
+    base = pytest.importorskip("sklearn.base")
+    from fastadapt import FewShotClassifier
+    clf = FewShotClassifier.from_run(_folder_run(tmp_path, glyph_folder))
+    assert repr(clf).startswith("FewShotClassifier(protonet, trained 4-way 2-shot on folder") and "unfitted" in repr(clf)
+    classes = sorted(p for p in glyph_folder.iterdir() if p.is_dir())[:3]
+    files = {c.name: sorted(c.glob("*.png")) for c in classes}
+    clf.fit([f for c in files for f in files[c][:2]], [c for c in files for _ in range(2)])
+    queries, truth = [f for c in files for f in files[c][2:6]], [c for c in files for _ in range(4)]
+    assert clf.score(queries, truth) == float((clf.predict(queries) == truth).mean())
+    assert "fitted on 3 classes" in repr(clf)
+    copy = base.clone(clf)
+    assert "unfitted" in repr(copy) and copy.learner is not clf.learner
+    assert copy.get_params().keys() == clf.get_params().keys() == {"learner", "preparation", "config", "invert",
+                                                                   "device"}
+    assert copy.set_params(invert="auto").invert == "auto" and "unfitted" in repr(copy)
+    with pytest.raises(ValueError, match="no parameter invertt"):
+        copy.set_params(invertt=True)

@@ -45,6 +45,10 @@ class Classification:
     predictions: list[Hashable]
 
 
+#: The constructor's arguments, which ``get_params`` returns.
+PARAMETERS = ("learner", "preparation", "config", "invert", "device")
+
+
 @dataclass(frozen=True)
 class _Fitted:
     classes: list[Hashable]
@@ -58,10 +62,39 @@ class FewShotClassifier:
         out the other way round; True / False inverts / keeps every image; "auto" flips those that need it."""
         if learner.loss != "cross_entropy":
             raise ValueError(f"a {type(learner).__name__} trained on {config.task.family} does not classify")
-        self.device = resolve_device(device)
-        self.learner = learner.to(self.device).eval().requires_grad_(False)
+        self.device = device  # as given (scikit-learn's get_params returns the constructor's arguments)
+        self._device = resolve_device(device)
+        self.learner = learner.to(self._device).eval().requires_grad_(False)
         self.preparation, self.config, self.invert = preparation, config, invert
         self._fitted: _Fitted | None = None
+
+    # --- scikit-learn's estimator conventions: sklearn.base.clone gives an unfitted copy ---
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments (``deep`` is accepted for scikit-learn; nothing here is nested)."""
+        return {name: getattr(self, name) for name in PARAMETERS}
+
+    def set_params(self, **params: Any) -> "FewShotClassifier":
+        """Change constructor arguments; the classifier is built again with them, unfitted."""
+        unknown = sorted(set(params) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"FewShotClassifier has no parameter {', '.join(unknown)}; it has {', '.join(PARAMETERS)}")
+        self.__init__(**{**self.get_params(), **params})
+        return self
+
+    def score(self, images: Sequence[ImageLike], labels: Sequence[Hashable]) -> float:
+        """Mean accuracy of ``predict(images)`` against ``labels`` (scikit-learn's classifier score)."""
+        labels = list(labels)
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        return float(np.mean([p == y for p, y in zip(self.predict(images), labels)]))
+
+    def __repr__(self) -> str:
+        task = self.config.task
+        fitted = self._fitted
+        state = "unfitted" if fitted is None else f"fitted on {len(fitted.classes)} classes {fitted.classes!r}"
+        return (f"FewShotClassifier({self.config.method.name}, trained {task.n_way}-way {task.k_shot}-shot on "
+                f"{task.family}, images {self.preparation.describe()}, invert={self.invert!r}, "
+                f"device={self.device!r}, {state})")
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, checkpoint: str = "best", invert: bool | str | None = None,
@@ -131,7 +164,7 @@ class FewShotClassifier:
         prepared = self.preparation.prepare(images, self.invert, names)[order]
         support_y = torch.tensor([index[labels[i]] for i in order]).unsqueeze(0)
         with torch.no_grad():
-            adapted = self.learner.adapt(prepared.unsqueeze(0).to(self.device), support_y.to(self.device))
+            adapted = self.learner.adapt(prepared.unsqueeze(0).to(self._device), support_y.to(self._device))
         return _Fitted(classes, adapted)
 
     def _check_episode(self, classes: list[Hashable], labels: list[Hashable]) -> None:
@@ -148,7 +181,7 @@ class FewShotClassifier:
 
     def _classify(self, fitted: _Fitted, images: Sequence[ImageLike], names: Sequence[str] | None
                   ) -> Classification:
-        queries = self.preparation.prepare(images, self.invert, names).unsqueeze(0).to(self.device)
+        queries = self.preparation.prepare(images, self.invert, names).unsqueeze(0).to(self._device)
         with torch.no_grad():
             outputs = self.learner.predict(fitted.adapted, queries)
             probabilities = self.learner.class_probabilities(outputs)[0].cpu().double().numpy()
