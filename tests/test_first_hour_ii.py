@@ -321,3 +321,30 @@ def test_the_classifier_follows_scikit_learns_estimator_conventions(tmp_path, gl
     assert copy.set_params(invert="auto").invert == "auto" and "unfitted" in repr(copy)
     with pytest.raises(ValueError, match="no parameter invertt"):
         copy.set_params(invertt=True)
+
+
+def test_tensorboard_gets_the_scalars_of_metrics_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert main(_tiny_sinusoid(tmp_path, "--no-progress", "--no-eval", "--tensorboard", "--log-every", "1",
+                               "--val-every", "2")) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    expected = {(key, r["iteration"], value) for r in logged for key, value in r.items() if key != "iteration"}
+    written = {(key, e.step, e.value) for key in events.Tags()["scalars"] for e in events.Scalars(key)}
+    assert {(k, s) for k, s, _ in written} == {(k, s) for k, s, _ in expected}
+    assert all(abs(v - dict(((k, s), v) for k, s, v in written)[k, s]) <= 1e-6 * max(1, abs(v)) for k, s, v in expected)
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    assert main(_tiny_sinusoid(tmp_path, "--no-progress", "--no-eval", "--tensorboard")) == 2
+    assert "--tensorboard needs the tensorboard package: pip install tensorboard" in capsys.readouterr().err

@@ -242,6 +242,8 @@ class TrainingSettings:
                                           "(default: 5% of the iterations, at most 1000)")
     val_tasks: int = setting(200, "fixed validation tasks")
     checkpoint_every: int = setting(1000, "write last.pt every this many iterations")
+    tensorboard: bool = setting(False, "also write every metrics.jsonl scalar as TensorBoard events in "
+                                       "RUN_DIR/tensorboard (needs the tensorboard package)")
     threads: int | None = setting(None, "CPU threads (default: 1 for a small network such as the sinusoid MLP, "
                                         "else the cores that are idle when the run starts)")
     rollout_workers: int | None = setting(None, "MuJoCo families: processes that step the environments (0: this "

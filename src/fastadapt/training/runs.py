@@ -40,7 +40,8 @@ MAX_CHUNK_VALUES = 512 * 28 * 28
 #: episodes (which the best checkpoint's score was measured on). ``data_root`` may change for Omniglot
 #: (where the same archives are found; their checksums key the decoded cache), not for a folder.
 RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "log_every", "val_every", "checkpoint_every",
-                               "test_tasks", "eval_steps", "threads", "rollout_workers", "cuda_graph"})
+                               "test_tasks", "eval_steps", "threads", "rollout_workers", "cuda_graph",
+                               "tensorboard"})
 #: Of those, the ones that say how the run is tested: ``load_run`` takes them from config.yaml (the latest).
 EVALUATION_CHANGES = ("test_tasks", "eval_steps")
 

@@ -140,6 +140,7 @@ class Trainer:
         self.val_batches, self.device, self.progress = val_batches, torch.device(device), progress
         self.gradient_hook = gradient_hook
         self.run_dir = Path(cfg.training.output_dir)
+        self._tensorboard = None  # a SummaryWriter while fit runs with training.tensorboard
         self.optimizer, self.scheduler = build_optimizer(cfg, learner)
         self.generator = torch.Generator().manual_seed(cfg.training.seed)
         self.iteration = 0
@@ -244,6 +245,20 @@ class Trainer:
     def _log(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(key, value, record["iteration"])
+            self._tensorboard.flush()
+
+    def _open_tensorboard(self) -> None:
+        """With ``training.tensorboard``: a writer of RUN_DIR/tensorboard that drops the events a resumed run
+        logs again (those after its checkpoint), as metrics.jsonl is truncated."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.iteration + 1)
 
     # --- the loop ---
     def step(self, batch: TaskBatch) -> dict[str, float]:
@@ -360,6 +375,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if is_writer:
             self.cfg.save(self.run_dir / "config.yaml")
+        if is_writer and self.cfg.training.tensorboard:
+            self._open_tensorboard()
         self._start = time.perf_counter()
         bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, unit="it",
                    desc=f"{self.cfg.method.name} on {self.cfg.task.family}", dynamic_ncols=True)
@@ -410,4 +427,7 @@ class Trainer:
                     self._save(LAST, is_writer)
         if self.best_score is None:
             self._save(BEST, is_writer)
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
         return TrainResult(self.iteration, self.best_score, self.run_dir)
