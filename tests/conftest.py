@@ -71,12 +71,14 @@ def synthetic_omniglot() -> ClassDataset:
 @pytest.fixture
 def fake_omniglot(monkeypatch, synthetic_omniglot):
     """Runs with tasks 'omniglot' read the synthetic stand-in instead of the archives."""
-    from fastadapt.training import builders
+    from dataclasses import replace
+
+    from fastadapt.training.families import FAMILIES
 
     def load(cfg, split):
         return split_omniglot(synthetic_omniglot, cfg.task.dataset_split, split)
 
-    monkeypatch.setitem(builders.DATASETS, "omniglot", load)
+    monkeypatch.setitem(FAMILIES, "omniglot", replace(FAMILIES["omniglot"], build=load))
 
 
 @pytest.fixture(scope="session")

@@ -151,46 +151,20 @@ def _print_architecture(cfg: Config, run_dir: Path) -> None:
 
 
 def _eval_title(cfg: Config) -> str:
-    from fastadapt.training.builders import RL_FAMILIES
+    from fastadapt.training.builders import family_of, resolve_norm
 
-    if cfg.task.family in RL_FAMILIES:
-        return rl_eval_title(cfg)
-    if cfg.task.family == "sinusoid":
-        return (f"{cfg.task.family}, K={cfg.task.k_shot}: MSE on {cfg.evaluation.test_tasks} fixed test tasks "
-                "(mean ± 95% CI)")
-    from fastadapt.training.builders import resolve_norm
-
-    task = cfg.task
-    data = f"omniglot, {task.dataset_split} split" if task.family == "omniglot" else f"folder {task.data_root}"
+    family = family_of(cfg)
+    if family.kind != "images":
+        return family.title(cfg)
     if cfg.method.encoder_from:
         network = f"encoder from {cfg.method.encoder_from}"
     elif cfg.model.name == "pixels":
         network = "raw pixels"
     else:
         network = f"norm: {resolve_norm(cfg)}"
-    return (f"{data}: accuracy on {cfg.evaluation.test_tasks} fixed test episodes, "
+    return (f"{family.title(cfg)}: accuracy on {cfg.evaluation.test_tasks} fixed test episodes, "
             f"{cfg.evaluation.eval_query} queries per class "
             f"(mean ± 95% CI); trained {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {network}")
-
-
-def rl_eval_title(cfg: Config) -> str:
-    task, tasks = cfg.task, cfg.evaluation.test_tasks
-    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
-
-    if task.family in LOCOMOTION_FAMILIES:
-        family = LOCOMOTION_FAMILIES[task.family]
-        what = (f"{family.title}, horizon {task.horizon or 200}: return (sum over steps of {family.reward}) averaged "
-                f"over {task.trajectories} trajectories per task, after each number of policy-gradient steps")
-    elif task.family == "nav2d":
-        what = (f"2D navigation{' (goal observed: oracle)' if task.observe_goal else ''}, horizon "
-                f"{task.horizon or 100}: return (sum of -L2 distances to the goal) averaged over {task.trajectories} "
-                f"trajectories per goal, after each number of policy-gradient steps")
-    elif task.family == "bandit":
-        what = f"Bernoulli bandits, k={task.arms} arms, n={task.horizon or 100} pulls: total reward of a trial"
-    else:
-        what = (f"tabular MDPs, {task.states} states x {task.actions} actions, {task.trial_episodes} episodes of "
-                f"{task.horizon or 10} steps: total reward of a trial")
-    return f"{what}; mean ± 95% CI over {tasks} fixed test tasks"
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -275,8 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     from fastadapt.plots import (plot_cells, plot_frame_strip, plot_learning_curves, plot_navigation_trajectories,
                                  plot_task_architectures)
-    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
-    from fastadapt.training.builders import load_architecture, method_of
+    from fastadapt.training.builders import family_of, load_architecture, method_of
     from fastadapt.training.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
     from fastadapt.training.runs import curves_subtitle, load_metrics, load_run, write_architecture
 
@@ -287,8 +260,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
                                 subtitle=curves_subtitle(cfg))
     print(f"wrote {path}")
     folder = path.parent
-    method = method_of(cfg)
-    if cfg.task.family == "nav2d" and method.policy == "feedforward":
+    method, plots = method_of(cfg), family_of(cfg).plots
+    if "trajectories" in plots and method.policy == "feedforward":
         cfg, learner = load_run(run_dir, "best")
         steps = tuple(s for s in (0, 1, 3) if s <= max(cfg.evaluation.eval_steps))  # the oracle: 0 steps only
         who = f"{cfg.method.name}{' (goal observed: oracle)' if cfg.task.observe_goal else ''}"
@@ -297,7 +270,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
             title=f"{who}: one sampled trajectory per {SPLIT_NAMES[args.split]} goal"
                   + (" before and after adaptation" if len(steps) > 1 else ""))
         print(f"wrote {figure}")
-    if cfg.task.family in LOCOMOTION_FAMILIES and method.policy == "feedforward":
+    if "frames" in plots and method.policy == "feedforward":
         cfg, learner = load_run(run_dir, "best")
         try:
             rows = locomotion_frames(cfg, learner, split=args.split)
@@ -325,7 +298,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
-    from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES
+    from fastadapt.training.families import FAMILIES
 
     timings = preset_timings()
     rows = [["preset", "method", "tasks", "episodes", "iterations",
@@ -333,13 +306,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
     for name in preset_names():
         cfg = load_preset(name).resolved()
         task = cfg.task
-        shots = f"K={task.k_shot}" if task.family == "sinusoid" else f"{task.n_way}-way {task.k_shot}-shot"
-        if task.family == "bandit":
-            shots = f"k={task.arms}, n={task.horizon or 100}"
-        elif task.family in ("nav2d", "tabular-mdp"):
-            shots = f"{task.trajectories} traj."
-        elif task.family in LOCOMOTION_FAMILIES:
-            shots = f"{task.trajectories} traj., H={task.horizon or 200}"
+        shots = FAMILIES[task.family].episodes(cfg)
         per_iteration = timings.get("seconds_per_iteration", {}).get(name)
         full_run = timings.get("full_runs", {}).get(name)
         estimate = ("no training" if cfg.training.iterations == 0 else f"full run: {full_run['minutes']:g} min"

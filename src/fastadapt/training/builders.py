@@ -1,14 +1,12 @@
 """Turn a ``Config`` into the objects of a run: task distributions, model, learner.
 
-The registries below are the single place that knows every task family and
-every method by name, so the CLI and the Python API accept the same names.
+What a method is and what a task family is come from their specifications (``algorithms.registry``,
+``training.families``); this module puts a run together from them, so the CLI and the Python API accept the
+same names and build the same objects.
 """
 from __future__ import annotations
 
-import difflib
-from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -16,154 +14,47 @@ from torch import nn
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_names, method_spec, methods
 from fastadapt.algorithms.spec import MethodSpec
-from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
-from fastadapt.datasets.digits import load_digits_dataset
-from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
+from fastadapt.datasets import ClassDataset
 from fastadapt.models import MLP, CategoricalMLPPolicy, Conv4, GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.models.conv4 import NORMS
-from fastadapt.tasks import (BanditTasks, ClassMiniBatches, EpisodeTasks, LocomotionTasks, Navigation2DTasks,
-                             SinusoidTasks, TabularMDPTasks)
+from fastadapt.tasks import ClassMiniBatches, EpisodeTasks
 from fastadapt.models.darts import DiscreteNetwork, Genotype, SearchNetwork, SearchSpace
 from fastadapt.tasks.base import TaskDistribution
-from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
+from fastadapt.tasks.mdp import MDPTaskDistribution
 from fastadapt.training.config import Config
 from fastadapt.training.precision import PRECISIONS
-from fastadapt.training.threads import available_cores
+from fastadapt.training.families import FAMILIES, FamilySpec, check_name, describe_split, family_names
 
 #: Queries per class in training episodes when the config leaves num_query unset.
 DEFAULT_TRAIN_QUERY = 15
-#: Share of a folder's classes that go to train and val when it has no train/val/test sub-folders.
-FOLDER_SPLIT = {"train": 0.6, "val": 0.2}
 #: The file in a metanas / tnas run directory that holds its meta-architecture (of the best checkpoint).
 ARCHITECTURE_FILE = "architecture.json"
 
 
-# --- task families ---
-def _sinusoid(cfg: Config, split: str) -> TaskDistribution:
-    return SinusoidTasks(k_shot=cfg.task.k_shot, num_query=cfg.task.num_query)
-
-
-def _omniglot(cfg: Config, split: str) -> ClassDataset:
-    return load_omniglot(cfg.task.data_root, cfg.task.dataset_split, subset=split, image_size=cfg.task.image_size)
-
-
-@lru_cache(maxsize=4)
-def _read_folder(path: str, image_size: int, channels: int | None, skip_unreadable: bool) -> ClassDataset:
-    return load_image_folder(path, image_size, channels, skip_unreadable)
-
-
-def _folder(cfg: Config, split: str) -> ClassDataset:
-    """``data_root``/{train,val,test}/<class>/<images> if those sub-folders exist, else ``data_root``/<class>/...
-    with its classes split 60/20/20 by a fixed shuffle."""
-    if cfg.task.data_root is None:
-        raise ValueError("tasks 'folder' needs data_root: a folder of class sub-folders of images (--data-root)")
-    root = Path(cfg.task.data_root).expanduser()
-    if (root / "train").is_dir():
-        if not (root / split).is_dir():
-            raise FileNotFoundError(f"{root} has a train/ sub-folder but no {split}/ one; give it {split}/<class>/...")
-        _check_disjoint_splits(root)
-        return _read_folder(str(root / split), cfg.task.image_size, cfg.task.channels,
-                            cfg.task.skip_unreadable)
-    dataset = _read_folder(str(root), cfg.task.image_size, cfg.task.channels, cfg.task.skip_unreadable)
-    order = torch.randperm(dataset.num_classes, generator=torch.Generator().manual_seed(0)).tolist()
-    train_end = round(FOLDER_SPLIT["train"] * len(order))
-    val_end = train_end + round(FOLDER_SPLIT["val"] * len(order))
-    parts = {"train": order[:train_end], "val": order[train_end:val_end], "test": order[val_end:]}
-    if not all(parts.values()):
-        raise ValueError(f"data_root {root} has only {dataset.num_classes} classes, too few to split 60/20/20 "
-                         "into train/val/test; give it more classes, or train/, val/ and test/ sub-folders")
-    return dataset.subset(sorted(parts[split]))
-
-
-def _digits(cfg: Config, split: str) -> ClassDataset:
-    """scikit-learn's 8x8 handwritten digits, all 10 classes: a domain to evaluate on, not to train on."""
-    if split != "test":
-        raise ValueError("tasks 'digits' (10 classes) is for evaluation only: train on omniglot or a folder, then "
-                         "`fastadapt eval RUN_DIR --tasks digits`")
-    return load_digits_dataset(cfg.task.image_size, cfg.task.channels or 1)
-
-
-def _check_disjoint_splits(root: Path) -> None:
-    """A class in two of train/, val/, test/ would let the test set leak into training: refused."""
-    classes = {split: {d.name for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith(".")}
-               for split in ("train", "val", "test") if (root / split).is_dir()}
-    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
-        shared = sorted(classes.get(first, set()) & classes.get(second, set()))
-        if shared:
-            raise ValueError(f"{root}: {first}/ and {second}/ share the class name(s) {shared[:5]}; a class in "
-                             "two splits would let the evaluation classes leak into training")
-
-
-def describe_split(cfg: Config, split: str) -> str:
-    """Where the classes of ``split`` come from, in words, for error messages."""
-    task = cfg.task
-    if task.family == "omniglot":
-        return f"the {split} classes of Omniglot's {task.dataset_split!r} split (--dataset-split)"
-    root = Path(task.data_root or ".").expanduser()
-    if (root / "train").is_dir():
-        return f"{root / split}"
-    return (f"the {split} classes of {root} (a folder without train/val/test sub-folders has its classes split "
-            f"60/20/20 into train/val/test)")
-
-
-DATASETS: dict[str, Callable[[Config, str], ClassDataset]] = {
-    "omniglot": _omniglot,
-    "folder": _folder,
-    "digits": _digits,
-}
-
-# --- MDP families (reinforcement learning); the same tasks for every split, drawn with the split's seeds ---
-def _nav2d(cfg: Config, split: str) -> MDPTaskDistribution:
-    return Navigation2DTasks(horizon=cfg.task.horizon or 100, observe_goal=cfg.task.observe_goal)
-
-
-def _bandit(cfg: Config, split: str) -> MDPTaskDistribution:
-    return BanditTasks(arms=cfg.task.arms, pulls=cfg.task.horizon or 100)
-
-
-def _tabular_mdp(cfg: Config, split: str) -> MDPTaskDistribution:
-    return TabularMDPTasks(states=cfg.task.states, actions=cfg.task.actions, horizon=cfg.task.horizon or 10,
-                           episodes=cfg.task.trial_episodes)
-
-
-def _locomotion(cfg: Config, split: str) -> MDPTaskDistribution:
-    """A MuJoCo family; its rollouts run in ``rollout_workers`` processes (default: one per available core)."""
-    workers = cfg.training.rollout_workers
-    return LocomotionTasks(cfg.task.family, horizon=cfg.task.horizon or 200,
-                           workers=available_cores() if workers is None else workers,
-                           balanced_directions=cfg.task.balanced_directions)
-
-
-RL_FAMILIES: dict[str, Callable[[Config, str], MDPTaskDistribution]] = {
-    "nav2d": _nav2d,
-    "bandit": _bandit,
-    "tabular-mdp": _tabular_mdp,
-    **{family: _locomotion for family in LOCOMOTION_FAMILIES},
-}
-
-TASK_FAMILIES: dict[str, Callable[[Config, str], TaskDistribution]] = {"sinusoid": _sinusoid, **RL_FAMILIES}
-
-
 def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
     """Training tasks (``split`` "train") or the validation / test tasks of the run's main setting."""
-    if cfg.task.balanced_directions and cfg.task.family not in LOCOMOTION_FAMILIES:
+    family = family_of(cfg)
+    if cfg.task.balanced_directions and not family.balanced_directions:
         raise ValueError(f"balanced directions are for the forward/backward families, not {cfg.task.family}")
-    if cfg.task.family in TASK_FAMILIES:
-        return TASK_FAMILIES[cfg.task.family](cfg, split)
-    if cfg.task.family in DATASETS:
-        if split == "train" and method_of(cfg).minibatch_trained:
-            return ClassMiniBatches(class_dataset(cfg, "train"))
-        way, shot = (cfg.task.n_way, cfg.task.k_shot) if split == "train" else eval_settings(cfg)[0]
-        return episodes(cfg, split, way, shot)
-    raise ValueError(f"unknown task family {cfg.task.family!r}; choose one of {sorted({**TASK_FAMILIES, **DATASETS})}")
+    if family.kind != "images":
+        return family.build(cfg, split)
+    if split == "train" and method_of(cfg).minibatch_trained:
+        return ClassMiniBatches(class_dataset(cfg, "train"))
+    way, shot = (cfg.task.n_way, cfg.task.k_shot) if split == "train" else eval_settings(cfg)[0]
+    return episodes(cfg, split, way, shot)
+
+
+def family_of(cfg: Config) -> FamilySpec:
+    """The specification of the run's task family."""
+    if cfg.task.family not in FAMILIES:
+        raise ValueError(f"unknown task family {cfg.task.family!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[cfg.task.family]
 
 
 def class_dataset(cfg: Config, split: str) -> ClassDataset:
     """The classes of ``split``; training classes also rotated with ``rotate_train_classes``."""
     task = cfg.task
-    if task.rotate_train_classes and task.family == "omniglot" and task.dataset_split == "vinyals":
-        raise ValueError("rotate_train_classes: the vinyals split already rotates every class")
-    dataset = DATASETS[task.family](cfg, split)
+    dataset = family_of(cfg).build(cfg, split)
     if split == "train" and task.rotate_train_classes:  # a rotated character is a new one (Vinyals; Santoro)
         dataset = dataset.with_rotations()
     return dataset
@@ -222,7 +113,7 @@ def build_policy(cfg: Config, tasks: MDPTaskDistribution) -> nn.Module:
 
 def build_model(cfg: Config, tasks: TaskDistribution, head: bool = True) -> nn.Module:
     """The network: with ``head`` it outputs what the tasks need, without it an embedding (a feature vector)."""
-    if cfg.task.family in RL_FAMILIES:
+    if family_of(cfg).kind == "mdp":
         return build_policy(cfg, tasks)
     kind = resolve_model(cfg)
     if method_of(cfg).searches_architecture and kind != "supernet":
@@ -277,8 +168,8 @@ def _darts_network(cfg: Config, tasks: TaskDistribution, kind: str, head: bool) 
     space, classes = search_space(cfg), tasks.output_size if head else None
     if kind == "supernet":
         if not method_of(cfg).searches_architecture:
-            raise ValueError(f"model 'supernet' is searched by {method_names(searches_architecture=True)}; to train a found "
-                             "architecture use --model darts --architecture PATH")
+            raise ValueError(f"model 'supernet' is searched by {method_names(searches_architecture=True)}; to train "
+                             "a found architecture use --model darts --architecture PATH")
         return SearchNetwork(space, shape[0], classes, resolve_norm(cfg))
     if cfg.model.architecture is None:
         raise ValueError("model 'darts' needs --architecture: a genotype JSON file or a metanas / tnas run directory")
@@ -375,7 +266,7 @@ def resolve_model(cfg: Config) -> str:
         return cfg.model.name
     if method_of(cfg).searches_architecture:
         return "supernet"
-    return "mlp" if cfg.task.family in ("sinusoid", *RL_FAMILIES) else "conv4"
+    return "conv4" if family_of(cfg).kind == "images" else "mlp"
 
 
 MODELS = ("auto", "mlp", "conv4", "pixels", "supernet", "darts")
@@ -383,27 +274,18 @@ POLICIES = ("auto", "gaussian", "categorical", "gru")
 META_OPTIMIZERS = ("adam", "sgd")
 
 
-def _check_name(flag: str, value: str, choices: Iterable[str]) -> None:
-    choices = sorted(choices)
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        raise ValueError(f"unknown {flag.lstrip('-').replace('-', ' ')} {value!r} ({flag})"
-                         + (f": did you mean {close[0]!r}?" if close else "") + f" Choose one of {choices}")
-
-
 def check_config(cfg: Config) -> None:
     """Check every setting of a run before it starts: names first (so a typo is reported as one), then
     combinations, then sizes against the data, for training, validation and every evaluation setting."""
-    _check_name("--algorithm", cfg.method.name, methods())
-    _check_name("--tasks", cfg.task.family, {**TASK_FAMILIES, **DATASETS})
-    _check_name("--model", cfg.model.name, MODELS)
-    _check_name("--norm", cfg.model.norm, ("auto", *NORMS))
-    _check_name("--meta-optimizer", cfg.training.meta_optimizer, META_OPTIMIZERS)
-    _check_name("--precision", cfg.training.precision, PRECISIONS)
-    if cfg.task.family == "omniglot":
-        _check_name("--dataset-split", cfg.task.dataset_split, OMNIGLOT_SPLITS)
+    check_name("--algorithm", cfg.method.name, methods())
+    check_name("--tasks", cfg.task.family, FAMILIES)
+    check_name("--model", cfg.model.name, MODELS)
+    check_name("--norm", cfg.model.norm, ("auto", *NORMS))
+    check_name("--meta-optimizer", cfg.training.meta_optimizer, META_OPTIMIZERS)
+    check_name("--precision", cfg.training.precision, PRECISIONS)
+    family_of(cfg).check(cfg)
     resolve_device(cfg.training.device)
-    if cfg.task.family in RL_FAMILIES or method_of(cfg).rl:
+    if family_of(cfg).kind == "mdp" or method_of(cfg).rl:
         check_rl_config(cfg)
         return
     norm, method, spec = resolve_norm(cfg), cfg.method.name, method_of(cfg)
@@ -418,7 +300,7 @@ def check_config(cfg: Config) -> None:
     if resolve_model(cfg) == "pixels" and not spec.pixel_input:
         raise ValueError(f"model 'pixels' (no network: raw pixels) serves {method_names(pixel_input=True)} only, "
                          f"not {method}")
-    if cfg.task.family in DATASETS:
+    if family_of(cfg).kind == "images":
         if spec.minibatch_trained:  # trained on mini-batches: a training episode is never drawn
             class_dataset(cfg, "train")
         else:
@@ -431,8 +313,8 @@ def check_config(cfg: Config) -> None:
 def check_rl_config(cfg: Config) -> None:
     """Reinforcement-learning runs: an RL method on an MDP family, with a policy that can act there."""
     family, method, spec = cfg.task.family, cfg.method.name, method_of(cfg)
-    if family not in RL_FAMILIES:
-        raise ValueError(f"{method} learns in MDPs: use --tasks {' / '.join(RL_FAMILIES)}, not {family!r}")
+    if family_of(cfg).kind != "mdp":
+        raise ValueError(f"{method} learns in MDPs: use --tasks {' / '.join(family_names('mdp'))}, not {family!r}")
     if cfg.training.precision != "fp32" or cfg.training.tasks_per_pass is not None:
         raise ValueError(f"{method}: --precision bf16 and --tasks-per-pass are for image and regression networks; "
                          "an RL policy is a small network stepped with its simulator, and runs in fp32 in one pass")
@@ -449,7 +331,7 @@ def check_rl_config(cfg: Config) -> None:
     if resolve_model(cfg) != "mlp":
         raise ValueError(f"--model {cfg.model.name} is for images; an RL policy's network is set by --policy "
                          "and --hidden-sizes / --recurrent-size")
-    _check_name("--policy", cfg.model.policy, POLICIES)
+    check_name("--policy", cfg.model.policy, POLICIES)
     tasks = build_tasks(cfg, "train")
     policy = resolve_policy(cfg, tasks)
     if (spec.policy == "gru") != (policy == "gru"):

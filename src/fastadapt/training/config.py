@@ -296,10 +296,6 @@ class EvaluationSettings:
             raise ConfigError(f"config: eval_steps must be >= 0, got {self.eval_steps}")
 
 
-#: Tasks per meta-batch by task family when the config leaves it unset; 4 episodes for image families.
-DEFAULT_META_BATCH = {"sinusoid": 25, "nav2d": 20, "bandit": 250, "tabular-mdp": 250, "halfcheetah-fwd-bwd": 40,
-                      "halfcheetah-vel": 40, "ant-fwd-bwd": 40, "ant-direction": 40}
-
 SECTIONS: dict[str, type] = {
     "task": TaskSettings,
     "model": ModelSettings,
@@ -458,7 +454,7 @@ class Config:
         training = self.training
         iterations = training.iterations
         return self.replace(
-            meta_batch_size=training.meta_batch_size or DEFAULT_META_BATCH.get(self.task.family, 4),
+            meta_batch_size=training.meta_batch_size or _default_meta_batch(self.task.family),
             log_every=training.log_every or min(100, max(1, iterations // 100)),
             val_every=training.val_every or min(1000, max(1, iterations // 20)),
         )
@@ -513,6 +509,13 @@ class Config:
             return cls.from_dict(values or {})
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
+
+
+def _default_meta_batch(family: str) -> int:
+    """The family's meta-batch size (its ``FamilySpec``; 4 for a name no family has, refused later)."""
+    from fastadapt.training.families import FAMILIES  # the families build on this module
+
+    return FAMILIES[family].meta_batch if family in FAMILIES else 4
 
 
 def _is_section(key: str, value: Any) -> bool:

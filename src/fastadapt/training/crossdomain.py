@@ -11,7 +11,8 @@ from pathlib import Path
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.preparation import ImagePreparation, dataset_polarity, describe_polarity, opposite
-from fastadapt.training.builders import DATASETS, eval_settings
+from fastadapt.training.builders import eval_settings
+from fastadapt.training.families import FAMILIES, family_names
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate
 from fastadapt.training.run_inputs import read_run_inputs
@@ -23,8 +24,9 @@ def domain_dataset(cfg: Config, preparation: ImagePreparation, family: str, data
     """The test classes of another task family, prepared like the run's training images: resized to its
     size, converted to its channels, and inverted when their polarity is the opposite of the run's.
     Returns the dataset, the config with the family changed, and a note on what was done to the images."""
-    if family not in DATASETS:
-        raise ValueError(f"cross-domain evaluation needs an image task family, one of {sorted(DATASETS)}; "
+    if family not in family_names("images"):
+        raise ValueError("cross-domain evaluation needs an image task family, one of "
+                         f"{sorted(family_names('images'))}; "
                          f"got {family!r}")
     height, width = preparation.size
     if height != width:
@@ -32,7 +34,7 @@ def domain_dataset(cfg: Config, preparation: ImagePreparation, family: str, data
                          "evaluation needs a square input size")
     domain = cfg.replace(tasks=family, data_root=data_root if data_root is not None else cfg.task.data_root,
                          image_size=height, channels=preparation.channels, rotate_train_classes=False)
-    dataset = DATASETS[family](domain, "test")
+    dataset = FAMILIES[family].build(domain, "test")
     found = dataset_polarity(dataset.images)
     note = f"{family}: {dataset.num_classes} classes, {len(dataset)} images, {preparation.describe()}"
     if preparation.polarity is not None and found == opposite(preparation.polarity):

@@ -18,13 +18,11 @@ from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.preparation import ImagePreparation, dataset_polarity
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.signature import TaskSignature
-from fastadapt.training.builders import build_tasks
+from fastadapt.training.builders import build_tasks, family_of
 from fastadapt.training.config import Config
 
 INPUTS = "inputs.json"
 _FORMAT = 1
-#: Task families whose loader inverts its image files (Omniglot's PNGs are black ink on white).
-INVERTED_FILES = frozenset({"omniglot"})
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ def inputs_of(cfg: Config, tasks: TaskDistribution) -> RunInputs:
     if signature.input_shape is None or not isinstance(dataset, ClassDataset):
         return RunInputs(signature, None)
     channels, height, width = signature.input_shape
-    preparation = ImagePreparation((height, width), channels, cfg.task.family in INVERTED_FILES,
+    preparation = ImagePreparation((height, width), channels, family_of(cfg).inverted_files,
                                    dataset_polarity(dataset.images))
     return RunInputs(signature, preparation)
 

@@ -20,8 +20,8 @@ from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (ARCHITECTURE_FILE, RL_FAMILIES, build_learner, build_tasks, check_config,
-                                         eval_settings, method_of, resolve_device, resolve_model)
+from fastadapt.training.builders import (ARCHITECTURE_FILE, build_learner, build_tasks, check_config, eval_settings,
+                                         family_of, method_of, resolve_device, resolve_model)
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, step_label
@@ -64,7 +64,7 @@ def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: in
 def check_resumable(cfg: Config, run_dir: Path) -> None:
     """Refuse to resume with settings that would change the weights or the validation episodes."""
     saved = Config.load(run_dir / "config.yaml").flat()
-    allowed = RESUMABLE_CHANGES | ({"data_root"} if cfg.task.family == "omniglot" else set())
+    allowed = RESUMABLE_CHANGES | ({"data_root"} if family_of(cfg).data_root_may_move else set())
     changed = sorted(k for k, v in cfg.flat().items() if k not in allowed and saved[k] != v)
     if changed:
         raise ValueError(f"cannot resume {run_dir} with other {', '.join(changed)} than it was started with "
@@ -112,7 +112,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         return TrainResult(payload["iteration"], payload["best_score"], run_dir), learner
     with distributed.process_group(cfg.training.device, nproc) as group, using_threads(threads):
         tasks = build_tasks(cfg, "train")
-        if distributed.is_main_process() and cfg.task.family not in RL_FAMILIES:
+        if distributed.is_main_process() and family_of(cfg).kind != "mdp":
             record_run_inputs(run_dir, inputs_of(cfg, tasks))
         learner = build_learner(cfg, tasks)
         if cfg.training.init_from is not None and not (run_dir / LAST).exists():
@@ -203,7 +203,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Config, Met
         latest = Config.load(run_dir / "config.yaml").flat()
         cfg = cfg.replace(**{name: latest[name] for name in EVALUATION_CHANGES})
     # an MDP family is built in full (it reads no data); other tasks from the run's recorded signature
-    tasks = build_tasks(cfg, "train") if cfg.task.family in RL_FAMILIES else read_run_inputs(run_dir, cfg).signature
+    tasks = build_tasks(cfg, "train") if family_of(cfg).kind == "mdp" else read_run_inputs(run_dir, cfg).signature
     learner = build_learner(cfg, tasks)
     learner.load_state_dict(payload["learner"])
     return cfg, learner.eval()  # ready for inference: batch norm uses its running statistics
@@ -313,7 +313,7 @@ def recorded_results(run_dir: str | Path, cfg: Config) -> tuple[dict[str, Estima
 def episode_shapes(cfg: Config) -> tuple[str, str] | None:
     """A classification run's (training, validation) episodes in words, e.g. ("60-way 5-shot", "5-way 1-shot"):
     it validates on its first evaluation setting, not on its training episodes. None for other runs."""
-    if cfg.task.family in RL_FAMILIES or cfg.task.family == "sinusoid":
+    if family_of(cfg).kind != "images":
         return None
     train = ("minibatches of all training classes" if method_of(cfg).minibatch_trained
              else f"{cfg.task.n_way}-way {cfg.task.k_shot}-shot")
