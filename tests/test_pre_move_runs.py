@@ -1,5 +1,9 @@
 """Run directories written before the method and task-family specifications (issue 27) still load and
-evaluate to the figures recorded when they were written (tests/fixtures/make_pre_move_runs.py)."""
+evaluate to the figures recorded when they were written (tests/fixtures/make_pre_move_runs.py).
+
+Since then (b338af9) a classification test over at most 20 test classes reports the wider of the interval
+over episodes and a t interval over its classes: where it is the class one (``num_classes`` set) the recorded
+interval over episodes is a lower bound, not the figure."""
 import json
 import shutil
 
@@ -12,16 +16,21 @@ EXPECTED = json.loads((OUT / "expected.json").read_text())
 
 
 def _close(figures, recorded):
+    """``figures``: {row: (mean, ci95, num_classes)}; ``recorded``: {row: [mean, ci95 over episodes]}."""
     assert figures.keys() == recorded.keys()
-    for row, (mean, ci95) in figures.items():
+    for row, (mean, ci95, num_classes) in figures.items():
         assert mean == pytest.approx(recorded[row][0], rel=1e-5, abs=1e-6), row
-        assert ci95 == pytest.approx(recorded[row][1], rel=1e-5, abs=1e-6), row
+        if num_classes is None:
+            assert ci95 == pytest.approx(recorded[row][1], rel=1e-5, abs=1e-6), row
+        else:
+            assert ci95 >= recorded[row][1] * (1 - 1e-5), row
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_a_run_written_before_the_move_evaluates_to_its_recorded_figures(name, glyph_folder, tmp_path, one_thread):
     run_dir = shutil.copytree(OUT / name, tmp_path / name)
-    _close(evaluate_fixture(run_dir, str(glyph_folder)), EXPECTED[name])
+    results = evaluate_fixture(run_dir, str(glyph_folder))
+    _close({row: (e.mean, e.ci95, e.num_classes) for row, e in results.items()}, EXPECTED[name])
 
 
 @pytest.mark.parametrize("name", ["sinusoid-maml", "nav2d-maml-rl"])
@@ -29,4 +38,4 @@ def test_fastadapt_eval_prints_the_recorded_figures_of_a_pre_move_run(name, tmp_
     run_dir = shutil.copytree(OUT / name, tmp_path / name)
     assert main(["eval", str(run_dir), "--json", "-"]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
-    _close({row: (r["mean"], r["ci95"]) for row, r in results.items()}, EXPECTED[name])
+    _close({row: (r["mean"], r["ci95"], r.get("num_classes")) for row, r in results.items()}, EXPECTED[name])
