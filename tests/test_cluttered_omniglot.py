@@ -1,10 +1,13 @@
-"""The cluttered-Omniglot generator: one official job regenerated bit for bit (the published MD5), and the rules
-that keep it in step with the original's random stream."""
+"""The cluttered-Omniglot generator: one official job regenerated bit for bit (the published MD5), the rules
+that keep it in step with the original's random stream, and the batched torch sampler's distribution."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from scipy.stats import ks_2samp
 
 from fastadapt.datasets import cluttered_omniglot as co
+from fastadapt.tasks.cluttered_omniglot import ClutteredOmniglotTasks
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +95,67 @@ def test_an_unknown_split_or_job_is_a_value_error(val_one_shot_glyphs):
         co.job_seeds("val")
     with pytest.raises(ValueError, match="jobs 0 to 4"):
         co.generate_job(val_one_shot_glyphs, 4, "val-one-shot", 5)
+
+
+# The batched torch sampler: the official distribution, checked against the exact generator.
+
+@pytest.fixture(scope="module")
+def exact_canvases(val_one_shot_glyphs):
+    return co.generate_canvases(val_one_shot_glyphs, 4, (10, 20), seed=1, length=2000)
+
+
+def _statistics(canvases, masks, references, boxes):
+    """Per-canvas figures to compare: (N, 96, 96, 3) canvases, (N, 96, 96) masks, (N, 32, 32, 3) references,
+    (N, 4) boxes, all numpy."""
+    masks = masks.astype(bool)
+    colour = np.array([c[m][0] if m.any() else (0, 0, 0) for c, m in zip(canvases, masks)])
+    return {"left": boxes[:, 0], "top": boxes[:, 1], "width": boxes[:, 2], "height": boxes[:, 3],
+            "mask area": masks.sum((1, 2)), "red": colour[:, 0], "green": colour[:, 1], "blue": colour[:, 2],
+            "inked canvas": (canvases.max(3) > 0).sum((1, 2)), "inked reference": (references.max(3) > 0).sum((1, 2))}
+
+
+@pytest.fixture(scope="module")
+def val_one_shot_tensor(val_one_shot_glyphs):
+    return co.glyph_tensor(val_one_shot_glyphs)
+
+
+def _sampled(glyphs, characters, count, seed):
+    batch = ClutteredOmniglotTasks(glyphs, characters, (10, 20)).sample(
+        count, torch.Generator().manual_seed(seed))
+    return batch, _statistics(batch.canvases.permute(0, 2, 3, 1).numpy(), batch.masks.numpy(),
+                              batch.references.permute(0, 2, 3, 1).numpy(), batch.boxes.numpy())
+
+
+def test_the_torch_sampler_draws_from_the_official_distribution(val_one_shot_tensor, exact_canvases, one_thread):
+    exact = _statistics(*exact_canvases[:2], exact_canvases.references, exact_canvases.boxes)
+    _, sampled = _sampled(val_one_shot_tensor, 4, 2000, seed=1)
+    for name in exact:  # 2,000 canvases each, fixed seeds: a two-sample Kolmogorov-Smirnov test per figure
+        assert ks_2samp(exact[name], sampled[name]).pvalue > 1e-3, name
+    # ... and the test has the power to see a different distribution: 5 characters instead of 4.
+    _, denser = _sampled(val_one_shot_tensor, 5, 2000, seed=1)
+    assert ks_2samp(exact["inked canvas"], denser["inked canvas"]).pvalue < 1e-6
+
+
+def test_sampled_targets_are_drawn_last_inside_their_boxes_and_seeds_repeat(val_one_shot_tensor, one_thread):
+    batch, _ = _sampled(val_one_shot_tensor, 16, 200, seed=3)
+    again, _ = _sampled(val_one_shot_tensor, 16, 200, seed=3)
+    other, _ = _sampled(val_one_shot_tensor, 16, 200, seed=4)
+    assert all(torch.equal(getattr(batch, f), getattr(again, f)) for f in ("canvases", "references", "masks", "boxes"))
+    assert not torch.equal(batch.canvases, other.canvases)
+    assert batch.canvases.shape == (200, 3, 96, 96) and batch.references.shape == (200, 3, 32, 32)
+    for canvas, mask, (left, top, width, height) in zip(batch.canvases, batch.masks, batch.boxes):
+        if mask.any():
+            ys, xs = mask.nonzero().unbind(1)
+            assert left <= xs.min() <= xs.max() < left + width and top <= ys.min() <= ys.max() < top + height
+            assert len(canvas[:, mask].T.unique(dim=0)) == 1  # one colour: never occluded
+        assert 0 <= left <= 96 - width and 0 <= top <= 96 - height
+    assert batch.references.amax((1, 2, 3)).gt(0).float().mean() > 0.99
+
+
+def test_the_sampler_refuses_glyphs_of_the_wrong_kind():
+    with pytest.raises(ValueError, match="bool tensor"):
+        ClutteredOmniglotTasks(torch.zeros(3, 20, 28, 28, dtype=torch.bool), 4)
+    with pytest.raises(ValueError, match="drawers"):
+        ClutteredOmniglotTasks(torch.ones(3, 20, 105, 105, dtype=torch.bool), 4, drawers=(10, 21))
+    with pytest.raises(ValueError, match="ink"):
+        ClutteredOmniglotTasks(torch.zeros(3, 20, 105, 105, dtype=torch.bool), 4)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from fastadapt.datasets.omniglot import find_omniglot_archives
@@ -126,6 +127,11 @@ def load_glyphs(split: str, root: str | os.PathLike | None = None) -> list[list[
     if any(len(g) != 20 for g in glyphs):
         raise ValueError(f"{archive_path} is not the full Omniglot: every character needs 20 drawings")
     return glyphs
+
+
+def glyph_tensor(glyphs: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
+    """``load_glyphs``'s drawings as one (characters, drawings, 105, 105) bool tensor, ink = True."""
+    return torch.from_numpy(np.stack([np.stack([np.asarray(d, dtype=bool) for d in c]) for c in glyphs]))
 
 
 def _read_glyph(archive: zipfile.ZipFile, member: str) -> Image.Image:

@@ -1,0 +1,224 @@
+"""One-shot segmentation in clutter as a task: find the reference's character on a cluttered canvas.
+
+A task is a ``SegmentationBatch``: canvases (96x96 RGB, N Omniglot drawings,
+the target drawn last), 32x32 references (the target's drawing alone, re-drawn
+with a new rotation, shear and colour, centred), the target's mask and its box.
+``ClutteredOmniglotTasks`` draws them on the fly, a whole batch at once in
+torch, from the distribution of the official generator
+(``fastadapt.datasets.cluttered_omniglot``, which reproduces the official
+canvases exactly but one at a time in Python, too slowly to feed training).
+
+The batched version composes each drawing's two nearest-neighbour resamplings
+(the affine transform at 105-pixel scale, then the shrink to 32/105) into one
+affine map from canvas pixels to glyph pixels, the map ``affine_grid`` would
+build, and samples the glyph at its floor, as ``grid_sample(mode="nearest")``
+does; it indexes one shared bank of glyphs rather than calling grid_sample,
+which would need a 105x105 copy of the glyph per drawing. Everything else is
+the official rules: the crop to the ink that stops before the last inked row
+and column, a redraw when nothing is left, positions uniform over those that
+keep the drawing on the canvas, colours floor(255 * uniform) per channel, the
+reference clipped to 32x32 when it is larger.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from fastadapt.datasets.cluttered_omniglot import (CANVAS_SIZE, MAX_ROTATION, MAX_SCALE, MAX_SHEAR,
+                                                   REFERENCE_SIZE)
+
+_GLYPH = 105
+_SHRINK = 32 / 105
+
+
+@dataclass
+class SegmentationBatch:
+    """canvases (B, 3, 96, 96) uint8, references (B, 3, 32, 32) uint8, masks (B, 96, 96) bool (the target's
+    pixels), boxes (B, 4) int64 as (left, top, width, height) of the target's cropped drawing."""
+
+    canvases: torch.Tensor
+    references: torch.Tensor
+    masks: torch.Tensor
+    boxes: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "SegmentationBatch":
+        return SegmentationBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def __len__(self) -> int:
+        return self.canvases.shape[0]
+
+
+class ClutteredOmniglotTasks:
+    """Canvases of ``characters`` drawings (``characters - 1`` distractors, then the target) from ``glyphs``,
+    a (characters, drawings, 105, 105) bool tensor (ink = True, from ``glyph_tensor(load_glyphs(split))``),
+    using drawings ``drawers[0]`` to ``drawers[1] - 1`` of each character."""
+
+    def __init__(self, glyphs: torch.Tensor, characters: int, drawers: tuple[int, int] = (0, 10)) -> None:
+        if glyphs.dtype != torch.bool or glyphs.dim() != 4 or tuple(glyphs.shape[2:]) != (_GLYPH, _GLYPH):
+            raise ValueError(f"glyphs must be a bool tensor (characters, drawings, 105, 105), got "
+                             f"{glyphs.dtype} {tuple(glyphs.shape)}")
+        if not 0 <= drawers[0] < drawers[1] <= glyphs.shape[1]:
+            raise ValueError(f"drawers {drawers} is not a range within the {glyphs.shape[1]} drawings")
+        if characters < 1:
+            raise ValueError(f"characters must be at least 1 (the target), got {characters}")
+        self.characters = characters
+        chosen = glyphs[:, drawers[0]:drawers[1]]
+        self.num_characters, self.num_drawers = chosen.shape[:2]
+        flat = chosen.reshape(-1, _GLYPH, _GLYPH)
+        # A zero border around each glyph: a sample that falls outside is clamped onto it and reads no ink.
+        self.bank = torch.nn.functional.pad(flat.to(torch.uint8), (1, 1, 1, 1)).reshape(-1)
+        cols, rows = flat.any(1), flat.any(2)
+        if not bool(rows.any(1).all()):
+            raise ValueError("every drawing needs ink")
+        index = torch.arange(_GLYPH)
+        # Each glyph's ink box [x0, x1] x [y0, y1] (pixel edges): only its image needs rendering.
+        self.ink_boxes = torch.stack([_first(cols, index), _last(cols, index) + 1,
+                                      _first(rows, index), _last(rows, index) + 1], 1).double()
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> SegmentationBatch:
+        """``batch_size`` canvases with their references, masks and boxes, from ``generator`` alone."""
+        n = self.characters
+        glyph = self._random_glyphs(batch_size * n, generator)
+        distractor = (torch.arange(batch_size * n) % n) != n - 1  # slot n - 1 of each canvas is the target
+        pieces, size, colour, glyph = self._draw(glyph, MAX_SCALE, generator, distractor)
+        position = (torch.rand(batch_size * n, 2, generator=generator, dtype=torch.float64)
+                    * (CANVAS_SIZE + 1 - size)).long()
+        winner = torch.full((batch_size * CANVAS_SIZE * CANVAS_SIZE + 1,), -1, dtype=torch.long)
+        for index, ink, crop in pieces:
+            _paint(winner, CANVAS_SIZE, index // n, index % n, position[index] - crop[:, :2], crop, ink)
+        winner = winner[:-1].view(batch_size, CANVAS_SIZE, CANVAS_SIZE)
+        palette = torch.cat([colour.view(batch_size, n, 3), torch.zeros(batch_size, 1, 3, dtype=torch.uint8)], 1)
+        shade = torch.where(winner < 0, n, winner) + (n + 1) * torch.arange(batch_size)[:, None, None]
+        canvases = palette.view(-1, 3).index_select(0, shade.view(-1))
+        canvases = canvases.view(batch_size, CANVAS_SIZE, CANVAS_SIZE, 3).permute(0, 3, 1, 2).contiguous()
+        boxes = torch.cat([position.view(batch_size, n, 2)[:, -1], size.view(batch_size, n, 2)[:, -1]], 1)
+
+        target = glyph.view(batch_size, n)[:, -1]
+        pieces, size, colour, _ = self._draw(target, 1.0, generator, torch.zeros(batch_size, dtype=torch.bool))
+        corner = torch.div(REFERENCE_SIZE - size, 2, rounding_mode="floor")  # rounded down, may be negative
+        drawn = torch.full((batch_size * REFERENCE_SIZE * REFERENCE_SIZE + 1,), -1, dtype=torch.long)
+        for index, ink, crop in pieces:
+            _paint(drawn, REFERENCE_SIZE, index, torch.zeros_like(index), corner[index] - crop[:, :2], crop, ink)
+        drawn = drawn[:-1].view(batch_size, 1, REFERENCE_SIZE, REFERENCE_SIZE) == 0
+        references = drawn * colour[:, :, None, None]
+        return SegmentationBatch(canvases, references, winner == n - 1, boxes)
+
+    def _random_glyphs(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        character = torch.randint(self.num_characters, (count,), generator=generator)
+        return character * self.num_drawers + torch.randint(self.num_drawers, (count,), generator=generator)
+
+    def _draw(self, glyph: torch.Tensor, scale: float, generator: torch.Generator, renew: torch.Tensor):
+        """Each glyph transformed and cropped, as pieces (indices, ink patches (k, P, P), crop boxes (k, 4) as
+        left, top, width, height in the patch), plus every drawing's (width, height), colour (uint8) and the
+        glyphs finally used. A draw whose crop is empty fails and is drawn again, as in the original: with a new
+        random glyph where ``renew`` (the distractors), with the same glyph elsewhere (target, reference)."""
+        glyph = glyph.clone()
+        size = torch.zeros(glyph.shape[0], 2, dtype=torch.long)
+        pieces = []
+        todo = torch.arange(glyph.shape[0])
+        while todo.numel():
+            for index, ink, crop in self._render(todo, glyph[todo], scale, generator):
+                ok = (crop[:, 2:] > 0).all(1)
+                pieces.append((index[ok], ink[ok], crop[ok]))
+                size[index] = crop[:, 2:]
+            todo = todo[(size[todo] == 0).any(1)]
+            again = todo[renew[todo]]
+            glyph[again] = self._random_glyphs(again.numel(), generator)
+        colour = (255 * torch.rand(glyph.shape[0], 3, generator=generator, dtype=torch.float64)).to(torch.uint8)
+        return pieces, size, colour, glyph
+
+    def _render(self, index: torch.Tensor, glyph: torch.Tensor, scale: float, generator: torch.Generator):
+        """Random transforms of the glyphs, sampled at nearest pixels into square patches grouped by size
+        (a multiple of 8 pixels), each cropped; yields (indices, ink patches, crop boxes) per group."""
+        count = glyph.shape[0]
+        u = torch.rand(count, 4, generator=generator, dtype=torch.float64) * 2 - 1
+        phi, theta = torch.deg2rad(u[:, 0] * MAX_ROTATION), torch.deg2rad(u[:, 1] * MAX_SHEAR)
+        sx, sy = scale ** u[:, 2], scale ** u[:, 3]
+        # Forward linear map glyph (x, y) -> unshrunk drawing; the drawing's frame starts at the transformed
+        # square's top left, and its size (truncated, as the original's) bounds where ink may land.
+        forward = torch.stack([torch.stack([sx * torch.cos(phi + theta), sy * torch.sin(phi - theta)], 1),
+                               torch.stack([-sx * torch.sin(phi + theta), sy * torch.cos(phi - theta)], 1)], 1)
+        square = forward @ _corners(torch.tensor([[0.0, _GLYPH, 0.0, _GLYPH]], dtype=torch.float64))
+        frame = square.amin(2)
+        extent = square.amax(2) - frame
+        # Two nearest-pixel steps, as the original: the transformed image is floor(extent) pixels wide (and
+        # high), shrunk to floor(32 / 105 extent); drawn pixel u samples transformed pixel floor((u + 0.5) ratio).
+        drawn = (extent * _SHRINK).floor()
+        ratio = extent.floor() / drawn.clamp(min=1)
+        # The glyph's ink box, transformed and shrunk, rounded out by a pixel: the patch to render.
+        ink_corners = (forward @ _corners(self.ink_boxes[glyph]) - frame.unsqueeze(2)) / ratio.unsqueeze(2)
+        origin = ink_corners.amin(2).floor() - 1
+        bucket = ((ink_corners.amax(2) - origin).amax(1) / 8 + 2 / 8).ceil().long() * 8
+        inverse = torch.linalg.inv(forward)
+        for side in bucket.unique().tolist():
+            for chosen in (bucket == side).nonzero().flatten().split(_CHUNK // side**2):
+                pixel = origin[chosen, :, None] + torch.arange(side, dtype=torch.float64)  # (k, 2, side): x, y
+                # Centres of the transformed pixels sampled by each patch column (x) and row (y)...
+                centre = ((pixel + 0.5) * ratio[chosen, :, None]).floor() + 0.5 + frame[chosen, :, None]
+                # Their glyph coordinates (+ _SHIFT, so that truncation floors them), by column and by row,
+                # pushed far off the glyph where the column or row is outside the drawing.
+                outside = ((pixel < 0) | (pixel >= drawn[chosen, :, None]))[:, :, None, :]
+                col = (inverse[chosen, :, 0, None] * centre[:, 0, None, :] + _SHIFT).masked_fill_(outside[:, 0], _FAR)
+                row = (inverse[chosen, :, 1, None] * centre[:, 1, None, :]).masked_fill_(outside[:, 1], _FAR)
+                col, row = col.float(), row.float()
+                base = (glyph[chosen] * (_GLYPH + 2) ** 2 - (_SHIFT - 1) * (_GLYPH + 3)).int()  # integers: exact
+                ink = _sample(self.bank, col[:, 0, None, :], row[:, 0, :, None], col[:, 1, None, :],
+                              row[:, 1, :, None], base[:, None, None])
+                yield (index[chosen], ink, _crop(ink))
+
+
+#: Patches are rendered this many pixels at a time: small temporaries are reused rather than mapped afresh.
+_CHUNK = 1 << 18
+#: Glyph coordinates are offset by _SHIFT before truncation (so that it floors them); _FAR pushes a sample off.
+_SHIFT = 1024
+_FAR = 1e6
+
+
+def _sample(bank: torch.Tensor, col_x, row_x, col_y, row_y, base) -> torch.Tensor:
+    """Nearest-pixel samples at glyph points (col_x + row_x, col_y + row_y) - _SHIFT: the ink patches, uint8."""
+    lowest, highest = _SHIFT - 1, _SHIFT + _GLYPH  # the glyph's zero border, both sides
+    x = (col_x + row_x).int().clamp_(lowest, highest)
+    y = (col_y + row_y).int().clamp_(lowest, highest)
+    index = (y * (_GLYPH + 2)).add_(x).add_(base)
+    return bank.index_select(0, index.view(-1).long()).view(index.shape)
+
+
+def _first(any_ink: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.where(any_ink, index, any_ink.shape[1]).amin(1)
+
+
+def _last(any_ink: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.where(any_ink, index, -1).amax(1)
+
+
+def _corners(box: torch.Tensor) -> torch.Tensor:
+    """(n, 4) boxes [x0, x1, y0, y1] -> (n, 2, 4) corner coordinates."""
+    x0, x1, y0, y1 = box.unbind(1)
+    return torch.stack([torch.stack([x0, x0, x1, x1], 1), torch.stack([y0, y1, y0, y1], 1)], 1)
+
+
+def _crop(ink: torch.Tensor) -> torch.Tensor:
+    """The official crop of each (P, P) patch, from its first inked row and column up to, not including, its
+    last ones: (k, 4) as left, top, width, height (width or height 0: nothing left)."""
+    index = torch.arange(ink.shape[1])
+    rows, cols = ink.amax(2) > 0, ink.amax(1) > 0  # ink is uint8: amax is quicker than any
+    top, left = _first(rows, index), _first(cols, index)
+    height = (_last(rows, index) - top).clamp_(min=0)
+    width = (_last(cols, index) - left).clamp_(min=0)
+    return torch.stack([left, top, width, height], 1)
+
+
+def _paint(winner: torch.Tensor, side: int, image: torch.Tensor, slot: torch.Tensor, corner: torch.Tensor,
+           crop: torch.Tensor, ink: torch.Tensor) -> None:
+    """Mark, in ``winner`` (images x side x side, flat, plus one spare entry), the highest ``slot`` inked at each
+    pixel: patch pixel (i, j) inside the crop lands at ``corner`` + (j, i) of image ``image``, clipped."""
+    index = torch.arange(ink.shape[1])
+    x = corner[:, 0, None] + index
+    y = corner[:, 1, None] + index
+    keep_x = (x >= 0) & (x < side) & (index >= crop[:, 0, None]) & (index < crop[:, 0, None] + crop[:, 2, None])
+    keep_y = (y >= 0) & (y < side) & (index >= crop[:, 1, None]) & (index < crop[:, 1, None] + crop[:, 3, None])
+    keep = (ink > 0) & keep_y[:, :, None] & keep_x[:, None, :]
+    pixel = ((image[:, None, None] * side + y[:, :, None]) * side + x[:, None, :]).masked_fill_(~keep, winner.numel() - 1)
+    winner.scatter_reduce_(0, pixel.view(-1), slot[:, None, None].expand_as(keep).reshape(-1), "amax")
