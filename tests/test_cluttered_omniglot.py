@@ -7,7 +7,7 @@ from PIL import Image
 from scipy.stats import ks_2samp
 
 from fastadapt.datasets import cluttered_omniglot as co
-from fastadapt.tasks.cluttered_omniglot import ClutteredOmniglotTasks
+from fastadapt.tasks.cluttered_omniglot import ClutteredOmniglotTasks, localisation_hits, mask_centre, mask_iou
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,36 @@ def test_the_sampler_refuses_glyphs_of_the_wrong_kind():
         ClutteredOmniglotTasks(torch.ones(3, 20, 105, 105, dtype=torch.bool), 4, drawers=(10, 21))
     with pytest.raises(ValueError, match="ink"):
         ClutteredOmniglotTasks(torch.zeros(3, 20, 105, 105, dtype=torch.bool), 4)
+
+
+# The paper's metrics on hand-made cases.
+
+def _masks(*boxes, size=12):
+    masks = torch.zeros(len(boxes), size, size, dtype=torch.bool)
+    for mask, box in zip(masks, boxes):
+        if box is not None:
+            mask[box] = True
+    return masks
+
+
+def test_mask_iou_counts_pixels_thresholds_probabilities_and_scores_empty_against_empty_as_one():
+    truth = _masks(np.s_[0:2, 0:2], np.s_[0:2, 0:2], None, None, np.s_[5:7, 5:7])
+    guess = _masks(np.s_[0:2, 0:4], np.s_[0:2, 0:2], None, np.s_[0, 0], None)
+    assert mask_iou(guess, truth).tolist() == [0.5, 1.0, 1.0, 0.0, 0.0]
+    probabilities = torch.full((1, 12, 12), 0.29)
+    probabilities[0, 0:2, 0:2] = 0.31
+    assert mask_iou(probabilities, truth[:1]).tolist() == [1.0]
+    assert mask_iou(probabilities, truth[:1], threshold=0.5).tolist() == [0.0]
+
+
+def test_localisation_scores_centres_of_mass_rounded_down_within_five_pixels():
+    truth = _masks(np.s_[0:2, 0:2], np.s_[0:2, 0:2], np.s_[0:2, 0:2], None, None, np.s_[0:1, 0:2], size=20)
+    guess = _masks(np.s_[3:5, 3:5],  # centre (3, 3) against (0, 0): 4.24 pixels, a hit
+                   np.s_[4:6, 0:2],  # (0, 4): 4 pixels, a hit
+                   np.s_[5:7, 0:2],  # (0, 5): 5 pixels, not less than 5, a miss
+                   None,  # empty against empty: (-1, -1) both, a hit
+                   np.s_[0:2, 0:2],  # a guess where there is no target: (0, 0) against (-1, -1), 1.41: a hit
+                   np.s_[6:7, 4:6],  # (4.5 -> 4, 6) against (0.5 -> 0, 0): 7.2 pixels, a miss
+                   size=20)
+    assert localisation_hits(guess, truth).tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+    assert mask_centre(_masks(np.s_[1:3, 2:5], size=8)).tolist() == [[3.0, 1.0]]  # (3, 1.5) rounded down

@@ -222,3 +222,34 @@ def _paint(winner: torch.Tensor, side: int, image: torch.Tensor, slot: torch.Ten
     keep = (ink > 0) & keep_y[:, :, None] & keep_x[:, None, :]
     pixel = ((image[:, None, None] * side + y[:, :, None]) * side + x[:, None, :]).masked_fill_(~keep, winner.numel() - 1)
     winner.scatter_reduce_(0, pixel.view(-1), slot[:, None, None].expand_as(keep).reshape(-1), "amax")
+
+
+def mask_iou(predicted: torch.Tensor, target: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
+    """Per-canvas IoU of the predicted mask with the target's, as the paper scores it: ``predicted`` is a
+    foreground probability (B, H, W) in [0, 1], or a bool mask, counted as foreground above ``threshold``; a
+    canvas where both masks are empty scores 1 (the official code replaces that 0/0 by 1)."""
+    guess = predicted if predicted.dtype == torch.bool else predicted > threshold
+    truth = target.bool()
+    overlap = (guess & truth).sum((1, 2)).double()
+    union = (guess | truth).sum((1, 2)).double()
+    return torch.where(union > 0, overlap / union.clamp(min=1), 1.0)
+
+
+def mask_centre(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2) centre of mass (x, y) of each mask, rounded down to a pixel as the official evaluation does it;
+    (-1, -1) for an empty mask."""
+    mask = mask.double()
+    count = mask.sum((1, 2))
+    ys, xs = torch.arange(mask.shape[1], dtype=torch.float64), torch.arange(mask.shape[2], dtype=torch.float64)
+    centre = torch.stack([(mask.sum(1) * xs).sum(1), (mask.sum(2) * ys).sum(1)], 1) / count.clamp(min=1)[:, None]
+    return torch.where(count[:, None] > 0, centre.floor(), -1.0)
+
+
+def localisation_hits(predicted: torch.Tensor, target: torch.Tensor, threshold: float = 0.3,
+                      radius: float = 5.0) -> torch.Tensor:
+    """Per canvas, 1.0 when the centre of mass of the predicted mask (thresholded as in ``mask_iou``) lies less
+    than ``radius`` pixels from the target's (both from ``mask_centre``), else 0.0: the paper's localisation
+    score. Two empty masks share the centre (-1, -1), so they count as a hit, as in the official code."""
+    guess = predicted if predicted.dtype == torch.bool else predicted > threshold
+    distance = (mask_centre(guess) - mask_centre(target.bool())).norm(dim=1)
+    return (distance < radius).double()
