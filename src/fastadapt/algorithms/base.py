@@ -15,18 +15,10 @@ import functools
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.algorithms.metrics import RETURN, at_least_fp32, loss_named
 from fastadapt.tasks.base import TaskBatch
-
-LOSSES = ("mse", "cross_entropy")
-
-
-def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    """A bf16 or fp16 tensor in fp32; fp32 and fp64 tensors (and integer ones) as they are."""
-    return tensor.float() if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < 32 else tensor
-
 
 def in_fp32(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Run ``function`` on its tensor arguments in at least fp32, with autocast off: for the reductions that
@@ -45,26 +37,12 @@ def per_task_loss(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> to
     """Mean loss of each task: outputs (tasks, examples, out), targets (tasks, examples[, out]) -> (tasks,).
 
     Computed in at least fp32 whatever the outputs' precision (bf16 under mixed precision)."""
-    outputs = at_least_fp32(outputs)
-    if kind == "mse":
-        if outputs.shape != targets.shape:
-            raise ValueError(f"mse loss: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} differ")
-        return ((outputs - targets) ** 2).flatten(1).mean(1)
-    if kind == "cross_entropy":
-        if outputs.shape[:-1] != targets.shape:
-            raise ValueError(
-                f"cross_entropy loss: outputs {tuple(outputs.shape)} must be targets {tuple(targets.shape)} + (classes,)"
-            )
-        losses = F.cross_entropy(outputs.flatten(0, -2), targets.flatten(), reduction="none")
-        return losses.view(targets.shape).flatten(1).mean(1)
-    raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+    return loss_named(kind).per_task(outputs, targets)
 
 
 def per_task_metric(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
     """The evaluation metric of each task: MSE for regression, accuracy for classification."""
-    if kind == "cross_entropy":
-        return (outputs.argmax(-1) == targets).float().flatten(1).mean(1)
-    return per_task_loss(outputs, targets, kind)
+    return loss_named(kind).metric.per_task(outputs, targets)
 
 
 class MetaLearner(nn.Module):
@@ -72,6 +50,11 @@ class MetaLearner(nn.Module):
 
     #: whether ``adapt`` takes a number of gradient steps (so evaluation can sweep it)
     uses_adaptation_steps = False
+    #: whether the trainer steps it: the gradient of ``meta_loss`` and one step of the trainer's optimizer
+    #: (an RL learner takes its whole outer update itself, ``meta_update``)
+    updates_itself = False
+    #: whether that update needs the trainer's optimizer
+    uses_optimizer = True
     #: whether ``adapt`` reads the support set as a sequence and was trained on random orders of it, so that
     #: evaluation episodes must present their support in a (fixed) random order too, not class by class
     reads_support_in_order = False
@@ -85,9 +68,9 @@ class MetaLearner(nn.Module):
 
     def __init__(self, loss: str) -> None:
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
         self.loss = loss
+        #: what its tasks are scored by in evaluation and checkpoint selection
+        self.metric = loss_named(loss).metric
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Any:
         raise NotImplementedError
@@ -110,9 +93,17 @@ class MetaLearner(nn.Module):
 
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
         metrics = {"loss": loss.detach()}
-        if self.loss == "cross_entropy":
-            metrics["accuracy"] = per_task_metric(outputs.detach(), targets, self.loss).mean()
+        if self.metric.name != self.loss:  # a metric other than the loss itself (accuracy), logged beside it
+            metrics[self.metric.name] = self.metric.per_task(outputs.detach(), targets).mean()
         return metrics if self.metrics_as_tensors else {key: value.item() for key, value in metrics.items()}
+
+    def score_tasks(self, batch: TaskBatch, steps: list[int | None], by_label: bool = False
+                    ) -> dict[int | None, torch.Tensor]:
+        """Each task's metric after each number of adaptation steps in ``steps`` (None: the learner's own); with
+        ``by_label``, its metric on the queries of each label (``metric.per_label``)."""
+        score = self.metric.per_label if by_label else self.metric.per_task
+        return {s: score(self.predict(self.adapt(batch.support_x, batch.support_y, steps=s), batch.query_x),
+                         batch.query_y) for s in steps}
 
 
 # --- checks and helpers shared by the learners that read a support set (metric- and model-based) ---
@@ -168,8 +159,12 @@ class RLMetaLearner(nn.Module):
 
     #: whether evaluation sweeps a number of adaptation (gradient) steps
     uses_adaptation_steps = False
+    #: it takes its whole outer update itself (``meta_update``)
+    updates_itself = True
     #: whether ``meta_update`` needs the trainer's optimizer
     uses_optimizer = True
+    #: its tasks are scored by their mean return
+    metric = RETURN
     #: (support sets are for supervised learners; an RL learner reads none)
     reads_support_in_order = False
     #: set by a distributed trainer when processes share a meta-batch: averages a tensor over them (an
@@ -181,3 +176,11 @@ class RLMetaLearner(nn.Module):
 
     def evaluate_returns(self, tasks, steps: list[int] | None = None) -> dict[int | None, torch.Tensor]:
         raise NotImplementedError
+
+    def score_tasks(self, tasks, steps: list[int | None], by_label: bool = False) -> dict[int | None, torch.Tensor]:
+        """Each task's mean return after each number of adaptation steps in ``steps`` (``[None]``: over its
+        trial), as ``MetaLearner.score_tasks`` scores supervised tasks; returns have no labels."""
+        if by_label:
+            raise ValueError("an RL task's return has no labels to score separately")
+        returns = self.evaluate_returns(tasks, None if list(steps) == [None] else list(steps))
+        return {s: returns[s] for s in steps}

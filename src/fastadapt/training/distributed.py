@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
+from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training.builders import resolve_device
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state
@@ -216,7 +216,7 @@ class DistributedTrainer(Trainer):
         super().__init__(cfg, learner, tasks, val_batches=val_batches, device=group.device,
                          progress=progress and group.rank == 0, gradient_hook=hook)
         _flat_collective(self.learner.state_dict().values(), lambda flat: dist.broadcast(flat, src=0))
-        if isinstance(learner, RLMetaLearner):  # its update averages what it needs (TRPO: gradients, line search)
+        if learner.updates_itself:  # its update averages what it needs (TRPO: gradients, line search)
             learner.process_mean = mean_over_processes(group.world_size)
         self._seed_rank_rng()
 

@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from fastadapt.algorithms.base import MetaLearner, RLMetaLearner, per_task_metric
+from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch
 from fastadapt.training.precision import autocast
 
@@ -84,16 +84,6 @@ def class_clustered(per_label: torch.Tensor, classes: torch.Tensor) -> Estimate:
     return Estimate(episodes.mean, half, episodes.num_tasks, k)
 
 
-def metric_name(learner: MetaLearner | RLMetaLearner) -> str:
-    if isinstance(learner, RLMetaLearner):
-        return "return"
-    return "accuracy" if learner.loss == "cross_entropy" else "mse"
-
-
-def higher_is_better(learner: MetaLearner | RLMetaLearner) -> bool:
-    return metric_name(learner) in ("accuracy", "return")
-
-
 @torch.no_grad()
 def per_task_results(
     learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu",
@@ -101,8 +91,8 @@ def per_task_results(
 ) -> dict[int | None, torch.Tensor]:
     """The metric of every task after each number of adaptation steps (None = the learner's default), with the
     forward passes in ``precision`` (a bf16 run is evaluated as it was trained). ``advance(n)`` is called after
-    each chunk of n tasks (a progress bar's ``update``). ``by_label`` (classification): each task's accuracy on
-    the queries of each label, (tasks, n_way), instead of its accuracy.
+    each chunk of n tasks (a progress bar's ``update``). ``by_label`` (classification): each task's metric on
+    the queries of each label, (tasks, n_way) (the metric's ``per_label``), instead of its metric.
 
     For an RL learner the metric is a task's mean return (``evaluate_returns``: new trajectories before
     each adaptation step, from the task's own seed, so the result is the same every call)."""
@@ -111,19 +101,10 @@ def per_task_results(
     results: dict[int | None, list[torch.Tensor]] = {s: [] for s in steps}
     try:
         for batch in batches:
-            batch = batch.to(device)
-            if isinstance(learner, RLMetaLearner):
-                returns = learner.evaluate_returns(batch, None if list(steps) == [None] else list(steps))
-                for s in steps:
-                    results[s].append(returns[s].cpu())
-            else:
-                for s in steps:
-                    with autocast(precision, device):
-                        adapted = learner.adapt(batch.support_x, batch.support_y, steps=s)
-                        outputs = learner.predict(adapted, batch.query_x)
-                    metric = (per_label_accuracy(outputs, batch.query_y) if by_label
-                              else per_task_metric(outputs, batch.query_y, learner.loss))
-                    results[s].append(metric.cpu())
+            with autocast(precision, device):
+                scores = learner.score_tasks(batch.to(device), list(steps), by_label)
+            for s in steps:
+                results[s].append(scores[s].cpu())
             if advance is not None:
                 advance(len(batch))
     finally:
@@ -147,14 +128,6 @@ def evaluate(
     if classes is not None:
         return {s: class_clustered(v, classes) for s, v in results.items()}
     return {s: mean_and_ci95(v) for s, v in results.items()}
-
-
-def per_label_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Accuracy on the queries of each label: outputs (tasks, queries, n_way), targets (tasks, queries) ->
-    (tasks, n_way); every label must have queries."""
-    correct = (outputs.argmax(-1) == targets).double()
-    one_hot = torch.nn.functional.one_hot(targets, outputs.shape[-1]).double()
-    return (correct.unsqueeze(-1) * one_hot).sum(1) / one_hot.sum(1)
 
 
 def step_label(steps: int | None) -> str:

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastadapt.algorithms.architecture import ArchitectureLearning
-from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
+from fastadapt.algorithms.base import MetaLearner
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
@@ -54,7 +54,7 @@ def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: in
     ``shuffle_support`` each episode's support set comes in a fixed random order instead of class by
     class, for learners that read it as a sequence and were trained on random orders (MANN).
     """
-    if isinstance(tasks, EpisodeTasks):
+    if hasattr(tasks, "iter_fixed_tasks"):  # image episodes, materialised a chunk at a time
         values = tasks.n_way * (tasks.k_shot + tasks.num_query) * math.prod(tasks.input_shape)
         return tasks.iter_fixed_tasks(num_tasks, max(1, min(chunk, MAX_CHUNK_VALUES // values)), split=split,
                                       shuffle_support=shuffle_support)
@@ -129,7 +129,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
             iteration = trainer.resume()
             trainer.say(f"resuming {run_dir} from iteration {iteration} of {cfg.training.iterations}")
         result = trainer.fit()
-        if isinstance(learner, ArchitectureLearning) and distributed.is_main_process():
+        if method_of(cfg).searches_architecture and distributed.is_main_process():
             write_architecture(run_dir)
         return result, learner
 
@@ -161,7 +161,7 @@ def write_architecture(run_dir: str | Path) -> tuple[Config, ArchitectureLearnin
     """Save the meta-architecture of a metanas / tnas run's best checkpoint as RUN_DIR/architecture.json;
     returns the run's config and best learner."""
     cfg, learner = load_run(run_dir, "best")
-    if not isinstance(learner, ArchitectureLearning):
+    if not method_of(cfg).searches_architecture:
         raise ValueError(f"{run_dir} is a {cfg.method.name} run, which searches no architecture")
     learner.architecture().save(Path(run_dir) / ARCHITECTURE_FILE)
     return cfg, learner
@@ -225,7 +225,7 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     """
     num_tasks = num_tasks or cfg.evaluation.test_tasks
     tasks = build_tasks(cfg, split) if dataset is None else None
-    episodic = dataset is not None or isinstance(tasks, EpisodeTasks)
+    episodic = dataset is not None or family_of(cfg).kind == "images"
     settings = eval_settings(cfg) if episodic else [None]
     bar = tqdm(total=num_tasks * len(settings), disable=not progress, unit="task", dynamic_ncols=True,
                desc=f"{'testing' if split == 'test' else 'validating'} on {num_tasks} fixed {split} tasks"
@@ -240,14 +240,10 @@ def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int, steps: 
     device = resolve_device(cfg.training.device)
     learner.to(device)
     steps = steps if steps is not None else cfg.evaluation.eval_steps
-    if isinstance(learner, RLMetaLearner):
-        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device,
-                           precision=cfg.training.precision, advance=advance)
-        return {("return per trial" if s is None else step_label(s)): e for s, e in results.items()}
     if settings == [None]:
         results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device,
                            precision=cfg.training.precision, advance=advance)
-        return {step_label(s): e for s, e in results.items()}
+        return {(learner.metric.adapted_row if s is None else step_label(s)): e for s, e in results.items()}
     rows = {}
     for way, shot in settings:
         episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)

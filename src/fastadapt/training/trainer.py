@@ -16,13 +16,13 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from fastadapt.algorithms.base import MetaLearner, RLMetaLearner
+from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training.allocator import reuse_freed_memory
 from fastadapt.training.captured import captured_step
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fastadapt.training.config import Config
-from fastadapt.training.evaluation import evaluate, higher_is_better, metric_name
+from fastadapt.training.evaluation import evaluate
 from fastadapt.training.precision import autocast, has_native_bf16
 
 LAST, BEST = "last.pt", "best.pt"
@@ -37,7 +37,7 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None]:
     """The outer optimizer; None for a learner with nothing to train (k-NN), which may only run 0 iterations,
     and for an RL learner whose update needs none (TRPO)."""
-    if isinstance(learner, RLMetaLearner) and not learner.uses_optimizer:
+    if not learner.uses_optimizer:
         return None, None
     params = [p for p in learner.parameters() if p.requires_grad]
     if not params:
@@ -147,7 +147,7 @@ class Trainer:
         self.best_score: float | None = None
         self.best_iteration: int | None = None
         self.seconds_before = 0.0  # training time of the run's earlier sessions, when resumed
-        self.higher_is_better = higher_is_better(learner)
+        self.higher_is_better = learner.metric.higher_is_better
         self._stall_noted = False
         self._start: float | None = None  # when this session's fit began
         self.captured = captured_step(cfg.training.cuda_graph, learner, tasks, self.optimizer,
@@ -271,7 +271,7 @@ class Trainer:
         call, ``--norm batch``) while only one chunk's activations are alive at a time. An RL learner takes
         the whole outer update itself (``rl_step``).
         """
-        if isinstance(self.learner, RLMetaLearner):
+        if self.learner.updates_itself:
             return self.rl_step(batch)
         batch = batch.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
@@ -352,7 +352,7 @@ class Trainer:
             self.best_score, self.best_iteration = score, self.iteration
             self._save(BEST, is_writer)
         self._note_stall(training_accuracy)
-        return {f"val_{metric_name(self.learner)}": score}
+        return {f"val_{self.learner.metric.name}": score}
 
     def _note_stall(self, training_accuracy: float | None) -> None:
         """Say once when validation has not improved for a while although training accuracy is high."""

@@ -1,0 +1,90 @@
+"""Losses and metrics as objects: what a task family's targets are trained with and scored by.
+
+A ``Loss`` is a per-task function (outputs, targets) -> (tasks,) and the ``Metric`` its tasks are scored by.
+A ``Metric`` has a name, a direction (higher or lower is better: checkpoint selection), how each task is
+scored, how scores are pooled (per label, for the interval over test classes), and the row its results take
+when the learner adapts its own way rather than by a number of steps. Evaluation, checkpoint selection and
+the results tables read these objects, so a new kind of target (boxes, masks) brings its own loss and metric
+and needs no branch there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+PerTask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """A bf16 or fp16 tensor in fp32; fp32 and fp64 tensors (and integer ones) as they are."""
+    return tensor.float() if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < 32 else tensor
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a task is scored."""
+
+    name: str
+    higher_is_better: bool
+    #: (outputs, targets) -> each task's score, (tasks,); None where the learner scores its tasks itself (returns)
+    per_task: PerTask | None = None
+    #: (outputs, targets) -> each task's score on the queries of each label, (tasks, labels); None: no labels
+    per_label: PerTask | None = None
+    #: the results row of a learner that adapts its own way, not by a number of gradient steps
+    adapted_row: str = "adapted"
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A training loss: its name (``tasks.loss``), its per-task function, and the metric its tasks are scored by."""
+
+    name: str
+    per_task: PerTask
+    metric: Metric
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    outputs = at_least_fp32(outputs)
+    if outputs.shape != targets.shape:
+        raise ValueError(f"mse loss: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} differ")
+    return ((outputs - targets) ** 2).flatten(1).mean(1)
+
+
+def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    outputs = at_least_fp32(outputs)
+    if outputs.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"cross_entropy loss: outputs {tuple(outputs.shape)} must be targets {tuple(targets.shape)} + (classes,)"
+        )
+    losses = F.cross_entropy(outputs.flatten(0, -2), targets.flatten(), reduction="none")
+    return losses.view(targets.shape).flatten(1).mean(1)
+
+
+def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.argmax(-1) == targets).float().flatten(1).mean(1)
+
+
+def per_label_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Accuracy on the queries of each label: outputs (tasks, queries, n_way), targets (tasks, queries) ->
+    (tasks, n_way); every label must have queries."""
+    correct = (outputs.argmax(-1) == targets).double()
+    one_hot = F.one_hot(targets, outputs.shape[-1]).double()
+    return (correct.unsqueeze(-1) * one_hot).sum(1) / one_hot.sum(1)
+
+
+ACCURACY = Metric("accuracy", higher_is_better=True, per_task=_accuracy, per_label=per_label_accuracy)
+MSE = Metric("mse", higher_is_better=False, per_task=_mse)
+#: An RL task's mean return over its trajectories (the learner rolls them out: ``evaluate_returns``).
+RETURN = Metric("return", higher_is_better=True, adapted_row="return per trial")
+
+LOSSES: dict[str, Loss] = {loss.name: loss for loss in (Loss("mse", _mse, MSE),
+                                                          Loss("cross_entropy", _cross_entropy, ACCURACY))}
+
+
+def loss_named(name: str) -> Loss:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {tuple(LOSSES)}")
+    return LOSSES[name]
