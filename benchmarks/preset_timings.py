@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from fastadapt.training.builders import build_learner, build_tasks, resolve_model
+from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.config import load_preset, preset_names
+from fastadapt.training.networks import resolve_model
 from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.trainer import Trainer
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from fastadapt.algorithms import MAML
+from fastadapt.algorithms.registry import method_names, method_spec
 from fastadapt.benchmarks.speed import omniglot_like
 from fastadapt.models import MLP, Conv4
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks, SinusoidTasks
-from fastadapt.algorithms.registry import method_names, method_spec
-from fastadapt.training.builders import build_learner, check_config
+from fastadapt.training.builders import build_learner
 from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.checks import check_config
 from fastadapt.training.config import Config
 from fastadapt.training.precision import autocast, has_native_bf16
 from fastadapt.training.runs import evaluate_learner, load_run, train

@@ -11,8 +11,9 @@ from fastadapt.algorithms.mann import MANN
 from fastadapt.cli import main
 from fastadapt.datasets import ClassDataset
 from fastadapt.tasks import EpisodeTasks
-from fastadapt.training.builders import build_learner, build_tasks, check_config
+from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.checks import check_config
 from fastadapt.training.config import Config, ConfigError, load_preset, preset_names
 from fastadapt.training.evaluation import evaluate
 from fastadapt.training.runs import evaluate_learner, fixed_batches, load_run, train

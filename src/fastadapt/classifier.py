@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.registry import method_of
 from fastadapt.datasets.folder import IMAGE_SUFFIXES, list_class_folders
 from fastadapt.datasets.preparation import ImageLike, ImagePreparation
-from fastadapt.training.builders import method_of, resolve_device
 from fastadapt.training.config import Config
+from fastadapt.training.device import resolve_device
 from fastadapt.training.run_inputs import read_run_inputs
 from fastadapt.training.runs import load_run
 from fastadapt.training.trainer import BEST, LAST

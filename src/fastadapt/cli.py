@@ -131,7 +131,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _print_architecture(cfg: Config, run_dir: Path) -> None:
     """For a search: the meta-architecture it found; for model darts: the architecture trained. With the size of
     the discrete network."""
-    from fastadapt.training.builders import ARCHITECTURE_FILE, load_architecture, method_of
+    from fastadapt.algorithms.registry import method_of
+    from fastadapt.training.networks import ARCHITECTURE_FILE, load_architecture
     from fastadapt.training.inspection import architecture_size
 
     if method_of(cfg).searches_architecture:
@@ -151,7 +152,8 @@ def _print_architecture(cfg: Config, run_dir: Path) -> None:
 
 
 def _eval_title(cfg: Config) -> str:
-    from fastadapt.training.builders import family_of, resolve_norm
+    from fastadapt.training.families import family_of
+    from fastadapt.training.networks import resolve_norm
 
     family = family_of(cfg)
     if family.kind != "images":
@@ -249,7 +251,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     from fastadapt.plots import (plot_cells, plot_frame_strip, plot_learning_curves, plot_navigation_trajectories,
                                  plot_task_architectures)
-    from fastadapt.training.builders import family_of, load_architecture, method_of
+    from fastadapt.algorithms.registry import method_of
+    from fastadapt.training.families import family_of
+    from fastadapt.training.networks import load_architecture
     from fastadapt.training.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
     from fastadapt.training.runs import curves_subtitle, load_metrics, load_run, write_architecture
 

@@ -56,3 +56,8 @@ def method_names(**traits: object) -> list[str]:
     """The sorted names of the methods whose specifications have every trait given (``rl=True``, ...)."""
     return sorted(name for name, spec in methods().items()
                   if all(getattr(spec, trait) == value for trait, value in traits.items()))
+
+
+def method_of(cfg) -> MethodSpec:
+    """The specification of a run's method (``cfg.method.name``)."""
+    return method_spec(cfg.method.name)

@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 
 from fastadapt.algorithms import NearestNeighbours
+from fastadapt.algorithms.registry import method_of
 from fastadapt.classifier import Classification, FewShotClassifier
 from fastadapt.datasets.drawing import as_omniglot_drawing
 from fastadapt.datasets.omniglot import find_omniglot_archives
 from fastadapt.datasets.preparation import ImagePreparation
-from fastadapt.training.builders import method_of
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.runs import (episode_shapes, evaluate_learner, load_metrics, load_run, read_test_results,
                                      record_test_results, results_payload, train)

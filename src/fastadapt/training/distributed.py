@@ -34,9 +34,9 @@ import torch.multiprocessing as mp
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
-from fastadapt.training.builders import resolve_device
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state
 from fastadapt.training.config import Config
+from fastadapt.training.device import resolve_device
 from fastadapt.training.trainer import StopRequest, Trainer, TrainingInterrupted, TrainResult
 
 

@@ -234,3 +234,10 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
 def family_names(kind: str | None = None) -> list[str]:
     """The families of ``kind`` (all with None), in registration order."""
     return [name for name, spec in FAMILIES.items() if kind is None or spec.kind == kind]
+
+
+def family_of(cfg: Config) -> FamilySpec:
+    """The specification of the run's task family."""
+    if cfg.task.family not in FAMILIES:
+        raise ValueError(f"unknown task family {cfg.task.family!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[cfg.task.family]

@@ -17,9 +17,10 @@ from fastadapt.environments.noise import derive_seeds
 from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
 from fastadapt.rl.rollout import ENV_STREAM
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
-from fastadapt.training.builders import build_tasks, search_space
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import step_label
+from fastadapt.training.networks import search_space
 from fastadapt.training.runs import fixed_batches
 
 #: how a figure names the fixed tasks it shows

@@ -18,8 +18,9 @@ from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.preparation import ImagePreparation, dataset_polarity
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.signature import TaskSignature
-from fastadapt.training.builders import build_tasks, family_of
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.config import Config
+from fastadapt.training.families import family_of
 
 INPUTS = "inputs.json"
 _FORMAT = 1

@@ -15,18 +15,22 @@ from tqdm.auto import tqdm
 
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.registry import method_of
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import (ARCHITECTURE_FILE, build_learner, build_tasks, check_config, eval_settings,
-                                         family_of, method_of, resolve_device, resolve_model)
+from fastadapt.training.builders import build_learner, build_tasks, eval_settings
 from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.checks import check_config
 from fastadapt.training.config import Config
+from fastadapt.training.device import resolve_device
 from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, step_label
-from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
+from fastadapt.training.families import family_of
+from fastadapt.training.networks import ARCHITECTURE_FILE, resolve_model
 from fastadapt.training.precision import check_precision
+from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
 from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
