@@ -11,16 +11,11 @@ from fastadapt.cli import main
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config
 from fastadapt.training.runs import train
+from run_helpers import sinusoid_run  # the tests directory is on sys.path under pytest
 
 ARGS = ["--algorithm", "maml", "--tasks", "sinusoid", "--k-shot", "5", "--meta-batch-size", "8",
         "--log-every", "5", "--val-every", "10", "--checkpoint-every", "10", "--val-tasks", "20",
         "--test-tasks", "20", "--device", "cpu", "--no-progress", "--no-eval"]
-
-
-def _cfg(run_dir, iterations):
-    return Config(algorithm="maml", tasks="sinusoid", k_shot=5, meta_batch_size=8, iterations=iterations,
-                  log_every=5, val_every=10, checkpoint_every=10, val_tasks=20, test_tasks=20, device="cpu",
-                  output_dir=str(run_dir))
 
 
 def _max_difference(learner, checkpoint):
@@ -35,7 +30,7 @@ def _log(run_dir):
 
 
 def test_two_processes_equal_one_process_and_resume(tmp_path, capsys):
-    _, single = train(_cfg(tmp_path / "single", 20), progress=False)
+    _, single = train(sinusoid_run(tmp_path / "single", meta_batch_size=8, iterations=20, device="cpu"), progress=False)
 
     # 10 iterations launched the documented way (torchrun, no --nproc) ...
     run = tmp_path / "dist"
@@ -78,7 +73,7 @@ def test_uneven_split_is_a_clear_error(tmp_path, capsys):
 def test_nproc_must_agree_with_the_launcher(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="disagrees with the launcher's WORLD_SIZE=3"):
-        train(_cfg(tmp_path, 1).replace(meta_batch_size=4), nproc=2)
+        train(sinusoid_run(tmp_path, meta_batch_size=4, iterations=1, device="cpu"), nproc=2)
 
 
 def test_maml_rl_on_two_processes_takes_the_one_process_trpo_steps(tmp_path):

@@ -13,6 +13,7 @@ from fastadapt.training.config import Config
 from fastadapt.training.runs import train
 from fastadapt.training.threads import using_threads
 from fastadapt.training.trainer import Trainer, build_optimizer
+from run_helpers import Killed  # the tests directory is on sys.path under pytest
 
 SPACE = ["--cells", "2", "--nodes", "2", "--cell-channels", "4", "--stem-multiplier", "1",
          "--operations", "conv_3x3", "max_pool_3x3", "skip_connect", "zero"]
@@ -32,10 +33,6 @@ def _search_config(folder, run_dir, **overrides):
                   threads=1)  # the same thread count in every run compared (a convolution's sums split by thread)
     values.update(overrides)
     return Config(**values)
-
-
-class Killed(Exception):
-    pass
 
 
 def test_a_killed_search_resumes_exactly(glyph_folder, tmp_path):  # noqa: F811

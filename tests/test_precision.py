@@ -19,6 +19,7 @@ from fastadapt.training.precision import autocast, has_native_bf16
 from fastadapt.training.runs import evaluate_learner, load_run, train
 from fastadapt.training.trainer import Trainer
 from test_metric_methods import synthetic_tasks  # the tests directory is on sys.path under pytest
+from run_helpers import Killed  # the tests directory is on sys.path under pytest
 
 
 def _flat(grads):
@@ -117,10 +118,6 @@ def _sinusoid_config(tmp_path, **overrides):
                   output_dir=str(tmp_path / "run"))
     values.update(overrides)
     return Config(**values)
-
-
-class Killed(Exception):
-    pass
 
 
 def test_precision_is_kept_in_checkpoints_and_a_killed_bf16_run_resumes_exactly(tmp_path):

@@ -16,6 +16,7 @@ from fastadapt.training.evaluation import mean_and_ci95
 from fastadapt.training.inspection import navigation_paths
 from fastadapt.training.runs import evaluate_learner, load_run, train, trained_run
 from fastadapt.training.trainer import Trainer
+from run_helpers import Killed  # the tests directory is on sys.path under pytest
 
 TINY_NAV = ["--horizon", "8", "--trajectories", "3", "--meta-batch-size", "3", "--hidden-sizes", "8", "8",
             "--val-tasks", "3", "--test-tasks", "3", "--no-progress"]
@@ -148,10 +149,6 @@ def test_a_benchmark_refuses_a_run_made_with_other_settings_than_its_preset(tmp_
     name, value = next(iter(change.items()))
     assert done.stderr.startswith(f"{script}: error: ") and f"{name}={value}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-
-
-class Killed(Exception):
-    pass
 
 
 def _params(learner):

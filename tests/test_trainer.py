@@ -9,17 +9,7 @@ from fastadapt.training.checkpoint import load_checkpoint, save_checkpoint
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.runs import train
 from fastadapt.training.trainer import NonFiniteLossError, Trainer
-
-
-def _cfg(tmp_path, **overrides):
-    values = dict(algorithm="maml", tasks="sinusoid", k_shot=5, meta_batch_size=4, iterations=40, log_every=5,
-                  val_every=10, checkpoint_every=10, val_tasks=20, test_tasks=20, output_dir=str(tmp_path / "run"))
-    values.update(overrides)
-    return Config(**values)
-
-
-class Killed(Exception):
-    pass
+from run_helpers import Killed, sinusoid_run  # the tests directory is on sys.path under pytest
 
 
 def _final_params(learner):
@@ -28,9 +18,9 @@ def _final_params(learner):
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile"])
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm):
-    _, straight = train(_cfg(tmp_path / "a", algorithm=algorithm), progress=False)
+    _, straight = train(sinusoid_run(tmp_path / "a" / "run", algorithm=algorithm), progress=False)
 
-    cfg = _cfg(tmp_path / "b", algorithm=algorithm)
+    cfg = sinusoid_run(tmp_path / "b" / "run", algorithm=algorithm)
     tasks = build_tasks(cfg)
     learner = build_learner(cfg, tasks)
     calls = {"n": 0}
@@ -57,16 +47,16 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm):
 
 
 def test_same_seed_same_numbers_different_seed_different(tmp_path):
-    _, a = train(_cfg(tmp_path / "a", iterations=10), progress=False)
-    _, b = train(_cfg(tmp_path / "b", iterations=10), progress=False)
-    _, c = train(_cfg(tmp_path / "c", iterations=10, seed=1), progress=False)
+    _, a = train(sinusoid_run(tmp_path / "a" / "run", iterations=10), progress=False)
+    _, b = train(sinusoid_run(tmp_path / "b" / "run", iterations=10), progress=False)
+    _, c = train(sinusoid_run(tmp_path / "c" / "run", iterations=10, seed=1), progress=False)
     w = "model.0.weight"
     assert torch.equal(a.state_dict()[w], b.state_dict()[w])
     assert not torch.equal(a.state_dict()[w], c.state_dict()[w])
 
 
 def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path):
-    cfg = _cfg(tmp_path, iterations=10)
+    cfg = sinusoid_run(tmp_path / "run", iterations=10)
     train(cfg, progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, progress=False)
@@ -77,7 +67,7 @@ def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path):
 
 
 def test_nan_loss_raises_a_clear_error(tmp_path):
-    cfg = _cfg(tmp_path, iterations=5)
+    cfg = sinusoid_run(tmp_path / "run", iterations=5)
     tasks = build_tasks(cfg)
     learner = build_learner(cfg, tasks)
     with torch.no_grad():
@@ -87,7 +77,7 @@ def test_nan_loss_raises_a_clear_error(tmp_path):
 
 
 def test_best_checkpoint_tracks_validation(tmp_path):
-    cfg = _cfg(tmp_path, iterations=30)
+    cfg = sinusoid_run(tmp_path / "run", iterations=30)
     result, _ = train(cfg, progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     scores = [r["val_mse"] for r in log if "val_mse" in r]
@@ -134,9 +124,9 @@ def test_config_rejects_bad_values(overrides, message):
 
 def test_unknown_names_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown algorithm 'mamll'; choose one of"):
-        build_learner(_cfg(tmp_path, algorithm="mamll"), build_tasks(_cfg(tmp_path)))
+        build_learner(sinusoid_run(tmp_path / "run", algorithm="mamll"), build_tasks(sinusoid_run(tmp_path / "run")))
     with pytest.raises(ValueError, match="unknown task family"):
-        build_tasks(_cfg(tmp_path, tasks="cosine"))
+        build_tasks(sinusoid_run(tmp_path / "run", tasks="cosine"))
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         load_preset("nope")
     with pytest.raises(ValueError, match="unknown option"):

@@ -17,6 +17,7 @@ from fastadapt.training.runs import load_run, train
 from fastadapt.training.trainer import Trainer
 from fastadapt.training.threads import using_threads
 from episode_helpers import write_glyph_folder  # the tests directory is on sys.path under pytest
+from run_helpers import Killed  # the tests directory is on sys.path under pytest
 
 
 def _dataset(classes=6, per_class=4, side=16) -> ClassDataset:
@@ -150,9 +151,6 @@ def test_a_baseline_run_resumes_exactly_and_loads_without_its_data(glyphs, tmp_p
     _, straight_pp = train(cfg.replace(output_dir=str(tmp_path / "c")), progress=False)
     tasks = build_tasks(cfg)
     assert isinstance(tasks, ClassMiniBatches) and tasks.output_size == 6  # 60% of the 10 classes train
-
-    class Killed(Exception):
-        pass
 
     def kill_at_5(_, calls=[0]):
         calls[0] += 1
