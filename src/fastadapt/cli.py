@@ -31,11 +31,26 @@ COMMANDS_HELP = """examples:
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per setting, grouped by the config's sections, so every setting is settable here."""
-    groups = {name: parser.add_argument_group(f"{name} settings ({SECTIONS[name].__doc__.rstrip('.')})")
-              for name in SECTIONS}
+    """One --flag per setting, grouped by the config's sections, so every setting is settable here; a method's
+    own options are grouped by the methods that read them (their specifications' ``options``)."""
+    from fastadapt.algorithms.registry import methods
+
+    readers: dict[str, list[str]] = {}
+    for spec in methods().values():
+        for option in spec.options:
+            readers.setdefault(option, []).append(spec.name)
+    groups: dict[object, argparse._ArgumentGroup] = {}
+
+    def group_of(s) -> argparse._ArgumentGroup:
+        key = (s.section, tuple(sorted(readers.get(s.name, []))) if s.section == "method" else ())
+        if key not in groups:
+            users = f"method settings of {', '.join(key[1])}" if key[1] else None
+            groups[key] = parser.add_argument_group(users or f"{s.section} settings "
+                                                             f"({SECTIONS[s.section].__doc__.rstrip('.')})")
+        return groups[key]
+
     for s in settings():
-        flag, group = "--" + s.flat.replace("_", "-"), groups[s.section]
+        flag, group = "--" + s.flat.replace("_", "-"), group_of(s)
         help_text = f"{s.help} (default: {s.default})".replace("%", "%%")
         base = base_type(s.hint)
         if base is bool:

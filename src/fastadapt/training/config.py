@@ -21,9 +21,12 @@ import yaml
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", flat: str | None = None,
-            factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help line; ``flat`` is its command-line / flat name when not the field's own."""
-    metadata = {"help": help, "flat": flat}
+            factory: Any = dataclasses.MISSING, resumable: bool | str = False) -> Any:
+    """A config field with its help line; ``flat`` is its command-line / flat name when not the field's own.
+    ``resumable``: whether a resumed run may change it (it changes neither the weights the run trains nor its
+    validation episodes); "evaluation" for those that say how a run is tested (a finished run is tested as the
+    latest config.yaml says)."""
+    metadata = {"help": help, "flat": flat, "resumable": resumable}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -222,7 +225,7 @@ class MethodSettings:
 class TrainingSettings:
     """The outer loop and the run's bookkeeping."""
 
-    iterations: int = setting(10_000, "meta-training iterations (meta-batches)")
+    iterations: int = setting(10_000, "meta-training iterations (meta-batches)", resumable=True)
     meta_batch_size: int | None = setting(None, "tasks per meta-batch (default: 25 for regression, as in the "
                                                 "MAML paper; 4 episodes for image classification)")
     meta_lr: float = setting(1e-3, "learning rate beta of the outer optimizer")
@@ -234,21 +237,21 @@ class TrainingSettings:
     lr_decay: float = setting(0.5, "factor of each learning-rate decay")
     init_from: str | None = setting(None, "a run directory: start from its best weights, with a fresh optimizer")
     seed: int = setting(0, "seed of every random stream of the run")
-    device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    output_dir: str = setting("runs/latest", "the run directory")
+    device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", resumable=True)
+    output_dir: str = setting("runs/latest", "the run directory", resumable=True)
     log_every: int | None = setting(None, "log training metrics every this many iterations "
-                                          "(default: 1% of the iterations, at most 100)")
+                                          "(default: 1% of the iterations, at most 100)", resumable=True)
     val_every: int | None = setting(None, "validate (and keep the best checkpoint) every this many iterations "
-                                          "(default: 5% of the iterations, at most 1000)")
+                                          "(default: 5% of the iterations, at most 1000)", resumable=True)
     val_tasks: int = setting(200, "fixed validation tasks")
-    checkpoint_every: int = setting(1000, "write last.pt every this many iterations")
+    checkpoint_every: int = setting(1000, "write last.pt every this many iterations", resumable=True)
     tensorboard: bool = setting(False, "also write every metrics.jsonl scalar as TensorBoard events in "
-                                       "RUN_DIR/tensorboard (needs the tensorboard package)")
+                                       "RUN_DIR/tensorboard (needs the tensorboard package)", resumable=True)
     threads: int | None = setting(None, "CPU threads (default: 1 for a small network such as the sinusoid MLP, "
-                                        "else the cores that are idle when the run starts)")
+                                        "else the cores that are idle when the run starts)", resumable=True)
     rollout_workers: int | None = setting(None, "MuJoCo families: processes that step the environments (0: this "
                                                 "process; default: one per available core); the trajectories are "
-                                                "the same for any number")
+                                                "the same for any number", resumable=True)
 
     precision: str = setting("fp32", "fp32, or bf16: mixed precision (autocast) for the forward passes and the "
                                      "inner loop, fp32 weights, optimizer state and losses")
@@ -257,7 +260,7 @@ class TrainingSettings:
                                                "null: all tasks at once")
     cuda_graph: str = setting("auto", "auto: on a CUDA GPU, capture the whole meta-step of MAML-family methods "
                                       "in one CUDA graph (much faster; the same tasks and math); on: the same, "
-                                      "saying why not where it cannot; off: always the eager step")
+                                      "saying why not where it cannot; off: always the eager step", resumable=True)
 
     def validate(self) -> None:
         _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every", "threads",
@@ -280,9 +283,9 @@ class TrainingSettings:
 class EvaluationSettings:
     """The fixed test tasks a finished run is scored on (mean ± 95% CI)."""
 
-    test_tasks: int = setting(1000, "fixed test tasks (episodes)")
+    test_tasks: int = setting(1000, "fixed test tasks (episodes)", resumable="evaluation")
     eval_steps: list[int] = setting(help="adaptation steps to report (gradient-based methods)",
-                                    factory=lambda: [0, 1, 10])
+                                    factory=lambda: [0, 1, 10], resumable="evaluation")
     eval_shots: list[int] = setting(help="shots to evaluate at (default: k_shot)", factory=list)
     eval_ways: list[int] = setting(help="ways to evaluate at (default: n_way)", factory=list)
     eval_query: int = setting(15, "query examples per class in evaluation episodes")
@@ -315,6 +318,8 @@ class Setting:
     help: str
     hint: Any
     default: Any
+    #: True or "evaluation": a resumed run may change it (see ``setting``)
+    resumable: bool | str = False
 
 
 def settings() -> Iterator[Setting]:
@@ -324,7 +329,7 @@ def settings() -> Iterator[Setting]:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             yield Setting(section, f.name, f.metadata.get("flat") or f.name, f.metadata.get("help", ""),
-                          hints[f.name], default)
+                          hints[f.name], default, f.metadata.get("resumable", False))
 
 
 FLAT: dict[str, Setting] = {}

@@ -24,7 +24,7 @@ from fastadapt.training import distributed
 from fastadapt.training.builders import build_learner, build_tasks, eval_settings
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.checks import check_config
-from fastadapt.training.config import Config
+from fastadapt.training.config import FLAT, Config
 from fastadapt.training.device import resolve_device
 from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, step_label
 from fastadapt.training.families import family_of
@@ -40,14 +40,13 @@ EVAL_CHUNK = 200
 #: At most this many input values (512 28x28 images) go into one evaluation chunk of episodes: on CPU a
 #: Conv-4 forward over 500 images at a time ran 4x faster than over 4,000, whose activations overflow the caches.
 MAX_CHUNK_VALUES = 512 * 28 * 28
-#: Settings a resumed run may change: they change neither the weights it trains nor its validation
-#: episodes (which the best checkpoint's score was measured on). ``data_root`` may change for Omniglot
-#: (where the same archives are found; their checksums key the decoded cache), not for a folder.
-RESUMABLE_CHANGES = frozenset({"iterations", "device", "output_dir", "log_every", "val_every", "checkpoint_every",
-                               "test_tasks", "eval_steps", "threads", "rollout_workers", "cuda_graph",
-                               "tensorboard"})
+#: Settings a resumed run may change, as each declares (``setting(resumable=...)``): they change neither the
+#: weights it trains nor its validation episodes (which the best checkpoint's score was measured on).
+#: ``data_root`` may change where the family says so (Omniglot: the same archives are found, their checksums
+#: key the decoded cache), not for a folder.
+RESUMABLE_CHANGES = frozenset(s.flat for s in FLAT.values() if s.resumable)
 #: Of those, the ones that say how the run is tested: ``load_run`` takes them from config.yaml (the latest).
-EVALUATION_CHANGES = ("test_tasks", "eval_steps")
+EVALUATION_CHANGES = tuple(s.flat for s in FLAT.values() if s.resumable == "evaluation")
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK,
