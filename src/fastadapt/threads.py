@@ -3,8 +3,8 @@
 PyTorch opens an OpenMP parallel region for every operation and, by default, uses every core. For a
 small network (the sinusoid MLP: 40x40 matrices; the RL policies) each operation is far too small to
 split, so the threads only synchronise; and when another process keeps a core busy, the threads waiting
-for it spin: the demo took 20 minutes on 2 cores beside one other training job, 76 seconds on one thread,
-and the README's MAML loop ran 100 iterations in 23.8 s on torch's default threads, 3.1 s on one.
+for it spin, many times slower than one thread (measurements: docs/benchmarks.md, "Threads for a small
+network").
 
 ``threads_for`` is the one rule. ``fastadapt train`` applies it for the whole run
 (``fastadapt.training.threads.choose_threads``, which adds ``--threads`` and resume). In Python, building

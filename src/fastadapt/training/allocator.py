@@ -3,12 +3,10 @@
 glibc's malloc serves every block over its mmap threshold (at most 32 MB) with a
 fresh mmap and unmaps it on free. A Conv-4 activation on an Omniglot batch is
 tens of MB, so every training step faults in and zero-fills the same memory
-again: in a 30-minute Prototypical Networks run on 2 cores that kernel work was
-40% of all CPU time (1,471 s system of 3,643 s). With mmap off and a high trim
-threshold, freed blocks stay in the heap and the next step reuses them: Conv-4
-forward + backward on 360 images went from 0.86 s to 0.46 s a step (1 thread,
-system time from 1.4 s to 0). The cost:
-the process keeps its peak memory until it exits instead of returning it.
+again, which can take a large share of a run's CPU time in the kernel. With mmap
+off and a high trim threshold, freed blocks stay in the heap and the next step
+reuses them (measurements: docs/benchmarks.md, "Speed of a meta-training step").
+The cost: the process keeps its peak memory until it exits instead of returning it.
 """
 from __future__ import annotations
 
