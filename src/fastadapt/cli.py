@@ -374,7 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="fastadapt", description="Meta-learning for PyTorch.",
                             epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_serve, _add_plot, _add_presets, _add_bench):
+        add(commands)
+    return parser
 
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt demo`` and its options."""
     demo = commands.add_parser("demo", help="MAML vs pretrained on sinusoid regression (no download)")
     demo.add_argument("--output-dir", default="runs/demo", help="where the two runs and the figure go "
                                                                 "(default: runs/demo)")
@@ -387,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars (default: off)")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt train`` and its options."""
     train = commands.add_parser("train", help="meta-train from a preset and/or flags")
     train.add_argument("preset", nargs="?", help=f"a shipped preset ({', '.join(preset_names())}) or a YAML path "
                                                  "(default: none, the settings' defaults)")
@@ -406,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(train)
     train.set_defaults(func=cmd_train)
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt eval`` and its options."""
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks")
     evaluate.add_argument("run_dir", help="a run directory (holding config.yaml and best.pt)")
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -427,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "JSON (default: none)")
     evaluate.set_defaults(func=cmd_eval)
 
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt predict`` and its options."""
     predict = commands.add_parser("predict", help="classify your own images with a trained run, from a few "
                                                   "labelled examples of each class")
     predict.add_argument("run_dir", help="a trained run directory (holding best.pt); its training data is not needed")
@@ -444,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     predict.set_defaults(func=cmd_predict)
 
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt serve`` and its options."""
     web = commands.add_parser("serve", help="a web page to try few-shot learning by hand: draw a few symbols, "
                                             "draw another, see it classified (needs fastadapt[serve])")
     web.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
@@ -458,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "train a quick ProtoNet (default: off)")
     web.set_defaults(func=cmd_serve)
 
+
+def _add_plot(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt plot`` and its options."""
     plot = commands.add_parser("plot", help="plot a run's learning curves as PNG; for 2D navigation also "
                                             "trajectories before and after adaptation, for MuJoCo frames of the "
                                             "robot, for a DARTS model or search its cells and how the architecture "
@@ -472,9 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "still being judged on validation")
     plot.set_defaults(func=cmd_plot)
 
+
+def _add_presets(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt presets`` and its options."""
     presets = commands.add_parser("presets", help="list the shipped presets, with their training time")
     presets.set_defaults(func=cmd_presets)
 
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt bench`` and its options."""
     bench = commands.add_parser("bench", help="benchmarks: `fastadapt bench speed --help`")
     bench.add_argument("benchmark", choices=["speed", "rl-speed", "rollout-speed"],
                        help="speed: steps per second against a per-task loop; rl-speed: the batched RL simulator "
@@ -483,7 +510,6 @@ def build_parser() -> argparse.ArgumentParser:
                             "(no default: name one)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (default: none)")
     bench.set_defaults(func=cmd_bench)
-    return parser
 
 
 #: What a user's mistake or the environment raises; anything else is a bug and shows its traceback.

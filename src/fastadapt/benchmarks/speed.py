@@ -596,52 +596,8 @@ def report(measurements: Sequence[Measurement], header: str,
     lines = [header, "", f"{'':60s} {'ms/step':>9s} {'steps/s':>8s} {'peak MB':>8s} {'GFLOP/s':>8s} {'of peak':>8s}"]
     for setting in _settings(measurements, hidden):
         lines.append(setting.title)
-        for m in setting.rows:
-            peak = "-" if m.peak_bytes is None else f"{m.peak_bytes / 2**20:.0f}"
-            flops = setting.flops_of(m.spec)
-            achieved = fraction = "-"
-            if flops:
-                achieved = f"{flops / m.step / 1e9:.1f}"
-                ceiling = _ceiling(rates or {}, setting.convolution, m.spec.precision)
-                fraction = f"{flops / m.step / 1e9 / ceiling:.0%}" if ceiling else "-"
-            lines.append(f"  {_label(m.spec):58s} {m.step * 1e3:9.1f} {1 / m.step:8.2f} {peak:>8s} "
-                         f"{achieved:>8s} {fraction:>8s}")
-        for m in setting.rows:
-            spec = m.spec
-            if spec.impl != "ours" or spec.precision != "fp32" or spec.tasks_per_pass:
-                continue
-            reference = by_key.get((spec.method, "reference", spec.meta_batch, "fp32", None))
-            floor = by_key.get(("maml" if spec.method == "fomaml" else spec.method, "floor", spec.meta_batch,
-                                "fp32", None))
-            parts = []
-            if reference:
-                parts.append(f"speed-up {reference.step / m.step:.2f}x over the reference")
-                if m.peak_bytes and reference.peak_bytes:
-                    parts.append(f"peak memory {m.peak_bytes / reference.peak_bytes:.2f}x the reference's")
-            if floor:
-                parts.append(f"floor {m.step / floor.step:.2f}x")
-            control = by_key.get((spec.method, LAYOUT_CONTROL, spec.meta_batch, "fp32", None))
-            if control:
-                parts.append(f"{control.step / m.step:.2f}x over the channels-last reference")
-            if parts:
-                lines.append(f"  -> {_label(spec)}: " + "; ".join(parts))
-            graph = by_key.get((spec.method, CAPTURED, spec.meta_batch, "fp32", None))
-            if graph:
-                lines.append(f"  -> {_label(graph.spec)}: {m.step / graph.step:.2f}x the speed of the eager step")
-                graph_bf16 = by_key.get((spec.method, CAPTURED, spec.meta_batch, "bf16", None))
-                if graph_bf16:
-                    lines.append(f"  -> {_label(graph_bf16.spec)}: {graph.step / graph_bf16.step:.2f}x the speed "
-                                 "of fp32, both captured")
-            for other in setting.rows:
-                if other.spec.key[:2] != spec.key[:2] or other.spec.key[2] != spec.meta_batch or other is m:
-                    continue
-                if other.spec.precision != "fp32":
-                    lines.append(f"  -> {_label(other.spec)}: {m.step / other.step:.2f}x the speed of fp32")
-                elif other.spec.tasks_per_pass:
-                    memory = ""
-                    if other.peak_bytes and reference and reference.peak_bytes:
-                        memory = f"peak memory {other.peak_bytes / reference.peak_bytes:.2f}x the reference's, "
-                    lines.append(f"  -> {_label(other.spec)}: {memory}step time {other.step / m.step:.2f}x ours")
+        lines += _row_lines(setting, rates)
+        lines += _ratio_lines(setting, by_key)
         lines.append("")
     lines.append("speed-up = reference time / our time; floor = our time / floor time; GFLOP/s = the FLOPs "
                  "counted on the reference loop (or the floor) / step time; of peak = the fraction of the "
@@ -649,6 +605,73 @@ def report(measurements: Sequence[Measurement], header: str,
     if gradients:
         lines.append("meta-gradient check in float64, ours against the reference from the same weights: " + "; ".join(
             f"{method} max |diff| {diff:.1e} (max |grad| {scale:.1e})" for method, (diff, scale) in gradients.items()))
+    return "\n".join(lines + _target_lines(measurements, rates, hidden, native_bf16))
+
+
+def _row_lines(setting, rates: dict[tuple[str, str], float] | None) -> list[str]:
+    """A setting's rows: time per step, steps per second, peak memory, GFLOP/s, fraction of the ceiling."""
+    lines = []
+    for m in setting.rows:
+        peak = "-" if m.peak_bytes is None else f"{m.peak_bytes / 2**20:.0f}"
+        flops = setting.flops_of(m.spec)
+        achieved = fraction = "-"
+        if flops:
+            achieved = f"{flops / m.step / 1e9:.1f}"
+            ceiling = _ceiling(rates or {}, setting.convolution, m.spec.precision)
+            fraction = f"{flops / m.step / 1e9 / ceiling:.0%}" if ceiling else "-"
+        lines.append(f"  {_label(m.spec):58s} {m.step * 1e3:9.1f} {1 / m.step:8.2f} {peak:>8s} "
+                     f"{achieved:>8s} {fraction:>8s}")
+    return lines
+
+
+def _ratio_lines(setting, by_key: dict) -> list[str]:
+    """For each of our fp32 rows of a setting: its speed-up over the reference and the channels-last control, its
+    memory against the reference's, its time against the floor, and the speed of its captured, bf16 and
+    memory-saving variants."""
+    lines = []
+    for m in setting.rows:
+        spec = m.spec
+        if spec.impl != "ours" or spec.precision != "fp32" or spec.tasks_per_pass:
+            continue
+        reference = by_key.get((spec.method, "reference", spec.meta_batch, "fp32", None))
+        floor = by_key.get(("maml" if spec.method == "fomaml" else spec.method, "floor", spec.meta_batch,
+                            "fp32", None))
+        parts = []
+        if reference:
+            parts.append(f"speed-up {reference.step / m.step:.2f}x over the reference")
+            if m.peak_bytes and reference.peak_bytes:
+                parts.append(f"peak memory {m.peak_bytes / reference.peak_bytes:.2f}x the reference's")
+        if floor:
+            parts.append(f"floor {m.step / floor.step:.2f}x")
+        control = by_key.get((spec.method, LAYOUT_CONTROL, spec.meta_batch, "fp32", None))
+        if control:
+            parts.append(f"{control.step / m.step:.2f}x over the channels-last reference")
+        if parts:
+            lines.append(f"  -> {_label(spec)}: " + "; ".join(parts))
+        graph = by_key.get((spec.method, CAPTURED, spec.meta_batch, "fp32", None))
+        if graph:
+            lines.append(f"  -> {_label(graph.spec)}: {m.step / graph.step:.2f}x the speed of the eager step")
+            graph_bf16 = by_key.get((spec.method, CAPTURED, spec.meta_batch, "bf16", None))
+            if graph_bf16:
+                lines.append(f"  -> {_label(graph_bf16.spec)}: {graph.step / graph_bf16.step:.2f}x the speed "
+                             "of fp32, both captured")
+        for other in setting.rows:
+            if other.spec.key[:2] != spec.key[:2] or other.spec.key[2] != spec.meta_batch or other is m:
+                continue
+            if other.spec.precision != "fp32":
+                lines.append(f"  -> {_label(other.spec)}: {m.step / other.step:.2f}x the speed of fp32")
+            elif other.spec.tasks_per_pass:
+                memory = ""
+                if other.peak_bytes and reference and reference.peak_bytes:
+                    memory = f"peak memory {other.peak_bytes / reference.peak_bytes:.2f}x the reference's, "
+                lines.append(f"  -> {_label(other.spec)}: {memory}step time {other.step / m.step:.2f}x ours")
+    return lines
+
+
+def _target_lines(measurements: Sequence[Measurement], rates: dict[tuple[str, str], float] | None, hidden: int,
+                  native_bf16: bool) -> list[str]:
+    """Each target of this device, met or not."""
+    lines = []
     device = measurements[0].spec.device.split(":")[0] if measurements else "cpu"
     found = quantities(measurements, rates, hidden)
     for target in TARGETS:
@@ -666,7 +689,7 @@ def report(measurements: Sequence[Measurement], header: str,
                            "AVX512-BF16, or a GPU)")
             lines.append(f"target {method}{where}: {target.quantity} {'>=' if target.at_least else '<='} "
                          f"{target.bound}: {value:.2f} {'met' if met else 'NOT met'}{blocked}")
-    return "\n".join(lines)
+    return lines
 
 
 def _header(device: torch.device, threads: int, data: str) -> str:

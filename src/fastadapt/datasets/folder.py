@@ -49,27 +49,7 @@ def load_image_folder(
     for label, (_, found) in enumerate(classes):
         files += found
         labels += [label] * len(found)
-    images, unreadable = {}, {}
-    for index, file in enumerate(files):
-        try:
-            images[index] = read_image(file)
-        except ValueError as error:
-            unreadable[index] = f"{file} ({error.__cause__ or error})"
-    if unreadable:
-        named = list(unreadable.values())
-        listed = "; ".join(named[:NAMED_UNREADABLE]) + (
-            f"; and {len(named) - NAMED_UNREADABLE} more" if len(named) > NAMED_UNREADABLE else "")
-        counts = f"{len(named)} of the {len(files)} image files in {root}"
-        if not skip_unreadable:
-            raise ValueError(f"cannot read image{'s' * (len(named) > 1)} {listed} ({counts}). Fix or remove them, or "
-                             "leave them out with --skip-unreadable")
-        print(f"fastadapt: warning: left out {counts}, which cannot be read: {listed}", file=sys.stderr)
-        empty = [name for label, (name, _) in enumerate(classes) if label not in {labels[i] for i in images}]
-        if empty:
-            raise ValueError(f"no readable images left in class folder{'s' * (len(empty) > 1)} {', '.join(empty)} "
-                             f"of {root}")
-    files, labels = [files[i] for i in images], [labels[i] for i in images]
-    images = list(images.values())
+    files, labels, images = _read_all(root, classes, files, labels, skip_unreadable)
     if channels is None:
         channels = 1 if all(image.mode in _GRAY_MODES for image in images) else 3
     if size is None:
@@ -89,6 +69,32 @@ def load_image_folder(
         arrays.append(np.asarray(image).reshape(image.size[1], image.size[0], channels))
     stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return ClassDataset(stacked, torch.tensor(labels, dtype=torch.int64), [name for name, _ in classes])
+
+
+def _read_all(root: Path, classes: list, files: list[Path], labels: list[int], skip_unreadable: bool
+              ) -> tuple[list[Path], list[int], list[Image.Image]]:
+    """The images of ``files`` and their labels; files that cannot be decoded are all found, then named (the
+    first few) and counted in one error, or with ``skip_unreadable`` left out with a warning on stderr."""
+    images, unreadable = {}, {}
+    for index, file in enumerate(files):
+        try:
+            images[index] = read_image(file)
+        except ValueError as error:
+            unreadable[index] = f"{file} ({error.__cause__ or error})"
+    if unreadable:
+        named = list(unreadable.values())
+        listed = "; ".join(named[:NAMED_UNREADABLE]) + (
+            f"; and {len(named) - NAMED_UNREADABLE} more" if len(named) > NAMED_UNREADABLE else "")
+        counts = f"{len(named)} of the {len(files)} image files in {root}"
+        if not skip_unreadable:
+            raise ValueError(f"cannot read image{'s' * (len(named) > 1)} {listed} ({counts}). Fix or remove them, or "
+                             "leave them out with --skip-unreadable")
+        print(f"fastadapt: warning: left out {counts}, which cannot be read: {listed}", file=sys.stderr)
+        empty = [name for label, (name, _) in enumerate(classes) if label not in {labels[i] for i in images}]
+        if empty:
+            raise ValueError(f"no readable images left in class folder{'s' * (len(empty) > 1)} {', '.join(empty)} "
+                             f"of {root}")
+    return [files[i] for i in images], [labels[i] for i in images], list(images.values())
 
 
 def _height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:

@@ -367,6 +367,29 @@ class Trainer:
                      "the model is fitting the training classes, not learning to learn. More classes, "
                      "--rotate-train-classes, or fewer iterations may help; best.pt keeps the best weights")
 
+    def _take_step(self) -> dict[str, float]:
+        """One outer step and its metrics: the captured step where there is one (the same tasks as ``sample``,
+        as indices; its metrics stay on the GPU until a log line). A second Ctrl-C abandons the step, and
+        last.pt stays as it was."""
+        try:
+            if self.captured is not None:
+                self.captured.step(self.tasks.sample_indices(self.cfg.training.meta_batch_size, self.generator))
+                return {}
+            return self.step(self.sample())
+        except KeyboardInterrupt:
+            last = self.run_dir / LAST
+            saved = load_checkpoint(last)["iteration"] if last.exists() else None
+            raise TrainingInterrupted(self.run_dir, self.iteration, saved) from None
+
+    def _means_since_log(self, running: dict[str, float], steps: int) -> dict[str, float]:
+        """The mean of each training metric over the ``steps`` since the last log line, and the learning rate."""
+        if self.captured is not None:
+            running = self._captured_sums()
+        record = {key: value / steps for key, value in running.items()}
+        if self.optimizer is not None:
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+        return record
+
     def fit(self, is_writer: bool = True) -> TrainResult:
         """Train to ``iterations``: log every ``log_every``, validate every ``val_every`` and save ``last.pt``
         every ``checkpoint_every`` iterations, and all three at the last one. SIGINT / SIGTERM save
@@ -385,16 +408,7 @@ class Trainer:
         training_accuracy: float | None = None  # the latest logged mean, for the stalled-validation note
         with bar, StopRequest() as stop:
             while self.iteration < cfg.iterations:
-                try:
-                    if self.captured is not None:  # the same tasks as self.sample(), as indices; no read-back
-                        self.captured.step(self.tasks.sample_indices(cfg.meta_batch_size, self.generator))
-                        metrics = {}
-                    else:
-                        metrics = self.step(self.sample())
-                except KeyboardInterrupt:  # a second Ctrl-C: the step is abandoned, last.pt stays as it was
-                    last = self.run_dir / LAST
-                    saved = load_checkpoint(last)["iteration"] if last.exists() else None
-                    raise TrainingInterrupted(self.run_dir, self.iteration, saved) from None
+                metrics = self._take_step()
                 self.iteration += 1
                 since_log += 1
                 for key, value in metrics.items():
@@ -403,11 +417,7 @@ class Trainer:
                 done = self.iteration == cfg.iterations
                 record: dict[str, float] = {}
                 if self.iteration % cfg.log_every == 0 or done:
-                    if self.captured is not None:
-                        running = self._captured_sums()
-                    record = {key: value / since_log for key, value in running.items()}
-                    if self.optimizer is not None:
-                        record["lr"] = self.optimizer.param_groups[0]["lr"]
+                    record = self._means_since_log(running, since_log)
                     training_accuracy = record.get("accuracy")
                     running, since_log = {}, 0
                 if self.iteration % cfg.val_every == 0 or done:
