@@ -17,11 +17,11 @@ What it does, in order:
    (the presets' ``checkpoint_every``), plus the one at the stop.
 3. Each finished run is tested once, from its best validation checkpoint, with ``fastadapt eval RUN_DIR``
    (the same code and test episodes as any other row); with ``--test-cut-short`` so is each run stopped by
-   the time limit, labelled cut short. Every test is counted in the run directory's ``test_looks.json``
-   (counted when it starts), so a run tested cut short and again after resuming shows two looks.
+   the time limit, labelled cut short. ``fastadapt eval`` counts every test in the run directory's
+   ``test_looks.json`` (when it starts), so a run tested cut short and again after resuming shows two looks.
 4. ``OUT/gpu_rows.json`` and ``OUT/gpu_rows.md``: every row's exact commands, iterations done of the
    preset's, training minutes (the run's own clock), best validation and its iteration, test figures, the
-   test set (split, episodes, queries, seed) and the number of looks, the GPU, PyTorch; and one
+   test set (split, episodes, queries, version) and the number of looks, the GPU, PyTorch; and one
    ``OUT/unfinished-ROW.tar.gz`` per unfinished run (its directory), so that a second call with
    ``--resume-from`` those archives continues them (``fastadapt train ... --resume``).
 
@@ -71,6 +71,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from fastadapt.training.runs import TEST_LOOKS, looks_at_test_set
+
 #: (row, preset, extra train arguments), in priority order; rows whose preset is not shipped are left out.
 ROWS = (
     ("anil", "omniglot-anil", ("--iterations", "10000")),
@@ -80,8 +82,7 @@ ROWS = (
     ("snail", "omniglot-snail", ()),
 )
 #: Files of a run directory that a resume and its test need (the archive of an unfinished run holds these).
-RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "inputs.json", "test_looks.json")
-LOOKS = "test_looks.json"
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "inputs.json", TEST_LOOKS)
 TEST = "gpu_rows_test.json"
 #: Largest file that comes back from the GPU machine (16 MiB), less a margin.
 MAX_ARCHIVE_BYTES = 15.5 * 2**20
@@ -127,18 +128,14 @@ def checkpoint_state(run_dir: Path) -> dict | None:
 
 
 def test_set(run_dir: Path) -> dict:
-    """What the run's test episodes are: the same description gives the same episodes."""
+    """What the run's test episodes are: the same description gives the same episodes (the training seed does
+    not pick them: the version, ``evaluation.test_set``, does)."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    task, evaluation, training = cfg["task"], cfg["evaluation"], cfg["training"]
+    task, evaluation = cfg["task"], cfg["evaluation"]
     return {"family": task["family"], "dataset_split": task.get("dataset_split"),
             "episodes": evaluation["test_tasks"], "queries_per_class": evaluation["eval_query"],
-            "seed": training["seed"], "ways": evaluation.get("eval_ways") or [task["n_way"]],
+            "version": evaluation.get("test_set", 1), "ways": evaluation.get("eval_ways") or [task["n_way"]],
             "shots": evaluation.get("eval_shots") or [task["k_shot"]]}
-
-
-def looks(run_dir: Path) -> int:
-    path = run_dir / LOOKS
-    return json.loads(path.read_text())["looks"] if path.exists() else 0
 
 
 #: (meta-batch, queries per class, precision, cuda_graph) of the probe's settings.
@@ -308,7 +305,6 @@ def test_rows(rows: list[Row], args: argparse.Namespace, until: float) -> None:
             row.notes.append("not tested: stopped before its first validation")
             continue
         command = fastadapt("eval", str(row.run_dir), "--json", str(row.run_dir / f".{TEST}.new"))
-        (row.run_dir / LOOKS).write_text(json.dumps({"looks": looks(row.run_dir) + 1}) + "\n")
         with open(row.run_dir.parent / f"{row.name}.log", "a") as out:
             started.append((row, state, command, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)))
         log(f"row {row.name}: testing at iteration {state['iteration']}: {shown(command)}")
@@ -339,7 +335,7 @@ def row_record(row: Row) -> dict:
     if state is None:
         return record
     record.update(state, finished=state["iteration"] >= state["iterations"], test_set=test_set(row.run_dir),
-                  test_looks=looks(row.run_dir))
+                  test_looks=looks_at_test_set(row.run_dir, test_set(row.run_dir)["version"]))
     if (row.run_dir / TEST).exists():
         test = json.loads((row.run_dir / TEST).read_text())
         record["test"] = {"iteration": test["iteration"], "command": test["command"], "checkpoint": test["checkpoint"],

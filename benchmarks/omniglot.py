@@ -27,7 +27,7 @@ import yaml
 
 from fastadapt.algorithms.mann import MANN, accuracy_by_instance, shuffle_sequence
 from fastadapt.tasks import EpisodeTasks
-from fastadapt.training.builders import build_tasks
+from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import format_table
 from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
@@ -79,7 +79,7 @@ def mann_instance_accuracy(cfg: Config, learner: MANN, num_tasks: int, instances
     torch.manual_seed(0)
     correct: dict[int, list[float]] = {}
     learner.eval()
-    for batch in episodes.iter_fixed_tasks(num_tasks, 100, split="test"):
+    for batch in episodes.iter_fixed_tasks(num_tasks, 100, split="test", seed=fixed_seed(cfg, "test")):
         x, y = shuffle_sequence(torch.cat([batch.support_x, batch.query_x], 1),
                                 torch.cat([batch.support_y, batch.query_y], 1))
         for k, accuracy in accuracy_by_instance(learner.sequence_logits(x, y), y).items():

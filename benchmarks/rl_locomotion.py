@@ -31,7 +31,7 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
 from fastadapt.training.runs import fixed_batches, load_run
-from fastadapt.training.builders import build_tasks
+from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.trainer import BEST, LAST
 
 PRESETS = {"MAML": "rl-halfcheetah-fwd-bwd-maml-cpu", "pretrained": "rl-halfcheetah-fwd-bwd-pretrained-cpu",
@@ -63,7 +63,7 @@ def run_dir_of(preset: str, output_dir: Path, train_missing: bool, workers: int 
 
 def returns_by_task(cfg, learner, split: str, num_tasks: int, steps: list[int]) -> tuple[dict, torch.Tensor]:
     """Every fixed task's mean return after each number of steps, and each task's direction (+1 / -1)."""
-    batches = list(fixed_batches(build_tasks(cfg, split), num_tasks, split))
+    batches = list(fixed_batches(build_tasks(cfg, split), num_tasks, split, seed=fixed_seed(cfg, split)))
     results = per_task_results(learner, batches, steps)
     return results, torch.cat([batch.env.tasks[:, 0] for batch in batches])
 

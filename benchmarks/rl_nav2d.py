@@ -24,7 +24,7 @@ import torch
 
 from fastadapt.benchmarks.preset_runs import preset_run
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.builders import build_tasks
+from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
 from fastadapt.training.runs import evaluate_learner, fixed_batches, load_run
@@ -56,7 +56,7 @@ def choose_step_size(run_dir: str) -> tuple[float, dict[float, float]]:
 
 def test_returns(cfg: Config, learner) -> dict[str, torch.Tensor]:
     """Every test goal's mean return after each of the run's evaluation steps ("0 steps", "1 step", ...)."""
-    batches = fixed_batches(build_tasks(cfg, "test"), cfg.evaluation.test_tasks, "test")
+    batches = fixed_batches(build_tasks(cfg, "test"), cfg.evaluation.test_tasks, "test", seed=fixed_seed(cfg, "test"))
     results = per_task_results(learner, batches, cfg.evaluation.eval_steps)
     return {step_label(steps): returns for steps, returns in results.items()}
 

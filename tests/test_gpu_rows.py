@@ -43,7 +43,7 @@ def test_a_stopped_row_is_archived_tested_cut_short_and_resumed_to_its_end(gpu_r
     assert row["test_looks"] == 1 and row["test"]["iteration"] == row["iteration"]
     assert row["test"]["checkpoint"] == "best"
     assert row["test_set"] == {"family": "folder", "dataset_split": "maml", "episodes": 4, "queries_per_class": 2,
-                               "seed": 0, "ways": [5], "shots": [1]}
+                               "version": 1, "ways": [5], "shots": [1]}
     assert row["train_command"].startswith("fastadapt train omniglot-maml --device cpu")
     assert "(cut short)" in (first / "gpu_rows.md").read_text()
     archive = first / "unfinished-maml.tar.gz"

@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.distributed import is_main_process
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import (TEST_RESULTS, curves_subtitle, evaluate_learner, load_metrics, load_run,
+    from fastadapt.training.runs import (TEST_RESULTS, curves_subtitle, load_metrics, load_run, look_at_test_set,
                                          recorded_results, record_test_results, results_payload, train)
 
     cfg = _config_from_args(args)
@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             return
         if args.resume:
             print(f"fastadapt: testing the best checkpoint ({why})", file=sys.stderr)
-        results = evaluate_learner(cfg, learner, progress=not args.no_progress)
+        results = look_at_test_set(result.run_dir, cfg, learner, progress=not args.no_progress)
         print(format_table({cfg.method.name: results}, (f"{label}\n" if label else "") + _eval_title(cfg)))
         payload = results_payload(result.run_dir, "best", cfg, cfg.task.family, results)
         record_test_results(result.run_dir, {**payload, "quick": label} if label else payload)
@@ -186,10 +186,11 @@ def _eval_title(cfg: Config) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import evaluate_learner, load_run, results_payload
+    from fastadapt.training.runs import load_run, look_at_test_set, results_payload
 
     cfg, learner = load_run(args.run_dir, args.checkpoint)
-    evaluation = {"test_tasks": args.test_tasks, "eval_ways": args.eval_ways, "eval_shots": args.eval_shots}
+    evaluation = {"test_tasks": args.test_tasks, "eval_ways": args.eval_ways, "eval_shots": args.eval_shots,
+                  "test_set": args.test_set}
     cfg = cfg.replace(**{name: value for name, value in evaluation.items() if value})
     if args.tasks:
         from fastadapt.training.crossdomain import evaluate_cross_domain
@@ -199,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     elif args.data_root:
         raise ValueError("--data-root says where another domain's images are: give it with --tasks folder or omniglot")
     else:
-        results, title = evaluate_learner(cfg, learner, steps=args.steps, progress=True), _eval_title(cfg)
+        results, title = look_at_test_set(args.run_dir, cfg, learner, steps=args.steps, progress=True), _eval_title(cfg)
     payload = results_payload(args.run_dir, args.checkpoint, cfg, args.tasks or cfg.task.family, results)
     if args.json == "-":
         print(json.dumps(payload, indent=2))
@@ -429,6 +430,10 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                           help="where that family's data is; for folder, DIR/<class>/<images> (default: the run's)")
     evaluate.add_argument("--test-tasks", type=int, metavar="N",
                           help="number of fixed test tasks (default: the run's test_tasks)")
+    evaluate.add_argument("--test-set", type=int, metavar="N",
+                          help="which draw of the test tasks: 1 is the draw of the figures before test sets were "
+                               "versioned, N >= 2 a fresh one (default: the run's test_set); every look at a test set "
+                               "is counted in RUN_DIR/test_looks.json")
     evaluate.add_argument("--eval-ways", type=int, nargs="+", metavar="N",
                           help="ways to evaluate at (default: the run's eval_ways)")
     evaluate.add_argument("--eval-shots", type=int, nargs="+", metavar="K",

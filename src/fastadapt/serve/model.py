@@ -31,7 +31,7 @@ from fastadapt.datasets.drawing import as_omniglot_drawing
 from fastadapt.datasets.omniglot import find_omniglot_archives
 from fastadapt.datasets.preparation import ImagePreparation
 from fastadapt.training.config import Config, load_preset
-from fastadapt.training.runs import (episode_shapes, evaluate_learner, load_metrics, load_run, read_test_results,
+from fastadapt.training.runs import (episode_shapes, load_metrics, load_run, look_at_test_set, read_test_results,
                                      record_test_results, results_payload, train)
 from fastadapt.training.trainer import BEST
 
@@ -198,7 +198,7 @@ def train_quick_protonet(cfg: Config, evaluate: bool = True, progress: bool = Tr
     train(cfg, resume=(run_dir / "last.pt").exists(), progress=progress)
     if evaluate:
         cfg, learner = load_run(run_dir, "best")
-        results = evaluate_learner(cfg, learner)
+        results = look_at_test_set(run_dir, cfg, learner)
         record_test_results(run_dir, results_payload(run_dir, "best", cfg, cfg.task.family, results))
     return run_dir
 

@@ -13,6 +13,31 @@ import torch
 
 #: Offsets added to a seed so that the fixed train, val and test tasks of a family never coincide.
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+#: A torch CPU generator keeps only the low 32 bits of its seed, so training seeds are confined to
+#: [0, TRAINING_SEEDS) and test sets from 2 on are drawn from seeds in [TRAINING_SEEDS, 2**32), which no
+#: training stream can start from. Test set 1 keeps the seed every figure before test sets were versioned used.
+TRAINING_SEEDS = 2**31
+#: Test set N >= 2 is drawn with ``fixed_tasks(..., seed=seed_of_test_set(N))``: its stream starts at seed
+#: TRAINING_SEEDS + (N - 2) * TEST_SET_STRIDE + the test offset.
+TEST_SET_STRIDE = 2**16
+MAX_TEST_SET = 1000
+
+
+def seed_of_test_set(test_set: int) -> int:
+    """The ``seed`` argument of ``fixed_tasks(num_tasks, "test", seed)`` that draws test set ``test_set``.
+
+    Test set 1 is the draw of every figure before test sets were versioned (seed 0); a test set looked at
+    more than once is replaced by the next, a seed stream that neither training (whose seeds lie below
+    TRAINING_SEEDS) nor validation (seed 0) can start from.
+    """
+    if not 1 <= test_set <= MAX_TEST_SET:
+        raise ValueError(f"test_set must lie in [1, {MAX_TEST_SET}], got {test_set}")
+    return 0 if test_set == 1 else TRAINING_SEEDS + (test_set - 2) * TEST_SET_STRIDE
+
+
+def fixed_stream_seeds() -> dict[str, int]:
+    """The seeds the fixed validation tasks and test set 1 are drawn from, which a training seed must not be."""
+    return {"validation": SPLIT_SEED_OFFSETS["val"], "test set 1": SPLIT_SEED_OFFSETS["test"]}
 
 
 @dataclass

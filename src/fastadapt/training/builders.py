@@ -13,7 +13,7 @@ from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_of
 from fastadapt.datasets import ClassDataset
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks
-from fastadapt.tasks.base import TaskDistribution
+from fastadapt.tasks.base import TaskDistribution, seed_of_test_set
 from fastadapt.training.config import Config
 from fastadapt.training.families import describe_split, family_of
 from fastadapt.training.networks import build_encoder, build_model
@@ -87,6 +87,12 @@ class BuildContext:
         from fastadapt.training.runs import load_run  # runs builds on this module; import when needed
 
         return load_run(run_dir)[1]
+
+
+def fixed_seed(cfg: Config, split: str) -> int:
+    """The ``seed`` argument of ``fixed_tasks`` that draws the run's fixed tasks of ``split``: its test set
+    (``evaluation.test_set``) for "test", 0 (the one draw) for the other splits."""
+    return seed_of_test_set(cfg.evaluation.test_set) if split == "test" else 0
 
 
 def eval_settings(cfg: Config) -> list[tuple[int, int]]:

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from fastadapt.tasks.base import MAX_TEST_SET, TRAINING_SEEDS, fixed_stream_seeds
+
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", flat: str | None = None,
             factory: Any = dataclasses.MISSING, resumable: bool | str = False) -> Any:
@@ -269,6 +271,13 @@ class TrainingSettings:
             raise ConfigError(f"config: rollout_workers must be >= 0, got {self.rollout_workers}")
         if self.iterations < 0:
             raise ConfigError(f"config: iterations must be >= 0, got {self.iterations}")
+        if not 0 <= self.seed < TRAINING_SEEDS:
+            raise ConfigError(f"config: seed must lie in [0, {TRAINING_SEEDS}) (test sets from 2 on are drawn from the "
+                              f"seeds above), got {self.seed}")
+        for stream, seed in fixed_stream_seeds().items():
+            if self.seed == seed:
+                raise ConfigError(f"config: seed {seed} starts the stream the {stream} tasks are drawn from: training "
+                                  "on it would train on them; choose another seed")
         if self.cuda_graph not in CUDA_GRAPH_SETTINGS:
             raise ConfigError(f"config: cuda_graph must be one of {CUDA_GRAPH_SETTINGS}, got {self.cuda_graph!r}")
         if self.lr_decay_every < 0:
@@ -289,9 +298,14 @@ class EvaluationSettings:
     eval_shots: list[int] = setting(help="shots to evaluate at (default: k_shot)", factory=list)
     eval_ways: list[int] = setting(help="ways to evaluate at (default: n_way)", factory=list)
     eval_query: int = setting(15, "query examples per class in evaluation episodes")
+    test_set: int = setting(1, "which draw of the test tasks: 1, the draw of every figure before test sets were "
+                               "versioned; N >= 2, a fresh seed stream (for a test set looked at more than once)",
+                               resumable="evaluation")
 
     def validate(self) -> None:
         _positive(self, "test_tasks", "eval_query")
+        if not 1 <= self.test_set <= MAX_TEST_SET:
+            raise ConfigError(f"config: test_set must lie in [1, {MAX_TEST_SET}], got {self.test_set}")
         for name in ("eval_ways", "eval_shots"):
             if any(v < 1 for v in getattr(self, name)):
                 raise ConfigError(f"config: {name} must hold positive integers, got {getattr(self, name)}")

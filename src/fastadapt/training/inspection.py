@@ -17,7 +17,7 @@ from fastadapt.environments.noise import derive_seeds
 from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
 from fastadapt.rl.rollout import ENV_STREAM
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
-from fastadapt.training.builders import build_tasks
+from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import step_label
 from fastadapt.training.networks import search_space
@@ -53,7 +53,7 @@ def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps:
     if cfg.task.family != "nav2d" or not learner.uses_adaptation_steps:
         raise ValueError(f"trajectory figures are for 2D-navigation runs of maml-rl / metasgd-rl / pretrained-rl, not "
                          f"{cfg.method.name} on {cfg.task.family}")
-    tasks = build_tasks(cfg, split).fixed_tasks(goals, split=split)
+    tasks = build_tasks(cfg, split).fixed_tasks(goals, split=split, seed=fixed_seed(cfg, split))
     _, history = learner.adapt(tasks, max(steps))
     panels = []
     for task in range(goals):
@@ -81,7 +81,7 @@ def locomotion_frames(cfg: Config, learner: RLMetaLearner, steps: tuple[int, ...
         raise ValueError(f"frames are for MuJoCo runs of maml-rl / metasgd-rl / pretrained-rl, not {cfg.method.name} on "
                          f"{cfg.task.family}")
     tasks = distribution.fixed_tasks(cfg.evaluation.test_tasks if split == "test" else cfg.training.val_tasks,
-                                     split=split)
+                                     split=split, seed=fixed_seed(cfg, split))
     goals = tasks.env.tasks
     if LOCOMOTION_FAMILIES[cfg.task.family].goal == "sign" and len(set(goals[:, 0].tolist())) == 2:
         chosen = [int((goals[:, 0] == 1).nonzero()[0]), int((goals[:, 0] == -1).nonzero()[0])]

@@ -21,7 +21,7 @@ from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import build_learner, build_tasks, eval_settings
+from fastadapt.training.builders import build_learner, build_tasks, eval_settings, fixed_seed
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.checks import check_config
 from fastadapt.training.config import FLAT, Config
@@ -36,6 +36,10 @@ from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
 #: What ``fastadapt train`` records of its test evaluation in the run directory (eval's --json format).
 TEST_RESULTS = "test_results.json"
+#: How many times each test set of a run has been evaluated, {"1": 2, "2": 1}; counted when a test starts (a
+#: test that then fails or is cut off may have been seen). Before test sets were versioned it held {"looks": N},
+#: looks at test set 1.
+TEST_LOOKS = "test_looks.json"
 EVAL_CHUNK = 200
 #: At most this many input values (512 28x28 images) go into one evaluation chunk of episodes: on CPU a
 #: Conv-4 forward over 500 images at a time ran 4x faster than over 4,000, whose activations overflow the caches.
@@ -50,8 +54,9 @@ EVALUATION_CHANGES = tuple(s.flat for s in FLAT.values() if s.resumable == "eval
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK,
-                  shuffle_support: bool = False) -> Iterable[TaskBatch]:
-    """The fixed evaluation tasks of a split, in chunks (the same tasks every call).
+                  shuffle_support: bool = False, seed: int = 0) -> Iterable[TaskBatch]:
+    """The fixed evaluation tasks of a split, in chunks (the same tasks every call); ``seed`` picks the draw
+    (``builders.fixed_seed``: a run's test set).
 
     Episodes are materialised chunk by chunk, each small enough for one forward pass. With
     ``shuffle_support`` each episode's support set comes in a fixed random order instead of class by
@@ -60,8 +65,8 @@ def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: in
     if hasattr(tasks, "iter_fixed_tasks"):  # image episodes, materialised a chunk at a time
         values = tasks.n_way * (tasks.k_shot + tasks.num_query) * math.prod(tasks.input_shape)
         return tasks.iter_fixed_tasks(num_tasks, max(1, min(chunk, MAX_CHUNK_VALUES // values)), split=split,
-                                      shuffle_support=shuffle_support)
-    return tasks.fixed_tasks(num_tasks, split=split).split(chunk)
+                                      seed=seed, shuffle_support=shuffle_support)
+    return tasks.fixed_tasks(num_tasks, split=split, seed=seed).split(chunk)
 
 
 def check_resumable(cfg: Config, run_dir: Path) -> None:
@@ -243,20 +248,50 @@ def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int, steps: 
     device = resolve_device(cfg.training.device)
     learner.to(device)
     steps = steps if steps is not None else cfg.evaluation.eval_steps
+    seed = fixed_seed(cfg, split)
     if settings == [None]:
-        results = evaluate(learner, fixed_batches(tasks, num_tasks, split), steps=steps, device=device,
+        results = evaluate(learner, fixed_batches(tasks, num_tasks, split, seed=seed), steps=steps, device=device,
                            precision=cfg.training.precision, advance=advance)
         return {(learner.metric.adapted_row if s is None else step_label(s)): e for s, e in results.items()}
     rows = {}
     for way, shot in settings:
         episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)
-        batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order)
+        batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order, seed=seed)
         few = episodes.dataset.num_classes <= FEW_TEST_CLASSES
         results = evaluate(learner, batches, steps=steps, device=device, precision=cfg.training.precision,
-                           advance=advance, classes=episodes.fixed_classes(num_tasks, split) if few else None)
+                           advance=advance, classes=episodes.fixed_classes(num_tasks, split, seed) if few else None)
         for s, estimate in results.items():
             rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows
+
+
+def looks_at_test_set(run_dir: str | Path, test_set: int) -> int:
+    """How many times test set ``test_set`` of the run in ``run_dir`` has been evaluated (``TEST_LOOKS``)."""
+    path = Path(run_dir) / TEST_LOOKS
+    if not path.exists():
+        return 0
+    counts = json.loads(path.read_text())
+    return counts.get(str(test_set), counts.get("looks", 0) if test_set == 1 else 0)
+
+
+def count_test_look(run_dir: str | Path, test_set: int) -> int:
+    """Count one more evaluation of test set ``test_set`` in ``run_dir``/test_looks.json; the new count."""
+    path = Path(run_dir) / TEST_LOOKS
+    counts = json.loads(path.read_text()) if path.exists() else {}
+    if "looks" in counts:  # the format before test sets were versioned
+        counts = {"1": counts.pop("looks"), **counts}
+    counts[str(test_set)] = counts.get(str(test_set), 0) + 1
+    with atomic_file(path) as out:
+        out.write((json.dumps(counts, sort_keys=True) + "\n").encode())
+    return counts[str(test_set)]
+
+
+def look_at_test_set(run_dir: str | Path, cfg: Config, learner: MetaLearner, steps: list[int] | None = None,
+             progress: bool = False) -> dict[str, Estimate]:
+    """``evaluate_learner`` on the run's test set (``evaluation.test_set``), the look counted first in
+    RUN_DIR/test_looks.json: how ``fastadapt train`` and ``fastadapt eval`` test a run."""
+    count_test_look(run_dir, cfg.evaluation.test_set)
+    return evaluate_learner(cfg, learner, steps=steps, progress=progress)
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:
@@ -268,9 +303,14 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
 
 def results_payload(run_dir: str | Path, checkpoint: str, cfg: Config, tasks: str,
                     results: dict[str, Estimate]) -> dict:
-    """An evaluation as ``fastadapt eval --json`` writes it."""
-    return {"run_dir": str(run_dir), "checkpoint": checkpoint, "config": cfg.to_dict(), "tasks": tasks,
-            "results": {row: estimate.to_dict() for row, estimate in results.items()}}
+    """An evaluation as ``fastadapt eval --json`` writes it. On the run's own tasks it says which test set
+    (``test_set``) and how many times that set of the run has been evaluated so far, this time included
+    (``test_looks``): a figure is a clean test figure only at 1."""
+    payload = {"run_dir": str(run_dir), "checkpoint": checkpoint, "config": cfg.to_dict(), "tasks": tasks}
+    if tasks == cfg.task.family:
+        payload.update(test_set=cfg.evaluation.test_set,
+                       test_looks=looks_at_test_set(run_dir, cfg.evaluation.test_set))
+    return {**payload, "results": {row: estimate.to_dict() for row, estimate in results.items()}}
 
 
 def record_test_results(run_dir: str | Path, payload: dict) -> Path:
