@@ -20,6 +20,7 @@ from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.config import Config
 from fastadapt.training.evaluation import step_label
+from fastadapt.training.families import family_of
 from fastadapt.training.networks import search_space
 from fastadapt.training.runs import fixed_batches
 
@@ -50,7 +51,7 @@ def navigation_paths(cfg: Config, learner: RLMetaLearner, goals: int = 3, steps:
     """For the first ``goals`` fixed goals of ``split`` of a 2D-navigation run: one trajectory (the first sampled, up to
     its end) before adaptation and after each number of ``steps``, as ``plots.plot_navigation_trajectories``
     draws them (Finn et al.'s Figure 4)."""
-    if cfg.task.family != "nav2d" or not learner.uses_adaptation_steps:
+    if "trajectories" not in family_of(cfg).plots or not learner.uses_adaptation_steps:
         raise ValueError(f"trajectory figures are for 2D-navigation runs of maml-rl / metasgd-rl / pretrained-rl, not "
                          f"{cfg.method.name} on {cfg.task.family}")
     tasks = build_tasks(cfg, split).fixed_tasks(goals, split=split, seed=fixed_seed(cfg, split))
