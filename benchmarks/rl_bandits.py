@@ -91,11 +91,12 @@ def main() -> None:
             column[f"{name} (paper)"] = f"{value:.1f}"
         print(format_table({"total reward": column},
                            f"\nBernoulli bandits, n = {pulls} pulls, k = {arms} arms: total reward per trial on "
-                           f"1,000 fixed test bandits (mean ± 95% CI); UCB1's c on validation: "
+                           f"{column[SETTINGS[arms, pulls][0][0]].num_tasks:,} fixed test bandits (mean ± 95% CI); "
+                           f"UCB1's c on validation: "
                            + ", ".join(f"{c}: {s:.2f}" for c, s in scores.items())))
         for label, _ in SETTINGS[arms, pulls]:
-            ours, target = column[label].mean, TARGETS[arms, pulls]
-            print(f"{label}: {ours:.2f} (target >= {target}: {'met' if ours >= target else 'NOT met'})")
+            ours, target = column[label], TARGETS[arms, pulls]
+            print(f"{label}: {ours.mean:.2f} ± {ours.ci95:.2f} (target >= {target}: {ours.at_least(target)})")
         record[text] = {row: (v.to_dict() if isinstance(v, Estimate) else v) for row, v in column.items()}
         record[text]["ucb1_validation"] = scores
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -144,7 +144,7 @@ def main() -> None:
     print()
     print(format_table(table, f"HalfCheetah forward/backward, horizon {horizon}: return (sum over {horizon} steps of "
                               "direction x forward velocity - 0.05 |a|^2), 20 trajectories per task, mean ± 95% CI "
-                              "over 40 fixed test tasks"))
+                              f"over {columns['MAML']['1 step'].num_tasks} fixed test tasks"))
     per_step = {name: columns[name]["1 step"].mean / horizon for name in columns}
     print("\nmean reward per step after 1 step: " + ", ".join(f"{n} {v:.3f}" for n, v in per_step.items())
           + f"; the paper's MAML {PAPER_MAML[1] / PAPER_HORIZON:.3f} (its horizon is {PAPER_HORIZON} steps, ours "
@@ -152,12 +152,12 @@ def main() -> None:
     maml, pretrained = columns["MAML"]["1 step"], columns["pretrained"]["1 step"]
     gap = (maml.mean - maml.ci95) - (pretrained.mean + pretrained.ci95)
     directions = record["by_direction"]["MAML"]
-    forward, backward = directions["forward"]["1 step"]["mean"], directions["backward"]["1 step"]["mean"]
+    forward, backward = (Estimate(**directions[sign]["1 step"]) for sign in ("forward", "backward"))
     print(f"MAML after 1 step vs pretrained after 1 step: 95% CIs {'do not overlap' if gap > 0 else 'OVERLAP'} "
           f"(gap {gap:.2f}; target: no overlap)")
-    print(f"MAML after 1 step: forward tasks {forward:.2f}, backward tasks {backward:.2f} "
-          f"(target: both positive: {'met' if min(forward, backward) > 0 else 'NOT met'})")
-    record.update(ci_gap=gap, maml_1_step_forward=forward, maml_1_step_backward=backward)
+    print(f"MAML after 1 step: forward tasks {forward!r} ({forward.at_least(0)}), backward tasks {backward!r} "
+          f"({backward.at_least(0)}) (target: both positive)")
+    record.update(ci_gap=gap, maml_1_step_forward=forward.mean, maml_1_step_backward=backward.mean)
     figure = plot_adaptation_curves(
         {name: {s: (columns[name][step_label(s)].mean, columns[name][step_label(s)].ci95) for s in STEPS}
          for name in columns},
