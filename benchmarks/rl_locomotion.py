@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from fastadapt.benchmarks.preset_runs import preset_run
+from fastadapt.benchmarks.preset_runs import preset_run, results_key
 from fastadapt.plots import plot_adaptation_curves
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import load_preset
+from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import fixed_batches, load_run
+from fastadapt.training.runs import count_test_look, fixed_batches, load_run
 from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.trainer import BEST, LAST
 
@@ -79,26 +79,32 @@ def choose_step_size(cfg, learner, num_tasks: int) -> tuple[float, dict[float, f
 
 def evaluate_method(name: str, output_dir: Path, args: argparse.Namespace) -> dict:
     """One method's evaluation: the step size chosen on validation tasks (baselines), then every test task's
-    return after 0-3 steps; kept in OUTPUT_DIR/eval-<preset>.json and reused while its best checkpoint is the same."""
+    return after 0-3 steps; kept in OUTPUT_DIR/eval-<preset>.json and reused while its best checkpoint, the run's
+    settings and the code are the same (``results_key``); else measured again, the test look counted."""
     preset = PRESETS[name]
     run_dir, facts = run_dir_of(preset, output_dir, not args.no_train, args.rollout_workers)
     cache = output_dir / f"eval-{preset}.json"
+    key = results_key(Config.load(Path(run_dir) / "config.yaml"))
     if cache.exists():
         kept = json.loads(cache.read_text())
-        if kept["run"]["best_iteration"] == facts["best_iteration"]:
-            print(f"{name}: reusing {cache} (best checkpoint of iteration {facts['best_iteration']})")
+        if kept["run"]["best_iteration"] == facts["best_iteration"] and kept.get("key") == key:
+            print(f"{name}: reusing {cache} (best checkpoint of iteration {facts['best_iteration']}, the same "
+                  "settings and code)")
             return kept
+        print(f"{name}: {cache} was measured on another best checkpoint, settings or code: measuring again")
     start = time.perf_counter()
     cfg, learner = load_run(run_dir, "best")
     if args.rollout_workers is not None:
         cfg = cfg.replace(rollout_workers=args.rollout_workers)
-    evaluation: dict = {"run": {"run_dir": run_dir, **facts}}
+    evaluation: dict = {"run": {"run_dir": run_dir, **facts}, "key": key}
     if name != "MAML":
         alpha, scores = choose_step_size(cfg, learner, cfg.training.val_tasks)
         learner.eval_inner_lrs = [alpha, alpha / 2]
         evaluation["step_size"] = {"chosen": alpha, "validation 1-step return": scores}
         print(f"{name}: step size {alpha} chosen on {cfg.training.val_tasks} validation tasks "
               f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
+    evaluation["test_set"] = cfg.evaluation.test_set
+    evaluation["test_looks"] = count_test_look(run_dir, cfg.evaluation.test_set)
     results, directions = returns_by_task(cfg, learner, "test", cfg.evaluation.test_tasks, STEPS)
     evaluation["results"] = {step_label(s): mean_and_ci95(values).to_dict() for s, values in results.items()}
     evaluation["by_direction"] = {
@@ -162,7 +168,8 @@ def main() -> None:
         {name: {s: (columns[name][step_label(s)].mean, columns[name][step_label(s)].ci95) for s in STEPS}
          for name in columns},
         output_dir / "adaptation_curves.png",
-        title=f"HalfCheetah forward/backward, horizon {horizon}: 40 test tasks, mean ± 95% CI",
+        title=f"HalfCheetah forward/backward, horizon {horizon}: {columns['MAML']['1 step'].num_tasks} test tasks, "
+              "mean ± 95% CI",
         references={f"MAML (paper, horizon {PAPER_HORIZON}) x {horizon}/{PAPER_HORIZON}":
                     {s: v * horizon / PAPER_HORIZON for s, v in PAPER_MAML.items()}})
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

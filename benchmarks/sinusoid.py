@@ -47,7 +47,9 @@ def main() -> None:
                             "results": {row: e.to_dict() for row, e in results.items()}})
             print(f"{algorithm} K={k}: " + ", ".join(f"{row} {e}" for row, e in results.items())
                   + f" ({seconds:.0f} s)", flush=True)
-    print(format_table(columns, f"Sinusoid MSE on 1,000 test tasks, {args.iterations} meta-iterations (mean ± 95% CI)"))
+    tasks = next(iter(next(iter(columns.values())).values())).num_tasks
+    print(format_table(columns, f"Sinusoid MSE on {tasks:,} test tasks, {args.iterations} meta-iterations "
+                                "(mean ± 95% CI)"))
     Path(args.output_dir, "results.json").write_text(json.dumps(records, indent=2))
 
 

@@ -14,6 +14,7 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config, load_preset, preset_names
 from fastadapt.training.evaluation import mean_and_ci95
 from fastadapt.training.inspection import navigation_paths
+from fastadapt.benchmarks.preset_runs import preset_run
 from fastadapt.training.runs import evaluate_learner, load_run, train, trained_run
 from fastadapt.training.trainer import Trainer
 from run_helpers import Killed  # the tests directory is on sys.path under pytest
@@ -92,6 +93,13 @@ def test_trained_run_trains_resumes_reuses_and_refuses_other_settings(tmp_path):
     assert load_checkpoint(trained_run(cfg.replace(iterations=3)) / "last.pt")["iteration"] == 3  # resumed
     with pytest.raises(ValueError, match="recurrent_size=8"):
         trained_run(cfg.replace(recurrent_size=16, iterations=4))
+    saved = (run_dir / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="trained 3 iterations, more than the 2 asked for"):
+        trained_run(cfg)  # not reported under a 2-iteration budget
+    assert (run_dir / "config.yaml").read_text() == saved  # nor rewritten to say 2
+    with pytest.raises(SystemExit) as stopped:
+        preset_run(cfg, "rl_bandits")  # a benchmark script: one line, exit status 2
+    assert stopped.value.code == 2
     ucb1 = load_preset("rl-bandit-ucb1").replace(arms=3, horizon=5, test_tasks=5, output_dir=str(tmp_path / "ucb1"))
     assert trained_run(ucb1) == trained_run(ucb1)  # a 0-iteration run, its settings resolved as saved
     untrained = cfg.replace(output_dir=str(tmp_path / "none"))

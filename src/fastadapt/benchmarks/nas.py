@@ -13,8 +13,10 @@
    5-way and 20-way 1-shot: the discrete network of that architecture, and a Conv-4 whose width makes
    its parameter count closest to it. Each run keeps its best validation checkpoint.
 3. **Test once**: each best checkpoint on the 600 fixed test episodes (15 queries per class); the
-   results are written to RUN_DIR/benchmark.json and never recomputed, so rerunning the script prints
-   the same table without looking at the test set again.
+   results are written to RUN_DIR/benchmark.json with the run's settings and the code version
+   (``preset_runs.results_key``), so rerunning the script prints the same table without looking at the test
+   set again, unless the settings or the code have changed since: then it tests again, says so, and the look is
+   counted (RUN_DIR/test_looks.json).
 
 Every stage is an ordinary run directory, so a stopped benchmark resumes where it stopped. Times are
 the runs' own clocks on whatever machine runs this, with whatever else runs beside it.
@@ -29,11 +31,12 @@ from pathlib import Path
 
 import yaml
 
+from fastadapt.benchmarks.preset_runs import results_key
 from fastadapt.models import Conv4
 from fastadapt.models.darts import count_flops, count_parameters
 from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.config import Config, load_preset
-from fastadapt.training.runs import evaluate_learner, load_run, train
+from fastadapt.training.runs import EVALUATION_CHANGES, load_run, look_at_test_set, looks_at_test_set, train
 from fastadapt.training.trainer import LAST
 
 SEARCH_PRESET = "omniglot-metanas-cpu"
@@ -140,10 +143,18 @@ def stage(cfg: Config, name: str, test: bool = False) -> dict:
     if entry.get("training", {}).get("iterations") != cfg.training.iterations:
         entry["training"] = timed_train(cfg)
         path.write_text(json.dumps(entry, indent=2) + "\n")
+    key = results_key(cfg)
+    if test and "test" in entry and entry.get("key") != key:
+        print(f"{path}: its test result was measured with other settings or code than now: testing again "
+              f"(look {looks_at_test_set(run_dir, cfg.evaluation.test_set) + 1} at test set "
+              f"{cfg.evaluation.test_set})")
+        del entry["test"]
     if test and "test" not in entry:  # the test episodes are looked at once, after training
         entry["parameters"], entry["flops"] = network_size(cfg)
         run_cfg, learner = load_run(run_dir, "best")
-        entry["test"] = next(iter(evaluate_learner(run_cfg, learner).values())).to_dict()
+        run_cfg = run_cfg.replace(**{name: cfg.flat()[name] for name in EVALUATION_CHANGES})  # tested as cfg says
+        entry["test"] = next(iter(look_at_test_set(run_dir, run_cfg, learner).values())).to_dict()
+        entry["key"] = key
         entry["best_val_accuracy"] = max(json.loads(line).get("val_accuracy", 0.0)
                                          for line in (run_dir / "metrics.jsonl").read_text().splitlines())
         path.write_text(json.dumps(entry, indent=2) + "\n")

@@ -107,7 +107,8 @@ def run_demo(output_dir: str | Path = "runs/demo", iterations: int = 20_000, see
                              title=f"{name} on sinusoid regression")
     figure = plot_sinusoid_adaptation(adaptation_panels(learners), output_dir / "sinusoid.png")
     summary = {
-        "table": format_table(results, "Sinusoid regression, K=10, MSE on 1,000 test tasks (mean ± 95% CI)"),
+        "table": format_table(results, f"Sinusoid regression, K=10, MSE on {results['MAML']['0 steps'].num_tasks:,} "
+                                       "test tasks (mean ± 95% CI)"),
         "results": {name: {row: e.to_dict() for row, e in rows.items()} for name, rows in results.items()},
         "figure": str(figure),
         "seconds": round(time.perf_counter() - start, 1),

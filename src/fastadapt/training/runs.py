@@ -145,15 +145,23 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
 def trained_run(cfg: Config, train_missing: bool = True) -> Path:
     """The run of ``cfg`` in its output directory, as a benchmark needs it: reused when it has reached its
     iterations, else trained or resumed (unless ``train_missing`` is off; a run of 0 iterations is always
-    made). A directory holding a run of other settings (an older version of a preset) is refused with a
-    ValueError rather than reused or resumed; a finished run reused with other resumable settings (more test
-    tasks, say) records them in its config.yaml, as a resume would, so that ``load_run`` tests it as ``cfg`` says."""
+    made). A directory holding a run of other settings (an older version of a preset), or one trained longer than
+    ``cfg`` asks (its best checkpoint may come from past the budget asked for), is refused with a ValueError
+    rather than reused or resumed; a finished run reused with other resumable settings (more test tasks, say)
+    records them in its config.yaml, as a resume would, so that ``load_run`` tests it as ``cfg`` says."""
     cfg = cfg.resolved()  # as the run directory's config.yaml holds it
     run_dir = Path(cfg.training.output_dir)
     saved = Config.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
     if saved is not None:
-        check_resumable(cfg, run_dir)
+        try:
+            check_resumable(cfg, run_dir)
+        except ValueError as error:
+            raise ValueError(f"{error}; the preset has changed since: give another output directory") from None
     last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
+    if last is not None and last["iteration"] > cfg.training.iterations:
+        raise ValueError(f"{run_dir} holds a run trained {last['iteration']:,} iterations, more than the "
+                         f"{cfg.training.iterations:,} asked for: its figures would be reported as the shorter "
+                         "run's; ask for its iterations or choose another output directory")
     done = (run_dir / BEST).exists() and (cfg.training.iterations == 0 or
                                           (last is not None and last["iteration"] >= cfg.training.iterations))
     if not done and (train_missing or cfg.training.iterations == 0):
