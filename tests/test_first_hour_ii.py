@@ -142,7 +142,10 @@ def test_the_serve_page_and_the_curves_name_the_validation_episodes(tmp_path, gl
     assert main(["plot", str(run)]) == 0
     assert seen and all("train: 4-way 2-shot, val: 2-way 1-shot" in title for title in seen)
     from fastadapt.serve.model import serve_run
-    assert serve_run(run).describe()["validation_episodes"] == "2-way 1-shot"
+    described = serve_run(run).describe()
+    assert described["validation_episodes"] == "2-way 1-shot"
+    assert described["curve_titles"] == {"accuracy": "training accuracy (4-way 2-shot)",
+                                         "val_accuracy": "validation accuracy (2-way 1-shot)"}
     page = open(os.path.join(ROOT, "src", "fastadapt", "serve", "static", "app.js")).read()
     assert "training episodes' way and shot" not in page and "model.validation_episodes" in page
 
@@ -285,6 +288,7 @@ def test_few_test_classes_widen_the_interval_and_say_so():
     estimate = class_clustered(per_label, classes)
     by_episode = 1.96 * per_label.mean(1).std().item() / 1000 ** 0.5
     assert estimate.num_classes == 2 and estimate.num_tasks == 1000
+    assert estimate.episodes_ci95 == pytest.approx(by_episode)
     assert estimate.ci95 > 50 * by_episode and str(estimate).endswith("(2 test classes)")
     many = torch.randperm(100, generator=generator)[:40].view(20, 2).repeat(50, 1)  # 40 classes: not few
     assert class_clustered(per_label, many).num_classes is None

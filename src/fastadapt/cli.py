@@ -129,16 +129,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     _print_architecture(cfg, result.run_dir)
     if not args.no_eval:
         cfg, learner = load_run(result.run_dir, "best")
+        title = (f"{label}\n" if label else "") + _eval_title(cfg)
         recorded, why = recorded_results(result.run_dir, cfg) if args.resume else (None, "")
         if recorded is not None:
-            print(format_table({cfg.method.name: recorded}, (f"{label}\n" if label else "") + _eval_title(cfg)))
+            print(format_table({cfg.method.name: recorded}, title))
             print(f"(recorded in {result.run_dir / TEST_RESULTS}: the best checkpoint and the evaluation settings are "
                   f"the same; `fastadapt eval {result.run_dir}` tests it again)")
             return
         if args.resume:
             print(f"fastadapt: testing the best checkpoint ({why})", file=sys.stderr)
         results = look_at_test_set(result.run_dir, cfg, learner, progress=not args.no_progress)
-        print(format_table({cfg.method.name: results}, (f"{label}\n" if label else "") + _eval_title(cfg)))
+        print(format_table({cfg.method.name: results}, title))
         payload = results_payload(result.run_dir, "best", cfg, cfg.task.family, results)
         record_test_results(result.run_dir, {**payload, "quick": label} if label else payload)
 

@@ -41,14 +41,12 @@ def atomic_file(destination: str | os.PathLike) -> Iterator[IO[bytes]]:
         partial.unlink(missing_ok=True)
 
 
-#: What a failed download's message suggests when the caller knows nothing better.
+#: What a failed download's message suggests; a loader that knows better replaces it (Omniglot's names its flags).
 BY_HAND = "download the file yourself and point the loader at its folder"
 
 
-def download(url: str, destination: str | os.PathLike, md5: str | None = None, timeout: float = 60.0,
-             by_hand: str = BY_HAND) -> Path:
-    """Fetch ``url`` to ``destination``; with ``md5``, a mismatch deletes the bytes and raises DownloadError.
-    ``by_hand``: how to get the file without this download, for the error's message."""
+def download(url: str, destination: str | os.PathLike, md5: str | None = None, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` to ``destination``; with ``md5``, a mismatch deletes the bytes and raises DownloadError."""
     destination = Path(destination)
     print(f"fastadapt: downloading {url} -> {destination}", file=sys.stderr, flush=True)
     digest, size = hashlib.md5(), 0
@@ -61,12 +59,12 @@ def download(url: str, destination: str | os.PathLike, md5: str | None = None, t
             if md5 is not None and digest.hexdigest() != md5.lower():
                 raise DownloadError(
                     f"checksum mismatch for {url}: expected md5 {md5}, got {digest.hexdigest()} "
-                    f"({size:,} bytes); nothing was kept. Retry later, or {by_hand}"
+                    f"({size:,} bytes); nothing was kept. Retry later, or {BY_HAND}."
                 )
     except OSError as error:  # urllib's URLError and HTTPError included
         raise DownloadError(
             f"could not download {url} to {destination}: {error}. "
-            f"Check the network, or {by_hand}"
+            f"Check the network, or {BY_HAND}."
         ) from error
     print(f"fastadapt: got {size:,} bytes, md5 {'verified' if md5 else 'not checked'}", file=sys.stderr)
     return destination

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from fastadapt.datasets.base import ClassDataset
-from fastadapt.datasets.download import atomic_file, default_cache_dir
+from fastadapt.datasets.download import BY_HAND, DownloadError, atomic_file, default_cache_dir
 from fastadapt.datasets.download import download as download_file
 
 OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -91,9 +91,12 @@ def find_omniglot_archives(
     if missing and not download:
         raise FileNotFoundError(f"Omniglot archives {missing} are not in {folder} and download=False")
     for name in missing:
-        download_file(OMNIGLOT_URL + name, folder / name, md5=OMNIGLOT_MD5[name], by_hand=(
-            f"without internet: copy {' and '.join(OMNIGLOT_MD5)} (from {OMNIGLOT_URL}) into one folder and give "
-            f"it with --data-root DIR or FASTADAPT_DATA=DIR, or put them in {folder}"))
+        try:
+            download_file(OMNIGLOT_URL + name, folder / name, md5=OMNIGLOT_MD5[name])
+        except DownloadError as error:
+            raise DownloadError(str(error).replace(BY_HAND, (
+                f"without internet: copy {' and '.join(OMNIGLOT_MD5)} (from {OMNIGLOT_URL}) into one folder and "
+                f"give it with --data-root DIR or FASTADAPT_DATA=DIR, or put them in {folder}"))) from error
     return [folder / name for name in OMNIGLOT_MD5]
 
 

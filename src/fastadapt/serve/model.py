@@ -60,6 +60,14 @@ class ServedModel:
     curves: dict[str, list[list[float]]] = field(default_factory=dict)
 
     # --- what the page shows ---
+    def curve_titles(self) -> dict[str, str]:
+        """Titles of the accuracy curves that name their episodes where training and validation differ (their
+        accuracies are then not comparable: 60-way training episodes are harder than 5-way validation ones)."""
+        shapes = None if self.source == "pixels" else episode_shapes(self.classifier.config)
+        if shapes is None or shapes[0] == shapes[1]:
+            return {}
+        return {"accuracy": f"training accuracy ({shapes[0]})", "val_accuracy": f"validation accuracy ({shapes[1]})"}
+
     def describe(self) -> dict[str, Any]:
         cfg = self.classifier.config
         method, task = cfg.method.name, cfg.task
@@ -79,6 +87,7 @@ class ServedModel:
             "test_accuracy": _accuracy_rows(self.test_results),
             "best_validation_accuracy": max((p[1] for p in self.curves.get("val_accuracy", [])), default=None),
             "validation_episodes": None if self.source == "pixels" else episode_shapes(cfg)[1],
+            "curve_titles": self.curve_titles(),
             "curves": self.curves,
         }
 

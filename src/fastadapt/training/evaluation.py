@@ -61,12 +61,14 @@ def ci95_factor(n: int) -> float:
 @dataclass(frozen=True)
 class Estimate:
     """A mean and the half-width of its 95% interval over ``num_tasks`` tasks; ``num_classes``: set when the
-    interval is the one over that many test classes (``class_clustered``), and then said after the figures."""
+    interval is the one over that many test classes (``class_clustered``), and then said after the figures;
+    ``episodes_ci95`` is then the narrower interval over episodes it replaced (kept in the JSON results)."""
 
     mean: float
     ci95: float
     num_tasks: int
     num_classes: int | None = None
+    episodes_ci95: float | None = None
 
     def __str__(self) -> str:
         if not math.isfinite(self.mean):  # e.g. Meta-SGD's learned step sizes applied for more steps than trained
@@ -127,7 +129,7 @@ def class_clustered(per_label: torch.Tensor, classes: torch.Tensor) -> Estimate:
     half = t_quantile_975(k - 1) * class_means.std(unbiased=True).item() / math.sqrt(k)
     if half <= episodes.ci95:
         return episodes
-    return Estimate(episodes.mean, half, episodes.num_tasks, k)
+    return Estimate(episodes.mean, half, episodes.num_tasks, k, episodes.ci95)
 
 
 @torch.no_grad()

@@ -292,7 +292,7 @@ function describeModel(model) {
     note.hidden = false;
   }
   const curves = document.getElementById("curves");
-  curves.replaceChildren(...Object.entries(model.curves).map(([key, points]) => curve(CURVE_TITLES[key] || key, points)));
+  curves.replaceChildren(...Object.entries(model.curves).map(([key, points]) => curve(model.curve_titles[key] || CURVE_TITLES[key] || key, points)));
   const select = document.getElementById("num-classes");
   const [low, high] = model.ways;
   for (let n = low; n <= high; n += 1) select.append(element("option", {value: String(n), text: String(n)}));
