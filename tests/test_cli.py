@@ -42,9 +42,18 @@ def test_train_eval_plot_and_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize("algorithm", ["fomaml", "metasgd", "reptile", "pretrained"])
 def test_train_every_sinusoid_algorithm(tmp_path, algorithm, capsys):
-    assert main(["train", "--algorithm", algorithm, "--k-shot", "5", *TINY,
-                 "--output-dir", str(tmp_path / algorithm)]) == 0
-    assert "mse" in capsys.readouterr().out.lower()
+    run = tmp_path / algorithm
+    assert main(["train", "--algorithm", algorithm, "--k-shot", "5", *TINY, "--eval-steps", "0", "1",
+                 "--output-dir", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "MSE" in printed
+    recorded = json.loads((run / "test_results.json").read_text())["results"]
+    # the table shows the recorded test figures, and fastadapt eval measures the same on the same tasks
+    for row, estimate in recorded.items():
+        assert f"{row}  " in printed and f"{estimate['mean']:.4f} ± {estimate['ci95']:.4f}" in printed, row
+    assert main(["eval", str(run), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == recorded
+    assert recorded["0 steps"]["num_tasks"] == 20 and recorded["0 steps"]["mean"] > 0
 
 
 def test_init_from_starts_a_new_run_from_another_runs_best_weights(tmp_path, capsys):

@@ -180,9 +180,21 @@ def test_iteration_ticks_stay_short():
     assert [_iterations(v, 0) for v in (500, 2500, 17500, 1_200_000)] == ["500", "2.5k", "17.5k", "1.2M"]
 
 
-def test_learning_curves_name_what_they_show(tmp_path):
-    from fastadapt.plots import plot_learning_curves
+def test_learning_curves_name_what_they_show(tmp_path, monkeypatch):
+    from fastadapt import plots
     records = [{"iteration": i, "loss": 1.0 / i, "accuracy": 0.5, "lr": 1e-3, "seconds": i} for i in range(1, 4)]
     records[-1]["val_accuracy"] = 0.4
-    path = plot_learning_curves(records, tmp_path / "curves.png")
+    drawn, finish = [], plots._finish
+    monkeypatch.setattr(plots, "_finish", lambda fig, path, **kw: drawn.append(fig) or finish(fig, path, **kw))
+    path = plots.plot_learning_curves(records, tmp_path / "curves.png", title="maml on omniglot",
+                                      subtitle="train: 60-way 5-shot, val: 5-way 1-shot")
     assert path.stat().st_size > 5000
+    (figure,) = drawn
+    axes = figure.axes
+    assert [ax.get_title().replace("\n", " ") for ax in axes] == [
+        plots.TITLES["loss"], plots.TITLES["accuracy"], plots.TITLES["val_accuracy"]]
+    assert all(ax.get_xlabel() == "meta-iteration" for ax in axes)
+    assert figure._suptitle.get_text() == "maml on omniglot\ntrain: 60-way 5-shot, val: 5-way 1-shot"
+    loss, accuracy, validation = (ax.lines[0].get_xydata().tolist() for ax in axes)  # the records, point for point
+    assert loss == [[i, 1.0 / i] for i in range(1, 4)] and accuracy == [[i, 0.5] for i in range(1, 4)]
+    assert validation == [[3, 0.4]] and axes[0].get_yscale() == "log"

@@ -269,6 +269,22 @@ def test_the_demo_prints_the_table_the_readme_shows(tmp_path, capsys):
     assert len(printed) == len(expected) and (tmp_path / "demo" / "sinusoid.png").is_file()
 
 
+def test_the_readme_demo_figures_are_the_measured_ones_in_the_results():
+    """The figures a 2-iteration demo cannot reproduce: the README's table is docs/results.md's demo table, figure
+    for figure, and its time the one measured there."""
+    shown = next(body for language, body in code_blocks(README.read_text())
+                 if not language and body.startswith("Sinusoid regression"))
+    results = (README.parent / "docs" / "results.md").read_text()
+    demo = results[results.index("**The demo**"):results.index("**Full budget**")]
+    measured = {row.split("|")[1].strip(): [cell.strip() for cell in row.split("|")[2:4]]
+                for row in demo.splitlines() if re.match(r"\| \d+ steps? \|", row)}
+    readme = {match[0]: [match[1], match[2]] for match in
+              re.findall(r"^(\d+ steps?)\s{2,}(\S+ ± \S+)\s{2,}(\S+ ± \S+)$", shown, re.M)}
+    assert readme == measured and len(readme) == 3
+    seconds = re.search(r"total time: ([\d.]+) s", shown)[1]
+    assert f"{seconds} s wall" in demo
+
+
 def test_the_python_api_snippets_run_on_a_tiny_budget(tmp_path, monkeypatch):
     blocks = [body for language, body in code_blocks(README.read_text()) if language == "python"]
     loop = next(b for b in blocks if "SinusoidTasks" in b)

@@ -130,4 +130,19 @@ def test_bench_speed_rejects_an_unknown_device(capsys):
 def test_isolated_measurement_reports_time_and_memory():
     (measured,) = run([Spec("maml", "floor", 2, hidden=8, repeats=2, warmup=0)])
     assert len(measured.seconds) == 2 and measured.step > 0
-    assert measured.peak_bytes is not None and measured.peak_bytes >= 0
+    assert measured.peak_bytes is not None and measured.peak_bytes > 0  # a step allocates
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU peak memory is read from /proc")
+def test_peak_memory_sees_a_block_allocated_and_freed_inside_and_nothing_else():
+    from fastadapt.benchmarks.speed import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(16 * 2**20)  # 64 MiB, written
+        del block
+    if peak.bytes is None:
+        pytest.skip("/proc/self/status has no VmHWM here")
+    assert 60 * 2**20 <= peak.bytes <= 80 * 2**20
+    with PeakMemory(torch.device("cpu")) as idle:
+        pass
+    assert idle.bytes < 8 * 2**20
