@@ -1,5 +1,5 @@
 """Helpers shared by tests: episodes for the learners that read a support set (MANN, SNAIL, Meta Networks), and
-folders of glyph images for the runs that read image files."""
+folders of glyph images for the runs that read image files; datasets whose images say their own index."""
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.datasets import ClassDataset
 from fastadapt.tasks.base import TaskBatch
 
 N_WAY, SIDE, FEATURES = 3, 6, 16
@@ -54,3 +55,21 @@ def write_glyph_folder(root: Path, classes: int, images: int, side: int = 28, in
             noisy = glyph ^ (rng.random((side, side)) > flip_above)
             Image.fromarray((noisy * 255).astype(np.uint8)).save(root / name.format(c) / f"{i}.png")
     return root
+
+
+def traceable_dataset(classes: int = 12, per_class: int = 10, uneven: bool = False) -> ClassDataset:
+    """Image i holds the value i in its pixel (0, 0, 0) (as two base-256 digits in pixels 0 and 1), so
+    every drawn image can be traced to its dataset index; with ``uneven`` class c has per_class + c images."""
+    counts = [per_class + (c if uneven else 0) for c in range(classes)]
+    n = sum(counts)
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n) % 256
+    images[:, 0, 0, 1] = torch.arange(n) // 256
+    labels = torch.repeat_interleave(torch.arange(classes), torch.tensor(counts))
+    return ClassDataset(images, labels, [f"class{c}" for c in range(classes)])
+
+
+def indices_of(x: torch.Tensor) -> torch.Tensor:
+    """Dataset indices of the images in x (..., 1, 4, 4) float in [0, 1]."""
+    pixels = (x[..., 0, 0, :2] * 255).round().long()
+    return pixels[..., 0] + 256 * pixels[..., 1]

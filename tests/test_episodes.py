@@ -2,26 +2,8 @@
 import pytest
 import torch
 
-from fastadapt.datasets import ClassDataset
 from fastadapt.tasks import EpisodeTasks, TaskBatch
-
-
-def traceable_dataset(classes: int = 12, per_class: int = 10, uneven: bool = False) -> ClassDataset:
-    """Image i holds the value i in its pixel (0, 0, 0) (as two base-256 digits in pixels 0 and 1), so
-    every drawn image can be traced to its dataset index; with ``uneven`` class c has per_class + c images."""
-    counts = [per_class + (c if uneven else 0) for c in range(classes)]
-    n = sum(counts)
-    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
-    images[:, 0, 0, 0] = torch.arange(n) % 256
-    images[:, 0, 0, 1] = torch.arange(n) // 256
-    labels = torch.repeat_interleave(torch.arange(classes), torch.tensor(counts))
-    return ClassDataset(images, labels, [f"class{c}" for c in range(classes)])
-
-
-def indices_of(x: torch.Tensor) -> torch.Tensor:
-    """Dataset indices of the images in x (..., 1, 4, 4) float in [0, 1]."""
-    pixels = (x[..., 0, 0, :2] * 255).round().long()
-    return pixels[..., 0] + 256 * pixels[..., 1]
+from episode_helpers import indices_of, traceable_dataset  # the tests directory is on sys.path under pytest
 
 
 @pytest.mark.parametrize("uneven", [False, True])

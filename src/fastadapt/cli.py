@@ -9,7 +9,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from fastadapt.training.config import SECTIONS, Config, base_type, load_preset, preset_names, settings
+from fastadapt.training.config import EPISODES, SECTIONS, Config, base_type, load_preset, preset_names, settings
 
 COMMANDS_HELP = """examples:
   fastadapt demo                                   # MAML on sinusoid, table + figure, a few minutes on CPU
@@ -167,7 +167,8 @@ def _print_architecture(cfg: Config, run_dir: Path) -> None:
             print(f"  {cell_type}: {nodes}")
 
 
-def _eval_title(cfg: Config) -> str:
+def _eval_title(cfg: Config, split: str = "test") -> str:
+    from fastadapt.training.config import WITHIN_ALPHABET
     from fastadapt.training.families import family_of
     from fastadapt.training.networks import resolve_norm
 
@@ -180,29 +181,39 @@ def _eval_title(cfg: Config) -> str:
         network = "raw pixels"
     else:
         network = f"norm: {resolve_norm(cfg)}"
-    return (f"{family.title(cfg)}: accuracy on {cfg.evaluation.test_tasks} fixed test episodes, "
-            f"{cfg.evaluation.eval_query} queries per class "
-            f"(mean ± 95% CI); trained {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {network}")
+    lake = (f"; {WITHIN_ALPHABET}: 1 query per class, all classes of an episode from one alphabet, support and "
+            f"query by different drawers" if cfg.evaluation.episodes == WITHIN_ALPHABET else "")
+    return (f"{family.title(cfg)}: accuracy on {cfg.evaluation.test_tasks} fixed "
+            f"{'test' if split == 'test' else 'validation'} episodes, {cfg.evaluation.eval_query} queries per class"
+            f"{lake} (mean ± 95% CI); trained {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {network}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import load_run, look_at_test_set, results_payload
+    from fastadapt.training.runs import evaluate_learner, load_run, look_at_test_set, results_payload
 
+    if args.split == "val" and args.test_set:
+        raise ValueError("--test-set chooses a draw of the test episodes; --split val scores validation episodes")
     cfg, learner = load_run(args.run_dir, args.checkpoint)
     evaluation = {"test_tasks": args.test_tasks, "eval_ways": args.eval_ways, "eval_shots": args.eval_shots,
-                  "test_set": args.test_set}
+                  "test_set": args.test_set, "episodes": args.episodes}
     cfg = cfg.replace(**{name: value for name, value in evaluation.items() if value})
     if args.tasks:
         from fastadapt.training.crossdomain import evaluate_cross_domain
 
+        if args.split != "test" or args.episodes:
+            raise ValueError("--split and --episodes are for the run's own task family, not with --tasks")
         results, title = evaluate_cross_domain(args.run_dir, cfg, learner, args.tasks, args.data_root, args.steps,
                                                ways_asked=bool(args.eval_ways), progress=True)
     elif args.data_root:
         raise ValueError("--data-root says where another domain's images are: give it with --tasks folder or omniglot")
+    elif args.split == "val":  # for choices; no look at the test set
+        results = evaluate_learner(cfg, learner, steps=args.steps, split="val", progress=True)
+        title = _eval_title(cfg, "val")
     else:
         results, title = look_at_test_set(args.run_dir, cfg, learner, steps=args.steps, progress=True), _eval_title(cfg)
-    payload = results_payload(args.run_dir, args.checkpoint, cfg, args.tasks or cfg.task.family, results)
+    payload = {**results_payload(args.run_dir, args.checkpoint, cfg, args.tasks or cfg.task.family, results),
+               "split": args.split}
     if args.json == "-":
         print(json.dumps(payload, indent=2))
         return
@@ -439,6 +450,13 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                           help="ways to evaluate at (default: the run's eval_ways)")
     evaluate.add_argument("--eval-shots", type=int, nargs="+", metavar="K",
                           help="shots to evaluate at (default: the run's eval_shots)")
+    evaluate.add_argument("--episodes", choices=EPISODES,
+                          help="within-alphabet: Omniglot runs trained on the background split only, also Lake et "
+                               "al.'s within-alphabet 20-way 1-shot trials (one alphabet per episode, support and "
+                               "query by different drawers), as a row of the table (default: the run's episodes)")
+    evaluate.add_argument("--split", choices=("test", "val"), default="test",
+                          help="val: the fixed validation episodes instead, for choosing a method or its settings "
+                               "(the test episodes are looked at once, for the chosen one) (default: test)")
     evaluate.add_argument("--steps", type=int, nargs="*", metavar="K",
                           help="adaptation steps to report (default: the run's eval_steps)")
     evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON; '-' prints only the "

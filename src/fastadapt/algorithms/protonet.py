@@ -14,7 +14,11 @@ linear classifier in embedding space). The meta-loss is the query negative
 log-likelihood; ``adapt`` computes the prototypes, without gradient steps.
 With ``distance="cosine"`` the logits are s * cos(f_phi(x), c_k), where the
 learned scale s (10 at first) lets the softmax sharpen, which bounded cosines
-alone cannot.
+alone cannot. With ``support_views`` V > 1 an evaluated (not training) prototype
+averages the embeddings of each support image and V - 1 copies of it distorted by
+``tasks.episodes.random_affine`` (test-time augmentation: a one-shot prototype is one
+drawing, and the copies stand in for other people's drawings of it); the copies are the
+same for the same support set, drawn from a generator seeded by SUPPORT_VIEWS_SEED.
 
 This module also holds ``MetricLearner``, the shared skeleton of the learners
 that classify by comparing query embeddings with support embeddings (this one,
@@ -32,8 +36,11 @@ from torch import nn
 from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, embed_images, in_fp32
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.base import TaskBatch
+from fastadapt.tasks.episodes import random_affine
 
 DISTANCES = ("squared_euclidean", "cosine")
+#: Seed of the distortions of ``support_views``: every evaluation of a support set sees the same copies.
+SUPPORT_VIEWS_SEED = 0
 
 
 class EmbeddedSupport(NamedTuple):
@@ -138,12 +145,26 @@ class MetricLearner(MetaLearner):
 
 
 class PrototypicalNetworks(MetricLearner):
-    def __init__(self, encoder: nn.Module, loss: str = "cross_entropy", distance: str = "squared_euclidean") -> None:
+    def __init__(self, encoder: nn.Module, loss: str = "cross_entropy", distance: str = "squared_euclidean",
+                 support_views: int = 1) -> None:
         super().__init__(encoder, loss)
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
-        self.distance = distance
+        if isinstance(support_views, bool) or not isinstance(support_views, int) or support_views < 1:
+            raise ValueError(f"support_views must be a positive int, got {support_views!r}")
+        self.distance, self.support_views = distance, support_views
         self.scale = nn.Parameter(torch.tensor(10.0)) if distance == "cosine" else None
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Prototypes of the support set; in evaluation with ``support_views`` > 1, of it and its distorted copies."""
+        if self.training or self.support_views == 1:
+            return super().adapt(support_x, support_y, steps)
+        if support_x.dim() != 5:
+            raise ValueError(f"support_views distorts images: support_x {tuple(support_x.shape)} must be "
+                             "(tasks, examples, C, H, W)")
+        generator = torch.Generator().manual_seed(SUPPORT_VIEWS_SEED)
+        copies = [random_affine(support_x.cpu(), generator).to(support_x.device) for _ in range(self.support_views - 1)]
+        return super().adapt(torch.cat([support_x, *copies], 1), support_y.repeat(1, self.support_views), steps)
 
     def adapt_embedded(self, support: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
         """Prototypes c_k (tasks, classes, D): per-class sums of embeddings divided by class counts (in fp32)."""
@@ -155,5 +176,8 @@ class PrototypicalNetworks(MetricLearner):
         return -squared_distances(queries, adapted)
 
 
-SPECS = (MethodSpec("protonet", PrototypicalNetworks, lambda context: PrototypicalNetworks(context.encoder()[0]),
-                    any_way=True, images_only=True),)
+def _build(context) -> PrototypicalNetworks:
+    return PrototypicalNetworks(context.encoder()[0], support_views=context.cfg.method.support_views)
+
+
+SPECS = (MethodSpec("protonet", PrototypicalNetworks, _build, ("support_views",), any_way=True, images_only=True),)

@@ -42,6 +42,8 @@ SUBSETS = ("train", "val", "test", "trainval")
 # The validation alphabets of the "vinyals" split (172 characters, all from the background set),
 # as in the split lists published with Prototypical Networks; "background" holds them out too.
 VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
+#: People who drew every character, each once: file ``<character id>_<NN>.png`` is drawer NN's (01 to 20).
+DRAWERS = 20
 _CACHE_FORMAT = 1
 
 
@@ -183,6 +185,33 @@ def split_omniglot(dataset: ClassDataset, split: str = "maml", subset: str = "tr
     parts["trainval"] = parts["train"] + parts["val"]
     chosen = dataset.subset(sorted(parts[subset], key=names.__getitem__))
     return chosen.with_rotations() if split == "vinyals" else chosen
+
+
+def alphabet_of(class_name: str) -> str:
+    """The alphabet of a class named ``<set>/<alphabet>/<character>``; of a rotated one,
+    ``<set>/<alphabet>/<character>/rotDDD``, the alphabet rotated, ``<alphabet>/rotDDD`` (another alphabet, as
+    a rotated character is another character)."""
+    parts = class_name.split("/")
+    return "/".join([parts[1], *parts[3:]])
+
+
+def drawers_of(dataset: ClassDataset) -> torch.Tensor:
+    """Who drew each image of an Omniglot ``ClassDataset``: (N,) int64 drawer numbers, 1 to DRAWERS.
+
+    No drawer is stored: it is in the file name, ``<character id>_<NN>.png``, and every character of both
+    official zips has one drawing by each of the 20 drawers, which ``read_omniglot_zips`` keeps sorted by
+    file name, so a class's j-th image (in dataset order) is drawer j + 1. A class without exactly DRAWERS
+    images cannot be a whole Omniglot character, and is refused.
+    """
+    counts = dataset.images_per_class
+    if (counts != DRAWERS).any():
+        odd = int((counts != DRAWERS).nonzero()[0, 0])
+        raise ValueError(f"drawers are known for whole Omniglot characters ({DRAWERS} drawings each), but class "
+                         f"{dataset.class_names[odd]!r} has {int(counts[odd])} images")
+    table, _ = dataset.class_index_table()
+    drawers = torch.empty(len(dataset), dtype=torch.int64)
+    drawers[table] = torch.arange(1, DRAWERS + 1).expand_as(table)
+    return drawers
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

@@ -8,7 +8,7 @@ one indexing call gathers the uint8 images, which become float only at the end.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -32,7 +32,8 @@ class EpisodeTasks:
 
     loss = "cross_entropy"
 
-    def __init__(self, dataset: ClassDataset, n_way: int = 5, k_shot: int = 1, num_query: int = 15) -> None:
+    def __init__(self, dataset: ClassDataset, n_way: int = 5, k_shot: int = 1, num_query: int = 15,
+                 augment: bool = False) -> None:
         if not isinstance(dataset, ClassDataset):
             raise TypeError(f"dataset must be a ClassDataset, got {type(dataset).__name__}")
         if n_way < 2:
@@ -50,14 +51,20 @@ class EpisodeTasks:
                 f"{k_shot}-shot episodes with {num_query} queries need {k_shot + num_query} images of every class, "
                 f"but class {dataset.class_names[smallest]!r} has only {int(counts[smallest])}"
             )
-        self.dataset = dataset
+        self.dataset, self.augment = dataset, augment
         self.n_way, self.k_shot, self.num_query = n_way, k_shot, num_query
         self.output_size = n_way
         self.input_shape = dataset.image_shape
         self._table, self._counts = dataset.class_index_table()
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
-        return self.materialize(self.sample_indices(num_tasks, generator))
+        """``num_tasks`` random tasks; with ``augment`` every image distorted by ``random_affine`` (fixed tasks
+        never are: they are for evaluation)."""
+        batch = self.materialize(self.sample_indices(num_tasks, generator))
+        if self.augment:
+            batch.support_x = random_affine(batch.support_x, generator)
+            batch.query_x = random_affine(batch.query_x, generator)
+        return batch
 
     def sample_indices(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """Dataset indices (tasks, n_way, k_shot + num_query): row j is label j's support, then query images.
@@ -152,3 +159,100 @@ class EpisodeTasks:
             f"EpisodeTasks({self.n_way}-way {self.k_shot}-shot, {self.num_query} queries, "
             f"{self.dataset.num_classes} classes)"
         )
+
+
+#: Ranges of ``random_affine``'s distortions: Koch et al.'s (2015) for Omniglot (degrees, shear, scale, pixels
+#: at 105x105, scaled to the image's size).
+ROTATION, SHEAR, SCALE, SHIFT = 10.0, 0.3, (0.8, 1.2), 2.0 / 105
+
+
+def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``images`` (..., C, H, W) each moved by its own random affine map: rotation within ±ROTATION degrees,
+    shear within ±SHEAR on each axis, scale within SCALE on each axis, shift within ±SHIFT of the image
+    size; empty (0) pixels come in at the borders. How one person's drawing of a character differs from
+    another's, roughly: a character's identity survives it, so a learner trained on such copies learns to
+    ignore it (Koch et al., 2015, used these ranges for their Siamese networks on Omniglot)."""
+    shape = images.shape
+    flat = images.reshape(-1, *shape[-3:])
+    u = torch.rand(flat.shape[0], 7, generator=generator) * 2 - 1  # each in [-1, 1)
+    angle = u[:, 0] * ROTATION * torch.pi / 180
+    low, high = SCALE
+    scale = (low + high) / 2 + u[:, 1:3] * (high - low) / 2
+    shear = u[:, 3:5] * SHEAR
+    cos, sin = angle.cos(), angle.sin()
+    rotation = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    shearing = torch.eye(2).repeat(flat.shape[0], 1, 1)
+    shearing[:, 0, 1], shearing[:, 1, 0] = shear[:, 0], shear[:, 1]
+    # the map moves a point p of the image to linear p + shift; the sampling grid needs its inverse
+    inverse = torch.linalg.inv(rotation @ shearing @ torch.diag_embed(scale))
+    shift = u[:, 5:7] * SHIFT * 2  # grid coordinates span [-1, 1]: 2 units per image side
+    theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(2))], 2)
+    grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
+    moved = torch.nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return moved.reshape(shape)
+
+
+class WithinAlphabetEpisodes(EpisodeTasks):
+    """Lake et al.'s (2015) one-shot trials: every episode's classes from one alphabet, its support images
+    drawn by one person and its queries by another.
+
+    ``alphabets``: the alphabet (any hashable group) of each class; ``drawers`` (N,): who drew each image.
+    Every class needs exactly one image by each drawer (Omniglot: 20). An episode picks an alphabet uniformly
+    among those with at least ``n_way`` classes (smaller ones never appear: ``alphabets_used`` lists the
+    rest), ``n_way`` of its classes with labels in a random order, and ``k_shot + num_query`` different
+    drawers: the first ``k_shot`` drew the support images of every class, the others its queries, so no query
+    shares its drawer with a support image of its episode. Characters of one alphabet look alike, which makes
+    these harder than ``EpisodeTasks``' episodes of classes from anywhere.
+    """
+
+    def __init__(self, dataset: ClassDataset, alphabets: Sequence, drawers: torch.Tensor, n_way: int = 20,
+                 k_shot: int = 1, num_query: int = 1, augment: bool = False) -> None:
+        super().__init__(dataset, n_way, k_shot, num_query, augment)
+        if len(alphabets) != dataset.num_classes:
+            raise ValueError(f"alphabets names {len(alphabets)} classes, but the dataset has {dataset.num_classes}")
+        if not isinstance(drawers, torch.Tensor) or drawers.shape != (len(dataset),):
+            raise ValueError(f"drawers must be a tensor of one drawer per image ({len(dataset)},)")
+        names = sorted(set(alphabets), key=str)
+        group = torch.tensor([names.index(a) for a in alphabets], dtype=torch.int64)
+        sizes = torch.bincount(group, minlength=len(names))
+        self.alphabets_used = [names[g] for g in (sizes >= n_way).nonzero().flatten().tolist()]
+        if not self.alphabets_used:
+            raise ValueError(f"{n_way}-way within-alphabet episodes need an alphabet of {n_way} classes; the largest "
+                             f"has {int(sizes.max())}")
+        kept = [names.index(a) for a in self.alphabets_used]
+        self._alphabet_classes = torch.zeros(len(kept), int(sizes[kept].max()), dtype=torch.int64)
+        for row, g in enumerate(kept):
+            members = (group == g).nonzero().flatten()
+            self._alphabet_classes[row, :members.numel()] = members
+        self._alphabet_sizes = sizes[kept]
+        # image of each (class, drawer): every class must have each drawer exactly once
+        # (with one image per drawer, EpisodeTasks' check of images per class is one of drawers)
+        people, drawer_column = drawers.unique(return_inverse=True)
+        cell = dataset.labels * people.numel() + drawer_column
+        if not torch.equal(cell.sort().values, torch.arange(dataset.num_classes * people.numel())):
+            raise ValueError(f"within-alphabet episodes need one image of every class by each drawer; the "
+                             f"{len(dataset)} images of {dataset.num_classes} classes by {people.numel()} drawers "
+                             "are not that")
+        self._by_drawer = torch.empty(dataset.num_classes * people.numel(), dtype=torch.int64)
+        self._by_drawer[cell] = torch.arange(len(dataset))
+        self._by_drawer = self._by_drawer.view(dataset.num_classes, people.numel())
+
+    def sample_indices(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        """Dataset indices (tasks, n_way, k_shot + num_query), as ``EpisodeTasks.sample_indices``; one row of a
+        single torch.rand call per task: the alphabet, the classes, then the drawers."""
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
+        alphabets, widest = self._alphabet_classes.shape
+        drawers = self._by_drawer.shape[1]
+        keys = torch.rand(num_tasks, 1 + widest + drawers, generator=generator)
+        alphabet = (keys[:, 0] * alphabets).long().clamp_(max=alphabets - 1)
+        padding = torch.arange(widest) >= self._alphabet_sizes[alphabet].unsqueeze(1)
+        slots = keys[:, 1:1 + widest].masked_fill(padding, float("inf")).topk(self.n_way, dim=1, largest=False)
+        classes = self._alphabet_classes[alphabet.unsqueeze(1), slots.indices]
+        people = keys[:, 1 + widest:].topk(self.k_shot + self.num_query, dim=1, largest=False).indices
+        return self._by_drawer[classes.unsqueeze(2), people.unsqueeze(1)]
+
+    def __repr__(self) -> str:
+        return (f"WithinAlphabetEpisodes({self.n_way}-way {self.k_shot}-shot, {self.num_query} queries, "
+                f"{len(self.alphabets_used)} alphabets of at least {self.n_way} of {self.dataset.num_classes} "
+                "classes)")

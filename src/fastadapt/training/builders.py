@@ -14,8 +14,9 @@ from fastadapt.algorithms.registry import method_of
 from fastadapt.datasets import ClassDataset
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks
 from fastadapt.tasks.base import TaskDistribution, seed_of_test_set
-from fastadapt.training.config import Config
-from fastadapt.training.families import describe_split, family_of
+from fastadapt.training.config import WITHIN_ALPHABET, Config
+from fastadapt.training.families import (WITHIN_ALPHABET_WAY, alphabet_episodes, describe_split, family_of,
+                                         within_alphabet_episodes)
 from fastadapt.training.networks import build_encoder, build_model
 
 #: Queries per class in training episodes when the config leaves num_query unset.
@@ -23,12 +24,15 @@ DEFAULT_TRAIN_QUERY = 15
 
 
 def build_tasks(cfg: Config, split: str = "train") -> TaskDistribution:
-    """Training tasks (``split`` "train") or the validation / test tasks of the run's main setting."""
+    """Training tasks (``split`` "train") or the validation / test tasks of the run's main setting (with
+    ``episodes`` within-alphabet, those trials: they choose the best checkpoint)."""
     family = family_of(cfg)
     if cfg.task.balanced_directions and not family.balanced_directions:
         raise ValueError(f"balanced directions are for the forward/backward families, not {cfg.task.family}")
     if family.kind != "images":
         return family.build(cfg, split)
+    if split != "train" and cfg.evaluation.episodes == WITHIN_ALPHABET:
+        return within_alphabet_tasks(cfg, split)
     if split == "train" and method_of(cfg).minibatch_trained:
         return ClassMiniBatches(class_dataset(cfg, "train"))
     way, shot = (cfg.task.n_way, cfg.task.k_shot) if split == "train" else eval_settings(cfg)[0]
@@ -48,6 +52,8 @@ def episodes(cfg: Config, split: str, way: int, shot: int) -> EpisodeTasks:
     """``way``-way ``shot``-shot episodes of ``split``'s classes; training ones with ``num_query`` queries per
     class, evaluation ones with ``eval_query``. Sizes the data cannot serve are refused naming their setting."""
     task = cfg.task
+    if split == "train" and task.within_alphabet and task.family != "omniglot":
+        raise ValueError(f"--within-alphabet training episodes need Omniglot's alphabets, not {task.family!r} tasks")
     dataset = class_dataset(cfg, split)
     if split == "train":
         query, flags = task.num_query or DEFAULT_TRAIN_QUERY, ("--n-way", "--k-shot", "--num-query")
@@ -63,7 +69,19 @@ def episodes(cfg: Config, split: str, way: int, shot: int) -> EpisodeTasks:
                          f"{'' if split != 'train' or task.num_query else ', default 15'}) need {shot + query} "
                          f"images of every class, but class {dataset.class_names[smallest]!r} of "
                          f"{describe_split(cfg, split)} has only {int(counts[smallest])}")
-    return EpisodeTasks(dataset, way, shot, query)
+    if split == "train" and task.within_alphabet:
+        return alphabet_episodes(dataset, way, shot, query, task.augment)
+    return EpisodeTasks(dataset, way, shot, query, augment=task.augment and split == "train")
+
+
+def within_alphabet_tasks(cfg: Config, split: str) -> EpisodeTasks:
+    """Lake et al.'s within-alphabet 20-way 1-shot trials of ``split`` (``families.within_alphabet_episodes``),
+    for a method that can classify them."""
+    method = method_of(cfg)
+    if (not method.any_way and cfg.task.n_way != WITHIN_ALPHABET_WAY) or (method.fixed_shot and cfg.task.k_shot != 1):
+        raise ValueError(f"within-alphabet trials are {WITHIN_ALPHABET_WAY}-way 1-shot, and {cfg.method.name} is "
+                         f"built for {cfg.task.n_way}-way {cfg.task.k_shot}-shot episodes")
+    return within_alphabet_episodes(cfg, split)
 
 
 class BuildContext:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastadapt.algorithms.registry import method_names, method_of, methods
 from fastadapt.models.conv4 import NORMS
-from fastadapt.training.builders import build_tasks, class_dataset, episodes, eval_settings
-from fastadapt.training.config import Config
+from fastadapt.training.builders import build_tasks, class_dataset, episodes, eval_settings, within_alphabet_tasks
+from fastadapt.training.config import WITHIN_ALPHABET, Config
 from fastadapt.training.device import resolve_device
 from fastadapt.training.families import FAMILIES, check_name, family_names, family_of
 from fastadapt.training.networks import MODELS, POLICIES, build_policy, resolve_model, resolve_norm, resolve_policy
@@ -41,6 +41,9 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"model 'pixels' (no network: raw pixels) serves {method_names(pixel_input=True)} only, "
                          f"not {method}")
     if family_of(cfg).kind == "images":
+        if spec.minibatch_trained and cfg.task.augment:
+            raise ValueError(f"--augment distorts the images of training episodes, and {method} trains on "
+                             "mini-batches of classes instead")
         if spec.minibatch_trained:  # trained on mini-batches: a training episode is never drawn
             class_dataset(cfg, "train")
         else:
@@ -48,6 +51,8 @@ def check_config(cfg: Config) -> None:
         for split in ("val", "test"):
             for way, shot in eval_settings(cfg) if split == "test" else eval_settings(cfg)[:1]:
                 episodes(cfg, split, way, shot)
+            if cfg.evaluation.episodes == WITHIN_ALPHABET:
+                within_alphabet_tasks(cfg, split)
 
 
 def check_rl_config(cfg: Config) -> None:

@@ -36,6 +36,9 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", flat: str | None
 
 #: training.cuda_graph: whether the meta-step is captured in a CUDA graph (training.captured)
 CUDA_GRAPH_SETTINGS = ("auto", "on", "off")
+#: evaluation.episodes: the usual episodes only, or Lake et al.'s within-alphabet trials too
+WITHIN_ALPHABET = "within-alphabet"
+EPISODES = ("random", WITHIN_ALPHABET)
 
 
 class ConfigError(ValueError):
@@ -68,6 +71,12 @@ class TaskSettings:
     rotate_train_classes: bool = setting(False, "each training class also rotated by 90, 180 and 270 degrees, "
                                                 "as three new classes")
     image_size: int = setting(28, "images are resized to image_size x image_size")
+    within_alphabet: bool = setting(False, "Omniglot: training episodes, too, take all their classes from one "
+                                           "alphabet (a rotated alphabet is one of its own), support and query by "
+                                           "different drawers, as Lake et al.'s trials do")
+    augment: bool = setting(False, "every image of a training episode distorted by its own random affine map each "
+                                   "time it is drawn (rotation ±10°, shear ±0.3, scale 0.8-1.2, shift ±2% of the "
+                                   "size: Koch et al.'s ranges for Omniglot); validation and test images never are")
     channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); default: as the images are")
     skip_unreadable: bool = setting(False, "tasks folder: leave out image files that cannot be read (listed on "
                                            "stderr) rather than stop with an error naming them")
@@ -151,6 +160,9 @@ class MethodSettings:
     finetune_steps: int = setting(100, "Baseline / Baseline++: Adam steps that fit a new task's head")
     finetune_lr: float = setting(0.01, "Baseline / Baseline++: learning rate of those steps")
     neighbours: int = setting(1, "k of k-NN")
+    support_views: int = setting(1, "ProtoNet, at evaluation: each prototype averages the support image and "
+                                    "support_views - 1 copies of it distorted as --augment distorts training "
+                                    "images (test-time augmentation; 1: the image alone)")
     encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
     gamma: float = setting(0.99, "RL: discount factor")
     gae_lambda: float | None = setting(None, "RL: lambda of generalised advantage estimation (default: 1.0 for "
@@ -183,7 +195,7 @@ class MethodSettings:
                                            "fomaml (first-order MAML gradient)")
 
     def validate(self) -> None:
-        _positive(self, "inner_steps", "neighbours", "finetune_steps", "cg_iterations",
+        _positive(self, "inner_steps", "neighbours", "support_views", "finetune_steps", "cg_iterations",
                   "line_search_steps", "ppo_epochs", "ppo_minibatches")
         if self.finetune not in ("head", "all"):
             raise ConfigError(f"config: finetune must be 'head' or 'all', got {self.finetune!r}")
@@ -301,11 +313,17 @@ class EvaluationSettings:
     test_set: int = setting(1, "which draw of the test tasks: 1, the draw of every figure before test sets were "
                                "versioned; N >= 2, a fresh seed stream (for a test set looked at more than once)",
                                resumable="evaluation")
+    episodes: str = setting("random", "Omniglot: random (the classes of an episode from anywhere) or within-alphabet: "
+                                      "also Lake et al.'s within-alphabet 20-way 1-shot trials (one alphabet per "
+                                      "episode, support and query by different drawers; for runs trained on the "
+                                      "background split only), which then choose the best checkpoint")
 
     def validate(self) -> None:
         _positive(self, "test_tasks", "eval_query")
         if not 1 <= self.test_set <= MAX_TEST_SET:
             raise ConfigError(f"config: test_set must lie in [1, {MAX_TEST_SET}], got {self.test_set}")
+        if self.episodes not in EPISODES:
+            raise ConfigError(f"config: episodes must be one of {', '.join(EPISODES)}, got {self.episodes!r}")
         for name in ("eval_ways", "eval_shots"):
             if any(v < 1 for v in getattr(self, name)):
                 raise ConfigError(f"config: {name} must hold positive integers, got {getattr(self, name)}")

@@ -18,7 +18,9 @@ import torch
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
 from fastadapt.datasets.digits import load_digits_dataset
 from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
-from fastadapt.tasks import BanditTasks, LocomotionTasks, Navigation2DTasks, SinusoidTasks, TabularMDPTasks
+from fastadapt.datasets.omniglot import alphabet_of, drawers_of
+from fastadapt.tasks import (BanditTasks, LocomotionTasks, Navigation2DTasks, SinusoidTasks, TabularMDPTasks,
+                            WithinAlphabetEpisodes)
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
 from fastadapt.training.config import Config
@@ -84,6 +86,55 @@ def _omniglot(cfg: Config, split: str) -> ClassDataset:
     if cfg.task.rotate_train_classes and cfg.task.dataset_split == "vinyals":
         raise ValueError("rotate_train_classes: the vinyals split already rotates every class")
     return load_omniglot(cfg.task.data_root, cfg.task.dataset_split, subset=split, image_size=cfg.task.image_size)
+
+
+#: Classes of Lake et al.'s one-shot trials (within one alphabet)
+WITHIN_ALPHABET_WAY = 20
+
+
+def within_alphabet_episodes(cfg: Config, split: str) -> WithinAlphabetEpisodes:
+    """Lake et al.'s (2015) within-alphabet 20-way 1-shot trials, one query per class, on ``split``'s classes
+    of the background split: test on the evaluation set's 20 alphabets (all have at least 20 characters),
+    validation on ``datasets.omniglot.VAL_ALPHABETS``, which that split holds out of training. Refused (a
+    ValueError, one line) for a run whose training may have seen an evaluation-set alphabet: Lake's rule is
+    background set only."""
+    why = evaluation_alphabets_seen(cfg)
+    if why:
+        raise ValueError(f"within-alphabet episodes (--episodes within-alphabet) are for runs trained on Omniglot's "
+                         f"background set only, and {why}")
+    return alphabet_episodes(FAMILIES[cfg.task.family].build(cfg, split), WITHIN_ALPHABET_WAY, 1, 1)
+
+
+def alphabet_episodes(dataset: ClassDataset, n_way: int, k_shot: int, num_query: int,
+                      augment: bool = False) -> WithinAlphabetEpisodes:
+    """Within-alphabet episodes of Omniglot classes (``datasets.omniglot.alphabet_of`` their names: a rotated
+    alphabet is an alphabet of its own), support and query by different drawers (``drawers_of``)."""
+    return WithinAlphabetEpisodes(dataset, [alphabet_of(name) for name in dataset.class_names], drawers_of(dataset),
+                                  n_way, k_shot, num_query, augment)
+
+
+def evaluation_alphabets_seen(cfg: Config, checked: frozenset[Path] = frozenset()) -> str | None:
+    """Why a run's training may have seen Omniglot's evaluation-set alphabets (its classes, or weights it started
+    from: init_from, encoder_from), in words; None when it has not (``--dataset-split background``, whose
+    training classes are the background set less the validation alphabets). ``checked``: the runs already
+    looked at on the way here (a loop of init_from is not followed twice)."""
+    if cfg.task.family != "omniglot":
+        return f"this run was trained on {cfg.task.family!r} tasks, not on Omniglot's background set"
+    if cfg.task.dataset_split != "background":
+        return (f"this run's training classes (--dataset-split {cfg.task.dataset_split}) include evaluation-set "
+                "alphabets; train with --dataset-split background")
+    for flag, source in (("init_from", cfg.training.init_from), ("encoder_from", cfg.method.encoder_from)):
+        if source is None:
+            continue
+        saved = (Path(source).expanduser() / "config.yaml").resolve()
+        if saved in checked:
+            continue
+        if not saved.is_file():
+            return f"its weights come from {source} ({flag}), whose config.yaml is not there to check"
+        why = evaluation_alphabets_seen(Config.load(saved), checked | {saved})
+        if why:
+            return f"its weights come from {source} ({flag}), and there {why}"
+    return None
 
 
 @lru_cache(maxsize=4)

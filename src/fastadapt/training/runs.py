@@ -18,16 +18,16 @@ from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_of
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.download import atomic_file
-from fastadapt.tasks import EpisodeTasks
+from fastadapt.tasks import EpisodeTasks, WithinAlphabetEpisodes
 from fastadapt.tasks.base import TaskBatch, TaskDistribution
 from fastadapt.training import distributed
 from fastadapt.training.builders import build_learner, build_tasks, eval_settings, fixed_seed
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.checks import check_config
-from fastadapt.training.config import FLAT, Config
+from fastadapt.training.config import FLAT, WITHIN_ALPHABET, Config
 from fastadapt.training.device import resolve_device
 from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, step_label
-from fastadapt.training.families import family_of
+from fastadapt.training.families import WITHIN_ALPHABET_WAY, family_of
 from fastadapt.training.networks import ARCHITECTURE_FILE, resolve_model
 from fastadapt.training.precision import check_precision
 from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
@@ -243,6 +243,8 @@ def evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int | None = 
     tasks = build_tasks(cfg, split) if dataset is None else None
     episodic = dataset is not None or family_of(cfg).kind == "images"
     settings = eval_settings(cfg) if episodic else [None]
+    if isinstance(tasks, WithinAlphabetEpisodes):
+        settings.append(WITHIN_ALPHABET)
     bar = tqdm(total=num_tasks * len(settings), disable=not progress, unit="task", dynamic_ncols=True,
                desc=f"{'testing' if split == 'test' else 'validating'} on {num_tasks} fixed {split} tasks"
                     + (f" x {len(settings)} settings" if len(settings) > 1 else ""))
@@ -262,14 +264,21 @@ def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int, steps: 
                            precision=cfg.training.precision, advance=advance)
         return {(learner.metric.adapted_row if s is None else step_label(s)): e for s, e in results.items()}
     rows = {}
-    for way, shot in settings:
-        episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot, cfg.evaluation.eval_query)
-        batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order, seed=seed)
+    for setting in settings:
+        if setting == WITHIN_ALPHABET:  # the run's own trials (build_tasks)
+            episodes, name = tasks, f"{WITHIN_ALPHABET} {tasks.n_way}-way {tasks.k_shot}-shot"
+        else:
+            way, shot = setting
+            episodes = EpisodeTasks(tasks.dataset if dataset is None else dataset, way, shot,
+                                    cfg.evaluation.eval_query)
+            name = f"{way}-way {shot}-shot"
+        batches = fixed_batches(episodes, num_tasks, split, shuffle_support=learner.reads_support_in_order,
+                                 seed=seed)
         few = episodes.dataset.num_classes <= FEW_TEST_CLASSES
         results = evaluate(learner, batches, steps=steps, device=device, precision=cfg.training.precision,
                            advance=advance, classes=episodes.fixed_classes(num_tasks, split, seed) if few else None)
         for s, estimate in results.items():
-            rows[f"{way}-way {shot}-shot" + ("" if s is None else f", {step_label(s)}")] = estimate
+            rows[name + ("" if s is None else f", {step_label(s)}")] = estimate
     return rows
 
 
@@ -364,6 +373,8 @@ def episode_shapes(cfg: Config) -> tuple[str, str] | None:
         return None
     train = ("minibatches of all training classes" if method_of(cfg).minibatch_trained
              else f"{cfg.task.n_way}-way {cfg.task.k_shot}-shot")
+    if cfg.evaluation.episodes == WITHIN_ALPHABET:
+        return train, f"{WITHIN_ALPHABET} {WITHIN_ALPHABET_WAY}-way 1-shot"
     way, shot = eval_settings(cfg)[0]
     return train, f"{way}-way {shot}-shot"
 

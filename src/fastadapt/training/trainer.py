@@ -164,6 +164,8 @@ class Trainer:
             return "a gradient hook runs between backward pass and optimizer step"
         if self.cfg.training.tasks_per_pass is not None:
             return "tasks_per_pass splits the meta-batch"
+        if getattr(self.tasks, "augment", False):
+            return "the training images are distorted as they are drawn (augment)"
         return None
 
     def say(self, message: str) -> None:
