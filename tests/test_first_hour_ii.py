@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from fastadapt import threads
 from fastadapt.cli import main, preset_timings, quick_config
@@ -339,6 +340,17 @@ def test_tensorboard_gets_the_scalars_of_metrics_jsonl(tmp_path):
     written = {(key, e.step, e.value) for key in events.Tags()["scalars"] for e in events.Scalars(key)}
     assert {(k, s) for k, s, _ in written} == {(k, s) for k, s, _ in expected}
     assert all(abs(v - dict(((k, s), v) for k, s, v in written)[k, s]) <= 1e-6 * max(1, abs(v)) for k, s, v in expected)
+
+
+def test_tensorboard_gets_the_learning_curves_figure(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert main(_tiny_sinusoid(tmp_path, "--no-progress", "--no-eval", "--tensorboard")) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert events.Tags()["images"] == ["learning_curves"]
+    image = events.Images("learning_curves")[-1]
+    with Image.open(tmp_path / "run" / "learning_curves.png") as png:
+        assert (image.width, image.height) == png.size
 
 
 def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -109,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
     from fastadapt.training.distributed import is_main_process
     from fastadapt.training.evaluation import format_table
+    from fastadapt.training.trainer import add_image_to_tensorboard
     from fastadapt.training.runs import (TEST_RESULTS, curves_subtitle, load_metrics, load_run, look_at_test_set,
                                          recorded_results, record_test_results, results_payload, train)
 
@@ -123,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         figure = plot_learning_curves(load_metrics(result.run_dir), result.run_dir / "learning_curves.png",
                                       title=f"{cfg.method.name} on {cfg.task.family}",
                                       subtitle=curves_subtitle(cfg.resolved()))
+        if cfg.training.tensorboard:
+            add_image_to_tensorboard(result.run_dir, "learning_curves", figure, result.iterations)
         print(f"trained {result.iterations} iterations; run saved in {result.run_dir} (learning curves: {figure})")
     else:
         print(f"nothing trained (0 iterations); run saved in {result.run_dir}")

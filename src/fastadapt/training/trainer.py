@@ -115,6 +115,19 @@ class StopRequest:
 STALL_VALIDATIONS = 3
 
 
+def add_image_to_tensorboard(run_dir: Path, tag: str, png: Path, step: int) -> None:
+    """A figure's PNG (the learning curves) as an image in RUN_DIR/tensorboard, beside the scalars the trainer
+    wrote there, so that TensorBoard shows what ``fastadapt plot`` draws."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    with SummaryWriter(str(Path(run_dir) / "tensorboard")) as writer:
+        writer.add_image(tag, pixels, step, dataformats="HWC")
+
+
 class Trainer:
     """Meta-trains ``learner`` on ``tasks``; ``val_batches`` gives the fixed validation tasks."""
 
