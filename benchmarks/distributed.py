@@ -3,7 +3,8 @@
     python benchmarks/distributed.py                         # Omniglot-shaped MAML, 1 vs 2 processes
     python benchmarks/distributed.py --preset sinusoid-maml --meta-batch-size 24 --iterations 500
 
-Each process gets cores / N threads, so the comparison spends the same CPU.
+Each process gets cores / N threads (``--threads`` = cores / N for the training processes), so the comparison
+spends the same CPU; the thread count printed is the one the run's checkpoint records having used.
 Throughput is meta-iterations per second over the whole run (spawning, the
 process group, checkpoints included, as a user sees it); efficiency is the
 speed-up divided by N. Both runs must end with the same weights (up to float
@@ -38,18 +39,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for n in args.nproc:
             overrides = dict(iterations=args.iterations, log_every=args.iterations, val_every=args.iterations,
-                             checkpoint_every=args.iterations, val_tasks=1, output_dir=str(Path(scratch) / f"n{n}"))
+                             checkpoint_every=args.iterations, val_tasks=1, output_dir=str(Path(scratch) / f"n{n}"),
+                             threads=cores)  # train gives each of n processes cores // n of them
             if args.meta_batch_size:
                 overrides["meta_batch_size"] = args.meta_batch_size
             if args.data_root:
                 overrides["data_root"] = args.data_root
             cfg = load_preset(args.preset).replace(**overrides)
-            torch.set_num_threads(max(1, cores // n))
             start = time.perf_counter()
             train(cfg, progress=False, nproc=n)
             rates[n] = args.iterations / (time.perf_counter() - start)
-            weights[n] = load_checkpoint(Path(cfg.training.output_dir) / "last.pt")["learner"]
-            print(f"{n} process(es), {max(1, cores // n)} thread(s) each: {rates[n]:.3f} it/s", flush=True)
+            last = load_checkpoint(Path(cfg.training.output_dir) / "last.pt")
+            weights[n] = last["learner"]
+            print(f"{n} process(es), {last['threads']} thread(s) each: {rates[n]:.3f} it/s", flush=True)
     base = args.nproc[0]
     for n in args.nproc[1:]:
         difference = max((weights[n][k] - weights[base][k]).abs().max().item() for k in weights[base])

@@ -114,3 +114,21 @@ def test_demo_tiny_budget(tmp_path, capsys):
     assert (tmp_path / "sinusoid.png").stat().st_size > 10_000
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert results["MAML"]["1 step"]["num_tasks"] == 1000
+
+
+def test_the_demo_tests_the_best_validation_weights_fresh_or_reused(tmp_path, monkeypatch):
+    """A fresh demo and a re-run that reuses its runs print the same table: both test best.pt, as the README says."""
+    from fastadapt.training import demo
+
+    configs = demo.demo_configs
+
+    def validating_often(output_dir, iterations, seed):  # a validation every iteration, and a rough outer step
+        return {name: cfg.replace(val_every=1, checkpoint_every=1, log_every=1, meta_lr=0.3, test_tasks=50)
+                for name, cfg in configs(output_dir, iterations, seed).items()}
+
+    monkeypatch.setattr(demo, "demo_configs", validating_often)
+    fresh = demo.run_demo(tmp_path, iterations=12, progress=False)
+    best, last = (torch.load(tmp_path / "maml" / name, weights_only=False)["iteration"] for name in ("best.pt", "last.pt"))
+    assert best != last  # else this test could not tell the two apart
+    reused = demo.run_demo(tmp_path, iterations=12, progress=False)
+    assert fresh["table"] == reused["table"]

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 
@@ -92,3 +93,23 @@ def test_maml_rl_on_two_processes_takes_the_one_process_trpo_steps(tmp_path):
         assert a["backtracks"] == b["backtracks"]
         for key in ("return", "return_pre_update", "kl"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores for the thread count to tell")
+def test_the_scaling_benchmark_runs_the_threads_it_prints(monkeypatch, capsys):
+    """benchmarks/distributed.py once printed cores / N threads while the run chose its own (1 for an MLP)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "distributed_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "distributed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    used = []
+    real = bench.load_checkpoint
+    monkeypatch.setattr(bench, "load_checkpoint", lambda path: used.append(real(path)["threads"]) or real(path))
+    monkeypatch.setattr(sys, "argv", ["distributed.py", "--preset", "sinusoid-maml", "--iterations", "2",
+                                      "--meta-batch-size", "4", "--nproc", "1"])
+    bench.main()
+    printed = int(re.search(r"1 process\(es\), (\d+) thread\(s\) each", capsys.readouterr().out)[1])
+    assert used == [printed] and printed == os.cpu_count()

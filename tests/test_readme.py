@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastadapt.cli import build_parser, main
 from fastadapt.training.config import preset_names
@@ -295,6 +296,9 @@ def test_the_python_api_snippets_run_on_a_tiny_budget(tmp_path, monkeypatch):
         namespace: dict = {}
         exec(compile(block.replace(*budget), "README.md", "exec"), namespace)
     assert namespace["result"].iterations == 2 and (tmp_path / "runs" / "msgd" / "best.pt").is_file()
+    best = torch.load(tmp_path / "runs" / "msgd" / "best.pt", weights_only=False)["learner"]
+    for name, value in namespace["learner"].state_dict().items():  # the best validation weights are the ones tested
+        assert torch.equal(value, best[name]), name
 
 
 #: What shrinks the tour's runs to seconds: tiny budgets and networks; evaluation on two episodes.

@@ -96,10 +96,9 @@ def run_demo(output_dir: str | Path = "runs/demo", iterations: int = 20_000, see
 
     for name, cfg in demo_configs(output_dir, iterations, seed).items():
         action = _finished_or_fresh(cfg, overwrite, say)
-        if action == "reuse":
-            _, learner = load_run(cfg.training.output_dir, "best")
-        else:
-            _, learner = train(cfg, resume=action == "resume", progress=progress)
+        if action != "reuse":
+            train(cfg, resume=action == "resume", progress=progress)
+        _, learner = load_run(cfg.training.output_dir, "best")  # tested as fastadapt eval tests: the best validation
         learners[name] = learner
         results[name] = evaluate_learner(cfg, learner)
         plot_learning_curves(load_metrics(cfg.training.output_dir),
