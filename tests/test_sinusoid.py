@@ -65,3 +65,28 @@ def test_task_batch_split_and_cat_round_trip():
     chunks = batch.split(3)
     assert [len(c) for c in chunks] == [3, 3, 3, 1]
     assert torch.equal(TaskBatch.cat(chunks).query_x, batch.query_x)
+
+
+def test_the_sinusoid_benchmark_says_how_many_tasks_diverged_and_their_median(tmp_path):
+    """benchmarks/sinusoid.py prints "diverged on 3 of 1,000 tasks (median 0.0415)" itself (docs/results.md quotes
+    it), from the same per-task MSEs that fastadapt eval averages."""
+    import importlib.util
+    from pathlib import Path
+
+    from fastadapt.training.config import load_preset
+    from fastadapt.training.evaluation import mean_and_ci95
+    from fastadapt.training.runs import evaluate_learner, load_run, train
+
+    spec = importlib.util.spec_from_file_location("sinusoid_bench",
+                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "sinusoid.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    values = torch.tensor([0.5, float("inf"), 0.1, 0.3, float("nan")])
+    assert bench.divergence(values) == "diverged on 2 of 5 tasks (median 0.5000)"
+    assert bench.divergence(torch.tensor([0.1, 0.2])) is None
+    cfg = load_preset("sinusoid-maml").replace(iterations=2, val_every=1, val_tasks=4, test_tasks=30,
+                                               output_dir=str(tmp_path / "run"), threads=1)
+    train(cfg, progress=False)
+    cfg, learner = load_run(tmp_path / "run")
+    per_task = bench.per_task_mse(cfg, learner)
+    assert {row: mean_and_ci95(v) for row, v in per_task.items()} == evaluate_learner(cfg, learner)
