@@ -70,7 +70,8 @@ def synthetic_omniglot() -> ClassDataset:
 
 @pytest.fixture
 def fake_omniglot(monkeypatch, synthetic_omniglot):
-    """Runs with tasks 'omniglot' read the synthetic stand-in instead of the archives."""
+    """Runs with tasks 'omniglot' read the synthetic stand-in instead of the archives (and cluttered-omniglot
+    runs the archives of OMNIGLOT_DIR whatever their data_root)."""
     from dataclasses import replace
 
     from fastadapt.training.families import FAMILIES
@@ -79,6 +80,16 @@ def fake_omniglot(monkeypatch, synthetic_omniglot):
         return split_omniglot(synthetic_omniglot, cfg.task.dataset_split, split)
 
     monkeypatch.setitem(FAMILIES, "omniglot", replace(FAMILIES["omniglot"], build=load))
+    # Cluttered Omniglot draws its canvases from the real drawings (a stand-in would not be its benchmark): they are
+    # read from the archives here, and a test that builds it is skipped without them.
+    cluttered = FAMILIES["cluttered-omniglot"]
+
+    def load_cluttered(cfg, split):
+        if not all((OMNIGLOT_DIR / name).is_file() for name in ARCHIVES):
+            pytest.skip(f"cluttered-omniglot needs the Omniglot archives, which are not in {OMNIGLOT_DIR}")
+        return cluttered.build(cfg.replace(data_root=str(OMNIGLOT_DIR)), split)
+
+    monkeypatch.setitem(FAMILIES, "cluttered-omniglot", replace(cluttered, build=load_cluttered))
 
 
 @pytest.fixture(scope="session")

@@ -177,7 +177,7 @@ def _eval_title(cfg: Config, split: str = "test") -> str:
 
     family = family_of(cfg)
     if family.kind != "images":
-        return family.title(cfg)
+        return family.title(cfg) + ("" if split == "test" else " [validation tasks]")
     if cfg.method.encoder_from:
         network = f"encoder from {cfg.method.encoder_from}"
     elif cfg.model.name == "pixels":
@@ -245,6 +245,37 @@ def cmd_predict(args: argparse.Namespace) -> None:
     rows += [[name, label, *(f"{p:.3f}" for p in row)] for name, label, row in zip(names, predicted, probabilities)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    import torch
+    from PIL import Image
+
+    from fastadapt.algorithms.metrics import MASK_LOGIT_THRESHOLD
+    from fastadapt.algorithms.registry import method_names, method_of
+    from fastadapt.datasets.cluttered_omniglot import CANVAS_SIZE, REFERENCE_SIZE, read_rgb
+    from fastadapt.training.runs import load_run
+
+    reference = read_rgb(args.reference, REFERENCE_SIZE, "reference")
+    canvases = torch.stack([read_rgb(path, CANVAS_SIZE, "canvas") for path in args.canvas])
+    cfg, learner = load_run(args.run_dir, args.checkpoint)
+    if not method_of(cfg).segmentation:
+        raise ValueError(f"{args.run_dir} is a {cfg.method.name} run, which segments nothing; fastadapt segment needs "
+                         f"a run of {' / '.join(method_names(segmentation=True))}")
+    references = reference.expand(len(canvases), -1, -1, -1)
+    with torch.no_grad():
+        masks = learner.segment(references, canvases) > MASK_LOGIT_THRESHOLD
+        found = learner.detect(references, canvases)
+    rows = [["canvas", "box (left, top, width, height)", "score", "mask pixels"]]
+    for path, mask, box, score in zip(args.canvas, masks, found.boxes.tolist(), found.scores.tolist()):
+        rows.append([str(path), ", ".join(f"{v:.0f}" for v in box), f"{score:.3f}", str(int(mask.sum()))])
+        if args.output:
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.numpy().astype("uint8") * 255).save(Path(args.output) / f"{Path(path).stem}_mask.png")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
+    if args.output:
+        print(f"masks (foreground probability above 0.3) written to {args.output}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -390,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="fastadapt", description="Meta-learning for PyTorch.",
                             epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_serve, _add_plot, _add_presets, _add_bench):
+    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_segment, _add_serve, _add_plot, _add_presets,
+                _add_bench):
         add(commands)
     return parser
 
@@ -485,6 +517,22 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
                          help="best: the best validation score; last: the last saved (default: best)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     predict.set_defaults(func=cmd_predict)
+
+
+def _add_segment(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt segment`` and its options."""
+    segment = commands.add_parser("segment", help="find a reference's character on your own canvases with a "
+                                                  "trained cluttered-omniglot run: its box, score and mask")
+    segment.add_argument("run_dir", help="a trained segmentation run directory (holding best.pt)")
+    segment.add_argument("--reference", required=True, metavar="PNG",
+                         help="the reference: a 32x32 RGB image of the character on black (required)")
+    segment.add_argument("--canvas", required=True, nargs="+", metavar="PNG",
+                         help="96x96 RGB canvases to find it on (required)")
+    segment.add_argument("--output", metavar="DIR", help="write each canvas's mask as DIR/<canvas>_mask.png "
+                                                         "(default: none)")
+    segment.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                         help="best: the best validation score; last: the last saved (default: best)")
+    segment.set_defaults(func=cmd_segment)
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:

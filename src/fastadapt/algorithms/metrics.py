@@ -9,11 +9,14 @@ and needs no branch there.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from fastadapt.tasks.cluttered_omniglot import SEGMENTATION_LOSS, localisation_hits, mask_iou
 
 PerTask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -35,6 +38,9 @@ class Metric:
     per_label: PerTask | None = None
     #: the results row of a learner that adapts its own way, not by a number of gradient steps
     adapted_row: str = "adapted"
+    #: metrics evaluation reports beside this one, on the same outputs, each in a row of its own (its
+    #: ``adapted_row``); a learner's ``score_tasks`` returns their scores under their names
+    companions: tuple["Metric", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,13 +81,43 @@ def per_label_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return (correct.unsqueeze(-1) * one_hot).sum(1) / one_hot.sum(1)
 
 
+def _mask_guess(outputs: torch.Tensor) -> torch.Tensor:
+    """Segmentation outputs are mask logits (tasks, H, W): the paper's foreground probability above 0.3."""
+    return at_least_fp32(outputs) > MASK_LOGIT_THRESHOLD
+
+
+def _mask_bce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    outputs = at_least_fp32(outputs)
+    if outputs.shape != targets.shape:
+        raise ValueError(f"segmentation loss: mask logits {tuple(outputs.shape)} and masks {tuple(targets.shape)} "
+                         "differ")
+    return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), reduction="none").flatten(1).mean(1)
+
+
+def _mask_iou(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return mask_iou(_mask_guess(outputs), targets)
+
+
+def _localisation(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return localisation_hits(_mask_guess(outputs), targets)
+
+
+#: The paper's threshold on the foreground probability (0.3), as a logit.
+MASK_LOGIT_THRESHOLD = math.log(0.3 / 0.7)
 ACCURACY = Metric("accuracy", higher_is_better=True, per_task=_accuracy, per_label=per_label_accuracy)
 MSE = Metric("mse", higher_is_better=False, per_task=_mse)
 #: An RL task's mean return over its trajectories (the learner rolls them out: ``evaluate_returns``).
 RETURN = Metric("return", higher_is_better=True, adapted_row="return per trial")
+#: One-shot segmentation (Michaelis et al. 2018): per-canvas mask IoU, and the share of canvases whose predicted
+#: mask's centre of mass is within 5 pixels of the target's (``tasks.cluttered_omniglot``).
+LOCALISATION = Metric("localisation", higher_is_better=True, per_task=_localisation,
+                      adapted_row="localisation (centre within 5 px)")
+MASK_IOU = Metric("mask_iou", higher_is_better=True, per_task=_mask_iou, adapted_row="mask IoU (threshold 0.3)",
+                  companions=(LOCALISATION,))
 
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in (Loss("mse", _mse, MSE),
-                                                          Loss("cross_entropy", _cross_entropy, ACCURACY))}
+                                                          Loss("cross_entropy", _cross_entropy, ACCURACY),
+                                                          Loss(SEGMENTATION_LOSS, _mask_bce, MASK_IOU))}
 
 
 def loss_named(name: str) -> Loss:

@@ -29,6 +29,8 @@ MODULES = (
     "pretrained_rl",
     "rl2",
     "bandit_baselines",
+    "siamese_unet",
+    "segmentation_baselines",
 )
 
 

@@ -51,6 +51,8 @@ class MethodSpec:
     bandit: bool = False
     #: searches an architecture (a DARTS supernet's alphas) along with the weights
     searches_architecture: bool = False
+    #: finds a reference's object on a canvas and outputs its mask: the segmentation families only
+    segmentation: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in (None, "feedforward", "gru") or (self.policy is not None and not self.rl):

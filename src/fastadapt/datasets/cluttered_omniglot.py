@@ -251,6 +251,21 @@ def _paste_centred(image: np.ndarray, ink: np.ndarray, colour: np.ndarray) -> No
     image[y0:y1, x0:x1][ink[y0 - top:y1 - top, x0 - left:x1 - left]] = colour
 
 
+def read_rgb(path: str | os.PathLike, size: int, what: str) -> torch.Tensor:
+    """An image file as (3, size, size) uint8 RGB (characters on black, as the benchmark draws them). A file
+    that cannot be read as an image, or is not ``size`` x ``size`` pixels, is a ValueError naming it and ``what``
+    it was to be (a reference is 32 x 32 pixels, a canvas 96 x 96)."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, ValueError) as error:  # a missing, unreadable or corrupt file (UnidentifiedImageError)
+        raise ValueError(f"cannot read the {what} {path}: {error}") from None
+    if rgb.size != (size, size):
+        raise ValueError(f"the {what} {path} is {rgb.size[0]}x{rgb.size[1]} pixels; a cluttered-Omniglot run reads "
+                         f"{size}x{size} {what}s")
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
 def _split(name: str) -> Split:
     if name not in SPLITS:
         raise ValueError(f"unknown cluttered Omniglot split {name!r}; choose one of {', '.join(SPLITS)}")

@@ -21,13 +21,13 @@ reference clipped to 32x32 when it is larger.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
+from typing import Sequence
 
 import torch
 
-from fastadapt.datasets.cluttered_omniglot import (CANVAS_SIZE, MAX_ROTATION, MAX_SCALE, MAX_SHEAR,
-                                                   REFERENCE_SIZE)
+from fastadapt.datasets.cluttered_omniglot import (CANVAS_SIZE, MAX_ROTATION, MAX_SCALE, MAX_SHEAR, REFERENCE_SIZE,
+                                                   SPLITS, generate_job, job_seeds)
 
 _GLYPH = 105
 _SHRINK = 32 / 105
@@ -49,11 +49,33 @@ class SegmentationBatch:
     def __len__(self) -> int:
         return self.canvases.shape[0]
 
+    @property
+    def num_tasks(self) -> int:
+        """Each canvas with its reference is a task (the trainer's and evaluation's word)."""
+        return len(self)
+
+    def __getitem__(self, index: slice | torch.Tensor) -> "SegmentationBatch":
+        return SegmentationBatch(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def split(self, chunk_size: int) -> list["SegmentationBatch"]:
+        return [self[i:i + chunk_size] for i in range(0, len(self), chunk_size)]
+
+
+#: The per-task loss of segmentation tasks (``algorithms.metrics``): scored by mask IoU.
+SEGMENTATION_LOSS = "segmentation"
+#: What a segmentation network reads: a canvas (channels, height, width); references are REFERENCE_SHAPE.
+CANVAS_SHAPE = (3, CANVAS_SIZE, CANVAS_SIZE)
+REFERENCE_SHAPE = (3, REFERENCE_SIZE, REFERENCE_SIZE)
+
 
 class ClutteredOmniglotTasks:
     """Canvases of ``characters`` drawings (``characters - 1`` distractors, then the target) from ``glyphs``,
     a (characters, drawings, 105, 105) bool tensor (ink = True, from ``glyph_tensor(load_glyphs(split))``),
     using drawings ``drawers[0]`` to ``drawers[1] - 1`` of each character."""
+
+    loss = SEGMENTATION_LOSS
+    output_size = 1  # one mask
+    input_shape = CANVAS_SHAPE
 
     def __init__(self, glyphs: torch.Tensor, characters: int, drawers: tuple[int, int] = (0, 10)) -> None:
         if glyphs.dtype != torch.bool or glyphs.dim() != 4 or tuple(glyphs.shape[2:]) != (_GLYPH, _GLYPH):
@@ -167,6 +189,46 @@ class ClutteredOmniglotTasks:
                 ink = _sample(self.bank, col[:, 0, None, :], row[:, 0, :, None], col[:, 1, None, :],
                               row[:, 1, :, None], base[:, None, None])
                 yield (index[chosen], ink, _crop(ink))
+
+
+class OfficialCanvases:
+    """The fixed evaluation canvases of an official split (val-one-shot, test-one-shot), regenerated bit for bit
+    by the exact generator: ``fixed_tasks(n)`` is the first n canvases of the split's jobs taken from the last
+    job backwards (job 4 first, the one whose last canvas the published MD5 checks), the same every call."""
+
+    loss = SEGMENTATION_LOSS
+    output_size = 1
+    input_shape = CANVAS_SHAPE
+
+    def __init__(self, glyphs: Sequence, characters: int, split: str) -> None:
+        self.glyphs, self.characters, self.split = glyphs, characters, split
+        self._jobs: dict[int, SegmentationBatch] = {}
+
+    @property
+    def size(self) -> int:
+        return SPLITS[self.split].size
+
+    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> SegmentationBatch:
+        """The first ``num_tasks`` canvases; ``split`` and ``seed`` are the official split's, whatever is passed
+        (the family refuses a test set other than the first, the only one there is)."""
+        if not 1 <= num_tasks <= self.size:
+            raise ValueError(f"{self.split} holds {self.size:,} canvases; asked for {num_tasks:,}")
+        jobs = len(job_seeds(self.split))
+        parts, left = [], num_tasks
+        for job in range(jobs - 1, -1, -1):
+            if left <= 0:
+                break
+            parts.append(self._job(job)[:left])
+            left -= len(parts[-1])
+        return SegmentationBatch(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(SegmentationBatch)))
+
+    def _job(self, job: int) -> SegmentationBatch:
+        if job not in self._jobs:
+            made = generate_job(self.glyphs, self.characters, self.split, job)
+            self._jobs[job] = SegmentationBatch(torch.from_numpy(made.canvases).permute(0, 3, 1, 2).contiguous(),
+                                                torch.from_numpy(made.references).permute(0, 3, 1, 2).contiguous(),
+                                                torch.from_numpy(made.masks).bool(), torch.from_numpy(made.boxes))
+        return self._jobs[job]
 
 
 #: Patches are rendered this many pixels at a time: small temporaries are reused rather than mapped afresh.

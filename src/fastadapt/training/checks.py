@@ -28,6 +28,9 @@ def check_config(cfg: Config) -> None:
     if family_of(cfg).kind == "mdp" or method_of(cfg).rl:
         check_rl_config(cfg)
         return
+    if family_of(cfg).kind == "segmentation" or method_of(cfg).segmentation:
+        check_segmentation_config(cfg)
+        return
     norm, method, spec = resolve_norm(cfg), cfg.method.name, method_of(cfg)
     if resolve_model(cfg) == "conv4" and spec.gradient_based and norm == "batch":
         raise ValueError(f"--norm batch does not work with {method}: its inner loop adapts every task in one "
@@ -53,6 +56,21 @@ def check_config(cfg: Config) -> None:
                 episodes(cfg, split, way, shot)
             if cfg.evaluation.episodes == WITHIN_ALPHABET:
                 within_alphabet_tasks(cfg, split)
+
+
+def check_segmentation_config(cfg: Config) -> None:
+    """Segmentation runs: a segmentation method on a segmentation family, with its own network."""
+    family, method = cfg.task.family, cfg.method.name
+    if family_of(cfg).kind != "segmentation":
+        raise ValueError(f"{method} segments a reference's object on a canvas: use --tasks "
+                         f"{' / '.join(family_names('segmentation'))}, not {family!r}")
+    if not method_of(cfg).segmentation:
+        raise ValueError(f"--tasks {family} is a segmentation family: use --algorithm "
+                         f"{' / '.join(method_names(segmentation=True))}, not {method!r}")
+    if resolve_model(cfg) != "unet":
+        raise ValueError(f"--model {cfg.model.name}: a segmentation method builds its own network (--model auto)")
+    if cfg.training.tasks_per_pass is not None:
+        raise ValueError("--tasks-per-pass is for episodic tasks; a segmentation meta-batch is one batch of canvases")
 
 
 def check_rl_config(cfg: Config) -> None:

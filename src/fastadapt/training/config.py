@@ -57,7 +57,8 @@ class TaskSettings:
     """What a task is: the task family and the shape of its episodes."""
 
     family: str = setting("sinusoid", "task family: sinusoid, omniglot, folder, or digits (scikit-learn's, for "
-                                      "cross-domain evaluation); reinforcement learning: nav2d (2D navigation), "
+                                      "cross-domain evaluation); cluttered-omniglot (one-shot segmentation in "
+                                      "clutter); reinforcement learning: nav2d (2D navigation), "
                                       "bandit (Bernoulli bandits), tabular-mdp, or the MuJoCo locomotion families "
                                       "halfcheetah-fwd-bwd, halfcheetah-vel, ant-fwd-bwd, ant-direction (need the "
                                       "fastadapt[mujoco] extra)", flat="tasks")
@@ -89,6 +90,8 @@ class TaskSettings:
                                                "many forward as backward tasks, in random order (each task is still "
                                                "forward or backward with probability 1/2); validation and test tasks "
                                                "are the same either way")
+    characters: int = setting(4, "cluttered-omniglot: characters per canvas, the target and characters - 1 "
+                                 "distractors (the paper's levels: 4, 8, 16, 32, 64, 128, 256)")
     arms: int = setting(10, "bandit: arms per bandit (k)")
     states: int = setting(10, "tabular-mdp: states")
     actions: int = setting(5, "tabular-mdp: actions")
@@ -96,7 +99,7 @@ class TaskSettings:
 
     def validate(self) -> None:
         _positive(self, "k_shot", "n_way", "image_size", "num_query", "horizon", "trajectories", "states",
-                  "actions", "trial_episodes")
+                  "actions", "trial_episodes", "characters")
         if self.arms < 2:
             raise ConfigError(f"config: arms must be at least 2, got {self.arms}")
         if self.channels not in (None, 1, 3):

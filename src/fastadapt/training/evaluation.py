@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.metrics import Metric
 from fastadapt.tasks.base import TaskBatch
 from fastadapt.training.precision import autocast
 
@@ -143,16 +144,17 @@ def per_task_results(
     the queries of each label, (tasks, n_way) (the metric's ``per_label``), instead of its metric.
 
     For an RL learner the metric is a task's mean return (``evaluate_returns``: new trajectories before
-    each adaptation step, from the task's own seed, so the result is the same every call)."""
+    each adaptation step, from the task's own seed, so the result is the same every call). A metric's
+    companions (segmentation: localisation beside mask IoU) come under their names."""
     was_training = learner.training
     learner.eval()
-    results: dict[int | None, list[torch.Tensor]] = {s: [] for s in steps}
+    results: dict[int | str | None, list[torch.Tensor]] = {s: [] for s in steps}
     try:
         for batch in batches:
             with autocast(precision, device):
                 scores = learner.score_tasks(batch.to(device), list(steps), by_label)
-            for s in steps:
-                results[s].append(scores[s].cpu())
+            for key, value in scores.items():  # the steps asked, and the metric's companions by name
+                results.setdefault(key, []).append(value.cpu())
             if advance is not None:
                 advance(len(batch))
     finally:
@@ -180,6 +182,14 @@ def evaluate(
 
 def step_label(steps: int | None) -> str:
     return "adapted" if steps is None else f"{steps} step{'' if steps == 1 else 's'}"
+
+
+def row_label(metric: Metric, key: int | str | None) -> str:
+    """The results row of an ``evaluate`` key: a number of steps, None (the learner's own adaptation: the
+    metric's ``adapted_row``), or the name of one of the metric's companions (its ``adapted_row``)."""
+    if isinstance(key, str):
+        return next(companion.adapted_row for companion in metric.companions if companion.name == key)
+    return metric.adapted_row if key is None else step_label(key)
 
 
 def format_table(columns: dict[str, dict[str, Estimate]], title: str) -> str:

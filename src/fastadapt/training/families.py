@@ -17,11 +17,14 @@ import torch
 
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
 from fastadapt.datasets.digits import load_digits_dataset
+from fastadapt.datasets.cluttered_omniglot import SPLITS as CLUTTERED_OMNIGLOT
+from fastadapt.datasets.cluttered_omniglot import glyph_tensor, load_glyphs
 from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
 from fastadapt.datasets.omniglot import alphabet_of, drawers_of
 from fastadapt.tasks import (BanditTasks, LocomotionTasks, Navigation2DTasks, SinusoidTasks, TabularMDPTasks,
                             WithinAlphabetEpisodes)
 from fastadapt.tasks.base import TaskDistribution
+from fastadapt.tasks.cluttered_omniglot import ClutteredOmniglotTasks, OfficialCanvases
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
 from fastadapt.training.config import Config
 from fastadapt.training.threads import available_cores
@@ -29,7 +32,9 @@ from fastadapt.training.threads import available_cores
 #: Share of a folder's classes that go to train and val when it has no train/val/test sub-folders.
 FOLDER_SPLIT = {"train": 0.6, "val": 0.2}
 #: The kinds of family: what ``build`` returns and which methods learn there.
-KINDS = ("regression", "images", "mdp")
+KINDS = ("regression", "images", "mdp", "segmentation")
+#: Which official cluttered-Omniglot split each of a run's splits is (training canvases are drawn on the fly).
+CLUTTERED_SPLITS = {"train": "train", "val": "val-one-shot", "test": "test-one-shot"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,8 @@ class FamilySpec:
     """A task family (``--tasks``)."""
 
     name: str
-    #: "regression" and "mdp": ``build`` gives the split's task distribution; "images": the split's classes
+    #: "regression", "mdp" and "segmentation": ``build`` gives the split's task distribution (segmentation: drawn
+    #: on the fly for training, the fixed official canvases for val and test); "images": the split's classes
     kind: str
     build: Callable[[Config, str], Any]
     #: what its evaluation measures, for the results table's title (image families: where the images are from)
@@ -196,6 +202,35 @@ def describe_split(cfg: Config, split: str) -> str:
             f"60/20/20 into train/val/test)")
 
 
+def _cluttered_omniglot(cfg: Config, split: str) -> ClutteredOmniglotTasks | OfficialCanvases:
+    """Cluttered Omniglot (Michaelis et al. 2018) at ``characters`` per canvas: training canvases drawn on the
+    fly from the background alphabets (drawers 1-10), validation and test the official val-one-shot and
+    test-one-shot canvases (the first 10 and the last 10 evaluation alphabets, drawers 11-20)."""
+    official = CLUTTERED_SPLITS[split]
+    root = None if cfg.task.data_root is None else str(Path(cfg.task.data_root).expanduser())
+    if split == "train":
+        return ClutteredOmniglotTasks(_cluttered_glyphs(official, root), cfg.task.characters,
+                                      CLUTTERED_OMNIGLOT[official].drawers)
+    return _official_canvases(official, cfg.task.characters, root)
+
+
+def _check_cluttered_omniglot(cfg: Config) -> None:
+    if cfg.evaluation.test_set != 1:
+        raise ValueError(f"--test-set {cfg.evaluation.test_set}: cluttered-omniglot's test set is the official "
+                         "test-one-shot canvases, one fixed set (test set 1)")
+
+
+@lru_cache(maxsize=1)
+def _cluttered_glyphs(split: str, root: str | None) -> torch.Tensor:
+    return glyph_tensor(load_glyphs(split, root))
+
+
+@lru_cache(maxsize=4)
+def _official_canvases(split: str, characters: int, root: str | None) -> OfficialCanvases:
+    """One per split and level, so that its jobs, once generated, serve every validation of a run."""
+    return OfficialCanvases(load_glyphs(split, root), characters, split)
+
+
 # --- MDP families (reinforcement learning); the same tasks for every split, drawn with the split's seeds ---
 def _nav2d(cfg: Config, split: str) -> MDPTaskDistribution:
     return Navigation2DTasks(horizon=horizon(cfg), observe_goal=cfg.task.observe_goal)
@@ -257,6 +292,12 @@ def _tabular_title(cfg: Config) -> str:
             f"{horizon(cfg)} steps: total reward of a trial")
 
 
+def _cluttered_title(cfg: Config) -> str:
+    return (f"cluttered Omniglot, {cfg.task.characters} characters per canvas: mask IoU (foreground probability "
+            f"above 0.3) and localisation; mean ± 95% CI over the first {cfg.evaluation.test_tasks} official "
+            "one-shot canvases (last job first)")
+
+
 def _locomotion_title(cfg: Config) -> str:
     family = LOCOMOTION_FAMILIES[cfg.task.family]
     return (f"{family.title}, horizon {horizon(cfg)}: return (sum over steps of {family.reward}) averaged over "
@@ -276,6 +317,9 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
                lambda cfg: f"k={cfg.task.arms}, n={horizon(cfg)}", meta_batch=250, horizon=100),
     FamilySpec("tabular-mdp", "mdp", _tabular_mdp, _rl_title(_tabular_title), _trajectories, meta_batch=250,
                horizon=10),
+    FamilySpec("cluttered-omniglot", "segmentation", _cluttered_omniglot, _cluttered_title,
+               lambda cfg: f"{cfg.task.characters} characters", meta_batch=32, data_root_may_move=True,
+               check=_check_cluttered_omniglot),
     *(FamilySpec(name, "mdp", _locomotion, _rl_title(_locomotion_title),
                  lambda cfg: f"{cfg.task.trajectories} traj., H={horizon(cfg)}", meta_batch=40, horizon=200,
                  plots=("frames",), balanced_directions=True) for name in LOCOMOTION_FAMILIES),

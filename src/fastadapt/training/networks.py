@@ -17,18 +17,20 @@ from fastadapt.training.families import family_of
 
 #: The file in a metanas / tnas run directory that holds its meta-architecture (of the best checkpoint).
 ARCHITECTURE_FILE = "architecture.json"
-MODELS = ("auto", "mlp", "conv4", "pixels", "supernet", "darts")
+#: "unet": the segmentation methods' own network (a segmentation family's only model)
+MODELS = ("auto", "mlp", "conv4", "pixels", "supernet", "darts", "unet")
 POLICIES = ("auto", "gaussian", "categorical", "gru")
 
 
 def resolve_model(cfg: Config) -> str:
     """The network's name, with 'auto' resolved: the DARTS supernet for an architecture search, the MLP for
-    sinusoid regression and for RL policies (whose kind is ``model.policy``), Conv-4 for images."""
+    sinusoid regression and for RL policies (whose kind is ``model.policy``), Conv-4 for images, the
+    segmentation methods' own network (unet) for segmentation."""
     if cfg.model.name != "auto":
         return cfg.model.name
     if method_of(cfg).searches_architecture:
         return "supernet"
-    return "conv4" if family_of(cfg).kind == "images" else "mlp"
+    return {"images": "conv4", "segmentation": "unet"}.get(family_of(cfg).kind, "mlp")
 
 
 def resolve_norm(cfg: Config) -> str:

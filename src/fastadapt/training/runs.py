@@ -26,7 +26,7 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.checks import check_config
 from fastadapt.training.config import FLAT, WITHIN_ALPHABET, Config
 from fastadapt.training.device import resolve_device
-from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, step_label
+from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, row_label, step_label
 from fastadapt.training.families import WITHIN_ALPHABET_WAY, family_of
 from fastadapt.training.networks import ARCHITECTURE_FILE, resolve_model
 from fastadapt.training.precision import check_precision
@@ -262,7 +262,7 @@ def _evaluate_learner(cfg: Config, learner: MetaLearner, num_tasks: int, steps: 
     if settings == [None]:
         results = evaluate(learner, fixed_batches(tasks, num_tasks, split, seed=seed), steps=steps, device=device,
                            precision=cfg.training.precision, advance=advance)
-        return {(learner.metric.adapted_row if s is None else step_label(s)): e for s, e in results.items()}
+        return {row_label(learner.metric, key): e for key, e in results.items()}
     rows = {}
     for setting in settings:
         if setting == WITHIN_ALPHABET:  # the run's own trials (build_tasks)

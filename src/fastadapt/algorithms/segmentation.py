@@ -1,0 +1,94 @@
+"""What the segmentation methods share: the interface of a learner that finds a reference's object on a canvas.
+
+A segmentation task (``tasks.cluttered_omniglot.SegmentationBatch``) is a canvas, a reference, and the answer,
+the mask (and box) of the reference's object on the canvas. A ``SegmentationLearner`` answers for a whole batch
+at once: ``adapt(references)`` is what it takes from each reference (an embedding, conditioning weights, a bank
+of transformed templates), ``predict(adapted, canvases)`` the mask logits (tasks, height, width); a probability
+above 0.3 is the paper's foreground. Its tasks are scored by mask IoU, with localisation beside it (the metric's
+companion), from one prediction.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.metrics import MASK_LOGIT_THRESHOLD, at_least_fp32
+from fastadapt.tasks.cluttered_omniglot import CANVAS_SHAPE, REFERENCE_SHAPE, SEGMENTATION_LOSS, SegmentationBatch
+
+
+class Detection(NamedTuple):
+    """Boxes (tasks, 4) as (left, top, width, height) in canvas pixels, and their scores (tasks,)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+
+
+class SegmentationLearner(MetaLearner):
+    """Base of the segmentation methods; subclasses implement ``adapt`` and ``predict``, and ``detect`` where
+    they find boxes otherwise than as the predicted mask's."""
+
+    def __init__(self) -> None:
+        super().__init__(SEGMENTATION_LOSS)
+
+    def adapt(self, references: torch.Tensor, support_y: Any = None, steps: int | None = None) -> Any:
+        raise NotImplementedError
+
+    def predict(self, adapted: Any, canvases: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def segment(self, references: torch.Tensor, canvases: torch.Tensor) -> torch.Tensor:
+        """Mask logits (tasks, H, W) of each reference's object on its canvas, the inputs checked first."""
+        check_segmentation_inputs(references, canvases)
+        return self.predict(self.adapt(references), canvases)
+
+    def detect(self, references: torch.Tensor, canvases: torch.Tensor) -> Detection:
+        """Each reference's object as a box with a score: here the box of the predicted mask (empty: all zero),
+        scored by the highest foreground probability in it."""
+        logits = self.segment(references, canvases)
+        masks = at_least_fp32(logits) > MASK_LOGIT_THRESHOLD
+        return Detection(mask_box(masks), torch.sigmoid(logits.flatten(1).amax(1)))
+
+    def score_tasks(self, batch: SegmentationBatch, steps: list[int | None], by_label: bool = False
+                    ) -> dict[int | str | None, torch.Tensor]:
+        """Each canvas's mask IoU (under None) and its companions' scores (localisation, under its name)."""
+        if by_label:
+            raise ValueError("a segmentation task has no labels to score separately")
+        if list(steps) != [None]:
+            raise ValueError(f"{type(self).__name__} adapts to a reference its own way, not by a number of "
+                             f"gradient steps; got steps={steps}")
+        logits = self.segment(batch.references, batch.canvases)
+        return {None: self.metric.per_task(logits, batch.masks),
+                **{companion.name: companion.per_task(logits, batch.masks) for companion in self.metric.companions}}
+
+
+def check_segmentation_inputs(references: torch.Tensor, canvases: torch.Tensor) -> None:
+    """References (tasks, 3, 32, 32) and canvases (tasks, 3, 96, 96), as many of each; else a ValueError saying
+    which is wrong."""
+    for name, tensor, shape in (("reference", references, REFERENCE_SHAPE), ("canvas", canvases, CANVAS_SHAPE)):
+        if tensor.dim() != 4 or tuple(tensor.shape[1:]) != shape:
+            raise ValueError(f"a {name} must be {shape[1]}x{shape[2]} pixels with {shape[0]} channels (RGB), as "
+                             f"(tasks, {', '.join(map(str, shape))}); got {tuple(tensor.shape)}")
+    if references.shape[0] != canvases.shape[0]:
+        raise ValueError(f"{references.shape[0]} references for {canvases.shape[0]} canvases: one each")
+
+
+def mask_box(masks: torch.Tensor) -> torch.Tensor:
+    """The bounding box (left, top, width, height) of each mask (tasks, H, W) bool; zeros for an empty mask."""
+    rows, cols = masks.any(2), masks.any(1)
+    index = torch.arange(masks.shape[-1], device=masks.device)
+    boxes = []
+    for present in (cols, rows):
+        first = torch.where(present, index[:present.shape[1]], present.shape[1]).amin(1)
+        last = torch.where(present, index[:present.shape[1]], -1).amax(1)
+        boxes.append((first, last - first + 1))
+    (left, width), (top, height) = boxes
+    box = torch.stack([left, top, width, height], 1)
+    return torch.where(masks.flatten(1).any(1)[:, None], box, 0)
+
+
+def ink(images: torch.Tensor) -> torch.Tensor:
+    """Where an RGB image (tasks, 3, H, W) is drawn on (any channel above 0): (tasks, H, W) bool. A character's
+    colour is random and the reference's differs from the target's, so its shape is what identifies it."""
+    return images.amax(1) > 0
