@@ -24,7 +24,7 @@ from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
 from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import Estimate, format_table
 from fastadapt.benchmarks.preset_runs import preset_run
-from fastadapt.training.runs import evaluate_learner, load_run
+from fastadapt.training.runs import evaluate_learner, load_run, look_at_test_set
 
 #: (arms k, pulls n) -> the RL^2 rows: (label, preset)
 SETTINGS = {(5, 10): [("RL^2 (ours)", "rl-bandit-rl2-k5-n10")],
@@ -51,12 +51,18 @@ def rl2_run(preset: str, output_dir: Path) -> str:
     return str(preset_run(cfg, SCRIPT))
 
 
-def baseline(name: str, arms: int, pulls: int, output_dir: Path, **method) -> tuple:
+def baseline(name: str, arms: int, pulls: int, output_dir: Path, **method) -> Path:
     """The run of a bandit algorithm (nothing to train: it is saved with 0 iterations)."""
     suffix = "".join(f"-{key}{value}" for key, value in method.items())
     cfg = load_preset(f"rl-bandit-{name}").replace(arms=arms, horizon=pulls, **method,
                                                      output_dir=str(output_dir / f"{name}-k{arms}-n{pulls}{suffix}"))
-    return load_run(preset_run(cfg, SCRIPT))
+    return preset_run(cfg, SCRIPT)
+
+
+def tested(run_dir: str | Path) -> Estimate:
+    """The run's total reward per trial on its test bandits, the look counted in RUN_DIR/test_looks.json."""
+    cfg, learner = load_run(run_dir)
+    return look_at_test_set(run_dir, cfg, learner)[ROW]
 
 
 def main() -> None:
@@ -72,21 +78,18 @@ def main() -> None:
         arms, pulls = (int(v) for v in text.split("x"))
         column: dict[str, dict[str, Estimate | str]] = {}
         for label, preset in SETTINGS[arms, pulls]:
-            cfg, learner = load_run(rl2_run(preset, output_dir))
-            column[label] = evaluate_learner(cfg, learner)[ROW]
+            column[label] = tested(rl2_run(preset, output_dir))
         scores = {}
         for c in UCB_GRID:
-            cfg, learner = baseline("ucb1", arms, pulls, output_dir, ucb_exploration=c)
+            cfg, learner = load_run(baseline("ucb1", arms, pulls, output_dir, ucb_exploration=c))
             scores[c] = evaluate_learner(cfg, learner, split="val")[ROW].mean
         chosen = max(scores, key=scores.get)
-        cfg, learner = baseline("ucb1", arms, pulls, output_dir, ucb_exploration=chosen)
-        column[f"UCB1 (c = {chosen}, chosen on validation)"] = evaluate_learner(cfg, learner)[ROW]
+        column[f"UCB1 (c = {chosen}, chosen on validation)"] = tested(
+            baseline("ucb1", arms, pulls, output_dir, ucb_exploration=chosen))
         for name, label in (("thompson", "Thompson sampling"), ("random-arms", "random")):
-            cfg, learner = baseline(name, arms, pulls, output_dir)
-            column[label] = evaluate_learner(cfg, learner)[ROW]
+            column[label] = tested(baseline(name, arms, pulls, output_dir))
         if arms * pulls <= BAYES_OPTIMAL_LIMIT:
-            cfg, learner = baseline("bayes-optimal", arms, pulls, output_dir)
-            column["Bayes-optimal (exact DP, the ceiling)"] = evaluate_learner(cfg, learner)[ROW]
+            column["Bayes-optimal (exact DP, the ceiling)"] = tested(baseline("bayes-optimal", arms, pulls, output_dir))
         for name, value in PAPER.get((arms, pulls), {}).items():
             column[f"{name} (paper)"] = f"{value:.1f}"
         print(format_table({"total reward": column},

@@ -27,7 +27,7 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import evaluate_learner, fixed_batches, load_run
+from fastadapt.training.runs import count_test_look, evaluate_learner, fixed_batches, load_run
 from fastadapt.training.trainer import BEST, LAST
 
 PRESETS = {"MAML": "rl-nav2d-maml", "pretrained": "rl-nav2d-pretrained", "random init": "rl-nav2d-random",
@@ -82,14 +82,17 @@ def main() -> None:
             record["step_sizes"][name] = {"chosen": alpha, "validation 1-step return": scores}
             print(f"{name}: step size {alpha} chosen on validation goals "
                   f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
+        record.setdefault("test_looks", {})[name] = count_test_look(run_dir, cfg.evaluation.test_set)
+        record["test_set"] = cfg.evaluation.test_set
         per_goal[name] = test_returns(cfg, learner)
         columns[name] = {row: mean_and_ci95(returns) for row, returns in per_goal[name].items()}
         record["results"][name] = {row: e.to_dict() for row, e in columns[name].items()}
         print(f"{name} ({preset}, trained {seconds / 60:.1f} min, evaluated in {time.perf_counter() - start:.0f} s "
               "incl. any training): " + ", ".join(f"{row} {e}" for row, e in columns[name].items()), flush=True)
 
-    oracle = columns["oracle"]["0 steps"]
-    columns["oracle"] = {row: oracle for row in PAPER_MAML}  # it needs no adaptation: the same at every row
+    oracle = columns.pop("oracle")["0 steps"]
+    # it needs no adaptation: its one 0-step figure, repeated at every row, and the row says so
+    columns["oracle (0-step return, at every row)"] = {row: oracle for row in PAPER_MAML}
     columns["MAML (paper)"] = {row: f"{value:.2f}" for row, value in PAPER_MAML.items()}
     print()
     print(format_table(columns, f"2D navigation: mean return (sum of -L2 distances over <= 100 steps) on "
