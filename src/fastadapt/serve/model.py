@@ -193,8 +193,8 @@ def omniglot_here(data_root: str | os.PathLike | None) -> str | None:
 
 def quick_protonet_config(data_root: str, output_dir: str | os.PathLike = QUICK_RUN,
                           iterations: int = QUICK_ITERATIONS, **overrides: Any) -> Config:
-    """The omniglot-protonet-cpu preset cut to a few minutes: 20-way episodes, ``iterations`` of them,
-    tested on 5- and 20-way 1-shot episodes."""
+    """The omniglot-protonet-cpu preset cut short: 20-way episodes, ``iterations`` of them, tested on 5- and
+    20-way 1-shot episodes (6 minutes in all on one thread of a busy 2-core CPU: docs/benchmarks.md)."""
     settings = dict(data_root=data_root, n_way=20, iterations=iterations, val_every=max(1, iterations // 2),
                     checkpoint_every=max(1, iterations // 2), val_tasks=100, log_every=max(1, iterations // 20),
                     eval_ways=[5, 20], eval_shots=[1], output_dir=str(output_dir))
@@ -224,8 +224,9 @@ def choose_model(run_dir: str | os.PathLike | None, runs_root: str | os.PathLike
     if omniglot is not None:
         cfg = quick_protonet_config(omniglot, Path(runs_root) / QUICK_RUN.name)
         print(f"fastadapt: no trained image run under {runs_root}/; training a quick ProtoNet on Omniglot into "
-              f"{cfg.training.output_dir} ({cfg.training.iterations} episodes, then 600 test episodes: a few "
-              "minutes on 2 cores; pass --no-train to serve k-NN on raw pixels instead)", file=sys.stderr)
+              f"{cfg.training.output_dir} ({cfg.training.iterations} episodes, then 600 test episodes: 6 minutes "
+              "on one thread of a busy 2-core CPU, measured; pass --no-train to serve k-NN on raw pixels instead)",
+              file=sys.stderr)
         return serve_run(train_quick_protonet(cfg), source="quick")
     return serve_pixels()
 
