@@ -30,7 +30,7 @@ from fastadapt.plots import plot_adaptation_curves
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import count_test_look, fixed_batches, load_run
+from fastadapt.training.runs import count_test_look, fixed_batches, load_run, record_evaluation_settings
 from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.trainer import BEST, LAST
 
@@ -100,6 +100,7 @@ def evaluate_method(name: str, output_dir: Path, args: argparse.Namespace) -> di
     if name != "MAML":
         alpha, scores = choose_step_size(cfg, learner, cfg.training.val_tasks)
         learner.eval_inner_lrs = [alpha, alpha / 2]
+        record_evaluation_settings(run_dir, eval_inner_lrs=learner.eval_inner_lrs)  # fastadapt eval uses it too
         evaluation["step_size"] = {"chosen": alpha, "validation 1-step return": scores}
         print(f"{name}: step size {alpha} chosen on {cfg.training.val_tasks} validation tasks "
               f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)

@@ -27,7 +27,8 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import count_test_look, evaluate_learner, fixed_batches, load_run
+from fastadapt.training.runs import (count_test_look, evaluate_learner, fixed_batches, load_run,
+                                     record_evaluation_settings)
 from fastadapt.training.trainer import BEST, LAST
 
 PRESETS = {"MAML": "rl-nav2d-maml", "pretrained": "rl-nav2d-pretrained", "random init": "rl-nav2d-random",
@@ -79,6 +80,7 @@ def main() -> None:
         if name in ("pretrained", "random init"):
             alpha, scores = choose_step_size(run_dir)
             learner.eval_inner_lrs = [alpha, alpha / 2]
+            record_evaluation_settings(run_dir, eval_inner_lrs=learner.eval_inner_lrs)  # fastadapt eval uses it too
             record["step_sizes"][name] = {"chosen": alpha, "validation 1-step return": scores}
             print(f"{name}: step size {alpha} chosen on validation goals "
                   f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)

@@ -12,7 +12,7 @@ from fastadapt.cli import main
 from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.config import Config, load_preset, preset_names
-from fastadapt.training.evaluation import mean_and_ci95
+from fastadapt.training.evaluation import Estimate, mean_and_ci95
 from fastadapt.training.inspection import navigation_paths
 from fastadapt.benchmarks.preset_runs import preset_run
 from fastadapt.training.runs import evaluate_learner, load_run, train, trained_run
@@ -241,3 +241,26 @@ def test_a_nan_return_stops_the_run_with_a_one_line_error(tmp_path, capsys, monk
                  "--output-dir", str(tmp_path / "run")]) == 2
     last = capsys.readouterr().err.splitlines()[-1]  # after the line saying how many threads the run uses
     assert last.startswith("fastadapt: error: a rollout returned a non-finite (NaN or inf) reward")
+
+
+def test_fastadapt_eval_tests_a_baseline_with_the_step_size_its_benchmark_chose(tmp_path, capsys):
+    """The benchmarks choose a baseline's test-time step size on validation goals and record it in config.yaml:
+    fastadapt eval of that run then measures what the benchmark reported, not the preset's step size."""
+    from fastadapt.training.runs import record_evaluation_settings
+
+    cfg = load_preset("rl-nav2d-pretrained").replace(horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
+                                                     iterations=1, val_tasks=3, test_tasks=5, eval_steps=[0, 1],
+                                                     output_dir=str(tmp_path / "pretrained"))
+    run_dir = trained_run(cfg)
+    chosen = [0.5, 0.25]
+    _, learner = load_run(run_dir, "best")
+    assert learner.eval_inner_lrs != chosen
+    learner.eval_inner_lrs = chosen  # what the benchmark tests
+    benchmark = evaluate_learner(cfg, learner)
+    record_evaluation_settings(run_dir, eval_inner_lrs=chosen)
+    assert load_run(run_dir, "best")[1].eval_inner_lrs == chosen
+    assert main(["eval", str(run_dir), "--json", "-"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert {row: Estimate(**e) for row, e in results.items()} == benchmark
+    with pytest.raises(ValueError, match="not settings of how a run is tested"):
+        record_evaluation_settings(run_dir, inner_lr=0.5)

@@ -172,7 +172,7 @@ class MethodSettings:
                                              "maml-rl, metasgd-rl and pretrained-rl, as the MAML paper's code; 0.3 for rl2)")
     eval_inner_lrs: list[float] = setting(help="RL: step size of each test-time adaptation step, the last one "
                                                "repeated (default: inner_lr; the MAML paper: alpha, then alpha/2)",
-                                          factory=list)
+                                          factory=list, resumable="evaluation")
     max_kl: float = setting(0.01, "TRPO: trust region, the largest mean KL between the policies before and after "
                                   "a step")
     cg_iterations: int = setting(10, "TRPO: conjugate-gradient iterations")

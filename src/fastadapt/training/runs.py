@@ -173,6 +173,18 @@ def trained_run(cfg: Config, train_missing: bool = True) -> Path:
     return run_dir
 
 
+def record_evaluation_settings(run_dir: str | Path, **settings: object) -> Config:
+    """Record in RUN_DIR/config.yaml how the run is to be tested (settings of ``EVALUATION_CHANGES``: a
+    baseline's test-time step sizes that a benchmark chose on validation, say), so that ``load_run`` and
+    ``fastadapt eval`` test it as the benchmark did; the updated config."""
+    unknown = sorted(set(settings) - set(EVALUATION_CHANGES))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not settings of how a run is tested ({', '.join(EVALUATION_CHANGES)})")
+    cfg = Config.load(Path(run_dir) / "config.yaml").replace(**settings)
+    cfg.save(Path(run_dir) / "config.yaml")
+    return cfg
+
+
 def write_architecture(run_dir: str | Path) -> tuple[Config, ArchitectureLearning]:
     """Save the meta-architecture of a metanas / tnas run's best checkpoint as RUN_DIR/architecture.json;
     returns the run's config and best learner."""
