@@ -108,6 +108,15 @@ def test_quick_cuts_any_preset_to_a_labelled_try_out(tmp_path, capsys):
     assert "QUICK RUN" in json.loads((tmp_path / "q" / "test_results.json").read_text())["quick"]
 
 
+def test_a_quick_run_evaluated_later_is_still_labelled(tmp_path, capsys):
+    assert main(["train", "sinusoid-maml", "--quick", "--iterations", "3", "--output-dir", str(tmp_path / "q"),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "q"), "--test-tasks", "5", "--json", str(tmp_path / "eval.json")]) == 0
+    assert "QUICK RUN (3 of 70,000 iterations" in capsys.readouterr().out
+    assert "QUICK RUN" in json.loads((tmp_path / "eval.json").read_text())["quick"]
+
+
 def test_the_readme_says_how_to_try_a_preset_quickly():
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert all(flag in readme for flag in ("--quick", "--test-tasks", "--no-eval"))

@@ -193,7 +193,8 @@ def _eval_title(cfg: Config, split: str = "test") -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import evaluate_learner, load_run, look_at_test_set, results_payload
+    from fastadapt.training.runs import (evaluate_learner, load_run, look_at_test_set, read_test_results,
+                                         results_payload)
 
     if args.split == "val" and args.test_set:
         raise ValueError("--test-set chooses a draw of the test episodes; --split val scores validation episodes")
@@ -217,6 +218,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         results, title = look_at_test_set(args.run_dir, cfg, learner, steps=args.steps, progress=True), _eval_title(cfg)
     payload = {**results_payload(args.run_dir, args.checkpoint, cfg, args.tasks or cfg.task.family, results),
                "split": args.split}
+    quick = (read_test_results(args.run_dir) or {}).get("quick")  # a --quick run's label, recorded by train
+    if quick:
+        title, payload["quick"] = f"{quick}\n{title}", quick
     if args.json == "-":
         print(json.dumps(payload, indent=2))
         return
