@@ -2,12 +2,17 @@
 
     python benchmarks/api_threads.py                        # 300 MAML iterations, alone and beside a busy job
     python benchmarks/api_threads.py --iterations 1000 --no-busy
+    python benchmarks/api_threads.py --rl --iterations 4          # the README's meta-RL block (MAML-RL, 2D navigation)
 
 The Python side is the README's first Python block, run as written in a fresh interpreter (torch's own
 thread count, no OMP_NUM_THREADS) with only its iteration count changed, timed from its first to its last
 meta-iteration. The command-line side is `fastadapt train sinusoid-maml` for as many iterations; its time
 is the training time metrics.jsonl records (validation and checkpoints left out, as the loop has none).
 The busy job is `fastadapt train sinusoid-maml --threads 2`, started a few seconds before and stopped after.
+With ``--rl`` the Python side is the README's meta-RL block (its loop of ``learner.meta_update``) and the
+command line `fastadapt train --algorithm maml-rl --tasks nav2d --inner-lr 0.1`, the same settings as the
+block's defaults (20 tasks of 20 trajectories, horizon 100, TRPO on every task's KL); both are timed over all
+but their last iteration, as the command line validates at its last one.
 """
 from __future__ import annotations
 
@@ -27,15 +32,26 @@ BUSY = ["train", "sinusoid-maml", "--threads", "2", "--iterations", "100000000",
         "--checkpoint-every", "100000000", "--val-every", "100000000"]
 
 
-def readme_loop(iterations: int) -> str:
-    """The README's first Python block, timed around its meta-training loop, for ``iterations`` iterations."""
+#: (the loop as the README writes it, the line after the loop, the command line doing the same work)
+WORKLOADS = {
+    "maml": ("for iteration in range(20_000):", "\nnew_task =", ["train", "sinusoid-maml"]),
+    "rl": ("for iteration in range(100):", "\nreturns =", ["train", "--algorithm", "maml-rl", "--tasks", "nav2d",
+                                                            "--inner-lr", "0.1"]),
+}
+
+
+def readme_loop(workload: str, iterations: int) -> str:
+    """The README's Python block holding ``workload``'s loop, cut after it, printing the seconds since the loop
+    began after each iteration."""
+    loop, after, _ = WORKLOADS[workload]
     text = (ROOT / "README.md").read_text().split("## Python API", 1)[1]
-    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    loop = "for iteration in range(20_000):"
-    if loop not in code:
-        raise SystemExit("the README's first Python block no longer has its 20,000-iteration loop")
-    code = code.replace(loop, f"import time; _start = time.perf_counter()\nfor iteration in range({iterations}):")
-    return code.replace("\nnew_task =", "\nprint(time.perf_counter() - _start)\nnew_task =", 1)
+    code = next((block for block in re.findall(r"```python\n(.*?)```", text, re.S) if loop in block), None)
+    if code is None:
+        raise SystemExit(f"no Python block of the README has the loop {loop!r} any more")
+    head, body = code.split(loop, 1)
+    body = body.split(after, 1)[0]
+    return (f"{head}import time; _start = time.perf_counter()\nfor iteration in range({iterations}):{body}"
+            f"\n    print(time.perf_counter() - _start, flush=True)\n")
 
 
 def fastadapt(*args: str) -> list[str]:
@@ -48,26 +64,30 @@ def environment() -> dict[str, str]:
     return env
 
 
-def measure(iterations: int, folder: Path) -> tuple[float, float]:
-    """(seconds of the README loop, seconds of the CLI's training) for ``iterations`` MAML iterations."""
-    done = subprocess.run([sys.executable, "-c", readme_loop(iterations)], capture_output=True, text=True,
+def measure(workload: str, iterations: int, folder: Path) -> tuple[float, float]:
+    """(seconds of the README loop, seconds of the CLI's training) for the first ``iterations - 1`` of
+    ``iterations`` iterations (the CLI validates at its last)."""
+    done = subprocess.run([sys.executable, "-c", readme_loop(workload, iterations)], capture_output=True, text=True,
                           env=environment(), check=True)
-    api = float(done.stdout.split()[-1])
-    subprocess.run(fastadapt("train", "sinusoid-maml", "--iterations", str(iterations), "--no-progress", "--no-eval",
-                             "--val-every", str(10 * iterations), "--output-dir", str(folder)),
+    api = float(done.stdout.split()[-2])
+    subprocess.run(fastadapt(*WORKLOADS[workload][2], "--iterations", str(iterations), "--no-progress", "--no-eval",
+                             "--log-every", "1", "--val-every", str(10 * iterations), "--output-dir", str(folder)),
                    check=True, capture_output=True, env=environment())
-    lines = (folder / "metrics.jsonl").read_text().split("\n")
-    cli = max(json.loads(line).get("seconds", 0.0) for line in lines if line.strip())
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().split("\n") if line.strip()]
+    cli = next(r["seconds"] for r in records if r["iteration"] == iterations - 1)
     return api, cli
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=300, help="MAML meta-iterations (default: 300)")
+    parser.add_argument("--iterations", type=int, default=300, help="meta-iterations, the last one not timed "
+                        "(default: 300)")
+    parser.add_argument("--rl", action="store_true", help="the README's meta-RL block instead of its MAML loop")
     parser.add_argument("--no-busy", action="store_true", help="measure alone only (default: also beside a busy job)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f} before starting")
+    workload = "rl" if args.rl else "maml"
     with tempfile.TemporaryDirectory() as folder:
         for busy in (False, True)[:1 if args.no_busy else 2]:
             competitor = None
@@ -76,14 +96,14 @@ def main() -> None:
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment())
                 time.sleep(5)
             try:
-                api, cli = measure(args.iterations, Path(folder) / f"cli-{busy}")
+                api, cli = measure(workload, args.iterations, Path(folder) / f"cli-{busy}")
             finally:
                 if competitor is not None:
                     competitor.terminate()
                     competitor.wait()
             where = "beside a busy 2-thread job" if busy else "alone"
-            print(f"{args.iterations} MAML iterations, {where}: README Python loop {api:.2f} s, "
-                  f"fastadapt train {cli:.2f} s, ratio {api / cli:.2f}")
+            print(f"{args.iterations - 1} {'MAML-RL' if args.rl else 'MAML'} iterations, {where}: README Python "
+                  f"loop {api:.2f} s, fastadapt train {cli:.2f} s, ratio {api / cli:.2f}")
 
 
 if __name__ == "__main__":
