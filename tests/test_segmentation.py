@@ -13,9 +13,13 @@ from fastadapt.algorithms.metrics import LOCALISATION, MASK_IOU
 from fastadapt.algorithms.segmentation import check_segmentation_inputs, mask_box
 from fastadapt.algorithms.segmentation_baselines import InkFloor, TemplateMatching, ncc
 from fastadapt.algorithms.siamese_unet import CELL, SiameseUNet, decode_boxes, detection_loss, soft_dice_loss
+from fastadapt.algorithms.siamese_unet_anil import SiameseUNetANIL, support_canvases
 from fastadapt.cli import main
-from fastadapt.tasks.cluttered_omniglot import SegmentationBatch
+from fastadapt.tasks.cluttered_omniglot import ClutteredOmniglotTasks, SegmentationBatch
+from fastadapt.training.builders import build_learner
 from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.config import Config
+from fastadapt.training.trainer import Trainer
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -218,3 +222,72 @@ def test_mask_logits_are_scored_at_a_probability_of_0_3():
     assert MASK_IOU.per_task(logits, truth).tolist() == [1.0, 1.0]  # the second: empty against empty
     # Flipped, the first mask's centre moves from row 0 to row 18: a miss; the empty one stays a hit.
     assert LOCALISATION.per_task(logits.flip(1), truth).tolist() == [0.0, 1.0]
+
+
+# --- the meta-learned variant: FiLM conditioning adapted to each reference (ANIL) ---
+
+def _anil(first_order=False, steps=2):
+    torch.manual_seed(0)
+    learner = SiameseUNetANIL(4, inner_lr=0.1, inner_steps=steps, first_order=first_order).double()
+    for film in learner.network.film:  # away from the identity it starts at, so that every term is generic
+        torch.nn.init.normal_(film.weight, std=0.1)
+        torch.nn.init.normal_(film.bias, std=0.1)
+    return learner
+
+
+def _references(tasks=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return ((torch.rand(tasks, 3, 32, 32, generator=generator) > 0.8) * 200).to(torch.uint8)
+
+
+def test_the_anil_meta_gradient_of_a_batch_is_the_mean_of_its_tasks_in_float64(one_thread):
+    batch = _batch(3)
+    batch.references = _references()
+    learner = _anil()
+    learner.meta_loss(batch)[0].backward()
+    together = {name: p.grad.clone() for name, p in learner.named_parameters()}
+    learner.zero_grad()
+    for task in range(3):
+        (learner.meta_loss(batch[task:task + 1])[0] / 3).backward()
+    for name, p in learner.named_parameters():
+        assert torch.allclose(together[name], p.grad, rtol=1e-9, atol=1e-12), name
+    first_order = _anil(first_order=True)
+    first_order.meta_loss(batch)[0].backward()  # the second-order terms are there, and not negligible
+    assert max((together[n] - p.grad).abs().max() for n, p in first_order.named_parameters()) > 1e-5
+
+
+def test_the_support_is_the_reference_pasted_last_into_its_own_rotations_and_adapting_fits_it(one_thread):
+    references = _references(seed=1)
+    canvases, masks = support_canvases(references)
+    again, _ = support_canvases(references[1:])
+    assert torch.equal(again, canvases[1:])  # a task's support depends on its reference alone
+    for canvas, mask, reference in zip(canvases, masks, references):
+        ys, xs = mask.nonzero().unbind(1)
+        left, top = int(xs.min()), int(ys.min())
+        drawn = reference.amax(0) > 0
+        rows, cols = drawn.nonzero().unbind(1)
+        assert mask.sum() == drawn.sum()  # never occluded
+        assert torch.equal(canvas[:, ys, xs], reference[:, rows, cols])
+        assert (canvas.amax(0) > 0).sum() > mask.sum()  # and there is clutter
+    learner = _anil(steps=0)
+    learner.eval()
+    before = learner.task_losses(learner.segment(references, canvases), masks)
+    learner.eval_inner_steps = 5
+    after = learner.task_losses(learner.segment(references, canvases), masks)
+    assert (after < before).all()
+
+
+@pytest.mark.parametrize("algorithm", ["siamese-unet", "siamese-unet-anil"])
+def test_the_segmenters_train_in_bf16_with_fp32_master_weights(algorithm, tmp_path, one_thread):
+    generator = torch.Generator().manual_seed(0)
+    glyphs = torch.rand(6, 4, 105, 105, generator=generator) > 0.97  # random ink: canvases like the benchmark's
+    tasks = ClutteredOmniglotTasks(glyphs, characters=3, drawers=(0, 4))
+    cfg = Config(algorithm=algorithm, tasks="cluttered-omniglot", conv_channels=4, meta_batch_size=2,
+                 precision="bf16", output_dir=str(tmp_path / "run"))
+    learner = build_learner(cfg, tasks)
+    trainer = Trainer(cfg, learner, tasks, progress=False)
+    before = {name: p.detach().clone() for name, p in learner.named_parameters()}
+    metrics = trainer.step(trainer.sample())
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in learner.parameters())
+    assert any(not torch.equal(before[name], p) for name, p in learner.named_parameters())

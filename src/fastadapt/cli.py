@@ -27,6 +27,9 @@ COMMANDS_HELP = """examples:
   fastadapt plot runs/rl-nav2d-maml                # learning curves and trajectories before/after adaptation
   fastadapt train rl-halfcheetah-fwd-bwd-maml-cpu  # MAML-RL on HalfCheetah forward/backward (needs fastadapt[mujoco])
   fastadapt bench rollout-speed                    # MuJoCo steps per second with 1 and 2 rollout workers
+  fastadapt train cluttered-omniglot-4-cpu --no-eval  # one-shot segmentation in clutter (Michaelis et al.)
+  fastadapt eval runs/cluttered-omniglot-4-cpu --split val  # mask IoU and localisation, validation canvases
+  fastadapt segment runs/cluttered-omniglot-4-cpu --reference ref.png --canvas canvas.png  # box, score, mask
 """
 
 

@@ -30,6 +30,7 @@ MODULES = (
     "rl2",
     "bandit_baselines",
     "siamese_unet",
+    "siamese_unet_anil",
     "segmentation_baselines",
 )
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.algorithms.metrics import at_least_fp32
 from fastadapt.algorithms.segmentation import Detection, SegmentationLearner, check_segmentation_inputs, ink
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.cluttered_omniglot import SegmentationBatch
@@ -56,7 +57,7 @@ class Encoder(nn.Module):
             nn.Sequential(_conv(widths[i], widths[i + 1], 2), _conv(widths[i + 1], widths[i + 1])) for i in range(4))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = torch.cat([images.float() / 255, ink(images).float()[:, None]], 1)
+        x = network_input(images, self.levels[0][0][0].weight.dtype)
         features = []
         for level in self.levels:
             x = level(x)
@@ -65,10 +66,18 @@ class Encoder(nn.Module):
 
 
 class Reference(NamedTuple):
-    """What the network takes from a reference: its pooled features per level and its 1/8 feature map."""
+    """What the network takes from a reference: its pooled features per level and its 1/8 feature map; and the
+    FiLM layers' weights per task where they were adapted to it ((weight (tasks, 2C, C), bias (tasks, 2C)) per
+    level; None: the network's own)."""
 
     pooled: list[torch.Tensor]
     kernel: torch.Tensor
+    film: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def network_input(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """RGB images (tasks, 3, H, W) uint8 as the network reads them: RGB in [0, 1] and the ink, 4 channels."""
+    return torch.cat([images.to(dtype) / 255, ink(images).to(dtype)[:, None]], 1)
 
 
 class SiameseUNetNetwork(nn.Module):
@@ -96,20 +105,24 @@ class SiameseUNetNetwork(nn.Module):
         features = self.encoder(references)
         return Reference([f.mean((2, 3)) for f in features], features[2])
 
-    def forward(self, reference: Reference, canvases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, reference: Reference, canvases: torch.Tensor,
+                features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits (tasks, H, W) and the head's maps (tasks, 5, H / 4, W / 4): heat logits, size (w, h) in
-        cells, offset (x, y) of the centre within its cell."""
-        features = self.encoder(canvases)
+        cells, offset (x, y) of the centre within its cell. ``features``: the canvases' encoder features, when
+        they are known already."""
+        features = self.encoder(canvases) if features is None else features
+        film = reference.film or [(layer.weight.expand(len(canvases), -1, -1), layer.bias.expand(len(canvases), -1))
+                                  for layer in self.film]
         conditioned = []
-        for level, (feature, pooled, film) in enumerate(zip(features, reference.pooled, self.film)):
-            scale, shift = film(pooled).chunk(2, 1)
+        for feature, pooled, (weight, bias) in zip(features, reference.pooled, film):
+            scale, shift = (torch.einsum("toc,tc->to", weight, pooled) + bias).chunk(2, 1)
             conditioned.append(feature * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
         x = self.bottom(conditioned[3])
         x = self.up3(torch.cat([_up(x), conditioned[2], _correlate(features[2], reference.kernel)], 1))
         x = self.up2(torch.cat([_up(x), conditioned[1]], 1))
         maps = self.head(x)
         x = self.up1(torch.cat([_up(x), conditioned[0]], 1))
-        inputs = torch.cat([canvases.float() / 255, ink(canvases).float()[:, None]], 1)
+        inputs = network_input(canvases, x.dtype)
         return self.out(torch.cat([_up(x), inputs], 1))[:, 0], maps
 
 
@@ -161,7 +174,7 @@ class SiameseUNet(SegmentationLearner):
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """1 - the soft Dice overlap of each predicted mask (tasks, H, W) with the target's, smoothed by 1 (an empty
     target predicted empty costs nothing): (tasks,)."""
-    p = torch.sigmoid(logits.float()).flatten(1)
+    p = torch.sigmoid(at_least_fp32(logits)).flatten(1)
     y = masks.flatten(1).to(p.dtype)
     return 1 - (2 * (p * y).sum(1) + 1) / (p.sum(1) + y.sum(1) + 1)
 
@@ -180,13 +193,13 @@ def detection_loss(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     gaussian = torch.exp(-((xs[None, None, :] - cell[:, 0, None, None]) ** 2
                            + (ys[None, :, None] - cell[:, 1, None, None]) ** 2) / (2 * sigma[:, None, None] ** 2))
     peak = gaussian >= 1  # the centre's cell, exactly 1
-    heat = maps[:, 0].float()
+    heat = at_least_fp32(maps[:, 0])
     p = torch.sigmoid(heat)
     positive = -F.logsigmoid(heat) * (1 - p) ** FOCAL_ALPHA * peak
     negative = -F.logsigmoid(-heat) * p ** FOCAL_ALPHA * (1 - gaussian) ** FOCAL_BETA * ~peak
     focal = (positive + negative).sum((1, 2))
     index = (cell[:, 1] * width + cell[:, 0]).long()
-    at_centre = maps[:, 1:].flatten(2).gather(2, index[:, None, None].expand(-1, 4, 1))[:, :, 0].float()
+    at_centre = at_least_fp32(maps[:, 1:].flatten(2).gather(2, index[:, None, None].expand(-1, 4, 1))[:, :, 0])
     regression = (at_centre[:, :2] - size).abs().sum(1) + (at_centre[:, 2:] - (centre - cell)).abs().sum(1)
     return focal + regression
 
