@@ -12,11 +12,11 @@ a CenterNet head predicts a heatmap of the target's centre, the box's size and t
 box is read at the heatmap's peak, and the peak's probability is its score.
 
 Training minimises the mask's pixel-wise binary cross-entropy (the paper's loss) plus its soft Dice loss, plus
-0.1 x the detection loss (CenterNet's penalty-reduced focal loss on a Gaussian around the true centre, L1 on the offset and on the
-size in cells at the true centre). The Dice term was added after a first short run on the CPU: with the
-cross-entropy alone (about 1% of a canvas's pixels are the target's) the validation IoU peaked at 0.23 after 200
-steps and then fell as the predicted probabilities sank below 0.3 (docs/results.md). Nothing is adapted at test time: the reference is read in one pass
-(``adapt``), which is what a feed-forward one-shot learner does.
+0.1 x the detection loss (CenterNet's penalty-reduced focal loss on a Gaussian around the true centre, L1 on
+the offset and on the size in cells at the true centre). The Dice term counters the imbalance (about 1% of a
+canvas's pixels are the target's), which with cross-entropy alone drove the predicted probabilities below the
+0.3 threshold in a first short run (docs/results.md). Nothing is adapted at test time: the reference is read in
+one pass (``adapt``), which is what a feed-forward one-shot learner does.
 """
 from __future__ import annotations
 
