@@ -1,7 +1,9 @@
 """The speed benchmark on a tiny setting: its table, its isolated measurements, its ratios and targets, its
 roofline, and its reference implementations, which must compute the same meta-gradients as ours for the
 speed-up to mean anything."""
+import json
 import re
+import subprocess
 import sys
 
 import pytest
@@ -135,14 +137,21 @@ def test_isolated_measurement_reports_time_and_memory():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU peak memory is read from /proc")
 def test_peak_memory_sees_a_block_allocated_and_freed_inside_and_nothing_else():
-    from fastadapt.benchmarks.speed import PeakMemory
-
-    with PeakMemory(torch.device("cpu")) as peak:
-        block = torch.ones(16 * 2**20)  # 64 MiB, written
-        del block
-    if peak.bytes is None:
+    """In a fresh process, as the benchmark measures (in one that has freed memory before, a new block may land
+    on pages still resident and not raise the high-water mark: after this file's other tests it once read 0)."""
+    script = """
+import json, torch
+from fastadapt.benchmarks.speed import PeakMemory
+with PeakMemory(torch.device("cpu")) as peak:
+    block = torch.ones(16 * 2**20)  # 64 MiB, written
+    del block
+with PeakMemory(torch.device("cpu")) as idle:
+    pass
+print(json.dumps([peak.bytes, idle.bytes]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    peak, idle = json.loads(done.stdout)
+    if peak is None:
         pytest.skip("/proc/self/status has no VmHWM here")
-    assert 60 * 2**20 <= peak.bytes <= 80 * 2**20
-    with PeakMemory(torch.device("cpu")) as idle:
-        pass
-    assert idle.bytes < 8 * 2**20
+    assert 60 * 2**20 <= peak <= 80 * 2**20, peak
+    assert idle < 8 * 2**20, idle
