@@ -11,6 +11,7 @@ Only runs trained on the background split alone are accepted (as for the test tr
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fastadapt.training.builders import build_tasks
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
                 learner.support_views = views
                 estimate = evaluate(learner, fixed_batches(trials, args.trials, "val"))[None]
                 column[f"{views} support view{'s' * (views > 1)}"] = estimate
+                print(f"{run}, {views} support views: {estimate}", file=sys.stderr, flush=True)
             columns[Path(run).name] = column
     print(format_table(columns, f"within-alphabet 20-way 1-shot, {args.trials} fixed validation trials "
                                 "(mean ± 95% CI over trials)"))

@@ -58,10 +58,11 @@ def data_cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_omniglot() -> ClassDataset:
     """1,623 random 28x28 'characters' named as Omniglot's (964 background, 659 evaluation; 20 drawings each),
-    so every Omniglot split can be built without the archives."""
+    so every Omniglot split can be built without the archives; the validation alphabets have 22 characters
+    each, enough for within-alphabet 20-way trials."""
     val_alphabets = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
-    names = [f"images_background/{alphabet}/character{c:02d}" for alphabet in val_alphabets for c in range(1, 11)]
-    names += [f"images_background/Alphabet{a:02d}/character{c:02d}" for a in range(29) for c in range(1, 33)][:914]
+    names = [f"images_background/{alphabet}/character{c:02d}" for alphabet in val_alphabets for c in range(1, 23)]
+    names += [f"images_background/Alphabet{a:02d}/character{c:02d}" for a in range(25) for c in range(1, 36)][:854]
     names += [f"images_evaluation/Alphabet{a:02d}/character{c:02d}" for a in range(20) for c in range(1, 34)][:659]
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (len(names) * 20, 1, 28, 28), dtype=torch.uint8, generator=generator)

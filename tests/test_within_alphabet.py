@@ -4,19 +4,17 @@ them, in one line); and --augment's random affine distortions of training images
 import json
 import math
 import zipfile
-from dataclasses import replace
 
 import pytest
 import torch
 
 from fastadapt.cli import main
-from fastadapt.datasets import ClassDataset, split_omniglot
+from fastadapt.datasets import ClassDataset
 from fastadapt.datasets.omniglot import DRAWERS, alphabet_of, drawers_of
 from fastadapt.tasks import EpisodeTasks, WithinAlphabetEpisodes
 from fastadapt.tasks.episodes import SHIFT, random_affine
 from fastadapt.training.builders import build_tasks
 from fastadapt.training.config import Config
-from fastadapt.training.families import FAMILIES
 from episode_helpers import indices_of, traceable_dataset  # the tests directory is on sys.path under pytest
 
 
@@ -99,21 +97,6 @@ def test_drawers_are_the_positions_within_a_character_and_the_archives_agree(omn
             assert [f[-6:-4] for f in sorted(files)] == [f"{d:02d}" for d in range(1, DRAWERS + 1)]
 
 
-@pytest.fixture
-def lake_omniglot(monkeypatch):
-    """Runs with tasks 'omniglot' read a random stand-in laid out as the full Omniglot whose validation alphabets
-    have 22 characters (enough for 20-way trials), 20 drawings each."""
-    val_alphabets = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
-    names = [f"images_background/{alphabet}/character{c:02d}" for alphabet in val_alphabets for c in range(1, 23)]
-    names += [f"images_background/Alphabet{a:02d}/character{c:02d}" for a in range(25) for c in range(1, 36)][:854]
-    names += [f"images_evaluation/Alphabet{a:02d}/character{c:02d}" for a in range(20) for c in range(1, 34)][:659]
-    images = torch.randint(0, 256, (len(names) * 20, 1, 28, 28), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
-    full = ClassDataset(images, torch.arange(len(names)).repeat_interleave(20), names)
-    monkeypatch.setitem(FAMILIES, "omniglot", replace(
-        FAMILIES["omniglot"], build=lambda cfg, split: split_omniglot(full, cfg.task.dataset_split, split)))
-
-
 def train_run(tmp_path, name, *flags):
     out = tmp_path / name
     assert main(["train", "--tasks", "omniglot", "--algorithm", "protonet", "--n-way", "5", "--k-shot", "1",
@@ -122,7 +105,7 @@ def train_run(tmp_path, name, *flags):
     return out
 
 
-def test_a_background_run_reports_the_trials_beside_the_usual_table(tmp_path, lake_omniglot, capsys):
+def test_a_background_run_reports_the_trials_beside_the_usual_table(tmp_path, fake_omniglot, capsys):
     run = train_run(tmp_path, "lake", "--dataset-split", "background", "--episodes", "within-alphabet")
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "val", "--test-tasks", "6", "--eval-ways", "5"]) == 0
@@ -145,7 +128,7 @@ def test_a_background_run_reports_the_trials_beside_the_usual_table(tmp_path, la
 
 
 @pytest.mark.parametrize("split", ["maml", "vinyals"])
-def test_a_run_that_may_have_seen_evaluation_alphabets_refuses_the_trials_in_one_line(tmp_path, lake_omniglot,
+def test_a_run_that_may_have_seen_evaluation_alphabets_refuses_the_trials_in_one_line(tmp_path, fake_omniglot,
                                                                                        capsys, split):
     run = train_run(tmp_path, split, "--dataset-split", split)
     capsys.readouterr()
@@ -195,7 +178,7 @@ def test_augmented_training_episodes_are_the_same_tasks_distorted_and_evaluation
     assert math.isclose(float(b.support_x.min()), 0.0, abs_tol=1e-6) and float(b.support_x.max()) <= 1 + 1e-6
 
 
-def test_within_alphabet_training_episodes_keep_to_one_alphabet_at_one_rotation(lake_omniglot):
+def test_within_alphabet_training_episodes_keep_to_one_alphabet_at_one_rotation(fake_omniglot):
     cfg = Config(tasks="omniglot", algorithm="protonet", dataset_split="background", rotate_train_classes=True,
                  within_alphabet=True, n_way=20, k_shot=1, num_query=2, augment=True)
     tasks = build_tasks(cfg, "train")
