@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from fastadapt.training.crossdomain import evaluate_cross_domain
+from fastadapt.training.families import family_of
 from fastadapt.training.runs import evaluate_learner, load_run
 
 
@@ -26,7 +27,8 @@ def evaluate_run(run_dir: str, domain: str, settings: list[tuple[int, int]], tes
     cfg = cfg.replace(test_tasks=test_tasks, eval_ways=ways, eval_shots=shots, eval_steps=[])
     own = evaluate_learner(cfg, learner)
     other, title = evaluate_cross_domain(run_dir, cfg, learner, domain)
-    label = f"{cfg.task.family} test" + (f" ({cfg.task.dataset_split} split)" if cfg.task.family == "omniglot" else "")
+    split = f" ({cfg.task.dataset_split} split)" if family_of(cfg).dataset_splits else ""
+    label = f"{cfg.task.family} test{split}"
     return {"run_dir": run_dir, "method": cfg.method.name, "own": label, "other": domain, "title": title,
             "results": {label: {k: v.to_dict() for k, v in own.items()},
                         domain: {k: v.to_dict() for k, v in other.items()}}}

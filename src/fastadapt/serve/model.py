@@ -31,6 +31,7 @@ from fastadapt.datasets.drawing import as_omniglot_drawing
 from fastadapt.datasets.omniglot import find_omniglot_archives
 from fastadapt.datasets.preparation import ImagePreparation
 from fastadapt.training.config import Config, load_preset
+from fastadapt.training.families import family_of
 from fastadapt.training.runs import (episode_shapes, load_metrics, load_run, look_at_test_set, read_test_results,
                                      record_test_results, results_payload, train)
 from fastadapt.training.trainer import BEST
@@ -77,7 +78,7 @@ class ServedModel:
             "source": self.source, "summary": self.summary,
             "run_dir": None if self.run_dir is None else str(self.run_dir),
             "method": method,
-            "dataset": "nothing (raw pixels)" if self.source == "pixels" else _dataset_words(cfg),
+            "dataset": "nothing (raw pixels)" if self.source == "pixels" else family_of(cfg).words(cfg),
             "trained": None if self.source == "pixels" else f"{task.n_way}-way {task.k_shot}-shot episodes",
             "ways": ways, "shots": task.k_shot if spec.fixed_shot else None,
             "drawings": ("redrawn as Omniglot's drawings (stroke width, size, centring), then prepared as the "
@@ -110,15 +111,6 @@ class ServedModel:
         return self.classifier.preparation.prepare(redrawn, invert, names)
 
 
-def _dataset_words(cfg: Config) -> str:
-    task = cfg.task
-    if task.family == "omniglot":
-        return f"Omniglot ({task.dataset_split} split)"
-    if task.family == "folder":
-        return f"image folder {task.data_root}"
-    return task.family
-
-
 def _accuracy_rows(payload: dict | None) -> dict[str, dict[str, float]] | None:
     """{"5-way 1-shot": {"mean": ..., "ci95": ..., "num_tasks": ...}, ...} from a recorded evaluation."""
     if payload is None:
@@ -148,9 +140,9 @@ def serve_run(run_dir: str | os.PathLike, checkpoint: str = "best", source: str 
     run_dir = Path(run_dir)
     classifier = FewShotClassifier.from_run(run_dir, checkpoint, invert=False)
     cfg = classifier.config
-    words = "trained here just now" if source == "quick" else "run"
-    return ServedModel(classifier, source, f"{cfg.method.name} on {_dataset_words(cfg)}: {words} {run_dir}",
-                       run_dir, cfg.task.family == "omniglot", read_test_results(run_dir), _curves(run_dir))
+    words, family = "trained here just now" if source == "quick" else "run", family_of(cfg)
+    return ServedModel(classifier, source, f"{cfg.method.name} on {family.words(cfg)}: {words} {run_dir}",
+                       run_dir, family.omniglot_drawings, read_test_results(run_dir), _curves(run_dir))
 
 
 def serve_pixels() -> ServedModel:
@@ -174,7 +166,7 @@ def newest_image_run(root: str | os.PathLike = "runs") -> ServedModel | None:
     """The newest run under ``root`` that classifies images, or None; runs that do not are skipped."""
     for run_dir in image_runs(root):
         try:
-            if Config.load(run_dir / "config.yaml").task.family == "sinusoid":
+            if family_of(Config.load(run_dir / "config.yaml")).kind != "images":
                 continue
             return serve_run(run_dir)
         except (ValueError, FileNotFoundError, OSError, KeyError, RuntimeError) as error:

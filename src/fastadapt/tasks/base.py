@@ -7,7 +7,7 @@ vectorised call instead of a Python loop over tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -111,3 +111,21 @@ class TaskDistribution(Protocol):
     def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> TaskBatch:
         """A reproducible set of evaluation tasks: the same arguments give the same tasks."""
         ...
+
+
+@runtime_checkable
+class IndexedTasks(Protocol):
+    """Tasks drawn as indices into one tensor of images and gathered from it: ``sample_indices`` gives
+    (tasks, n_way, k_shot + num_query) indices into ``dataset.images``, ``materialize`` the batch of them,
+    gathered from a copy of those images (already on the GPU). A captured step (``training.captured``) replays
+    exactly that, so any task distribution that satisfies this protocol can train in a CUDA graph."""
+
+    dataset: Any
+    n_way: int
+    k_shot: int
+    num_query: int
+
+    def sample_indices(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def materialize(self, indices: torch.Tensor, support_order: torch.Tensor | None = None,
+                    images: torch.Tensor | None = None) -> TaskBatch: ...

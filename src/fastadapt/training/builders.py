@@ -15,7 +15,7 @@ from fastadapt.datasets import ClassDataset
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks
 from fastadapt.tasks.base import TaskDistribution, seed_of_test_set
 from fastadapt.training.config import WITHIN_ALPHABET, Config
-from fastadapt.training.families import (WITHIN_ALPHABET_WAY, alphabet_episodes, describe_split, family_of,
+from fastadapt.training.families import (WITHIN_ALPHABET_WAY, alphabet_episodes, family_of,
                                          within_alphabet_episodes)
 from fastadapt.training.networks import build_encoder, build_model
 
@@ -52,7 +52,7 @@ def episodes(cfg: Config, split: str, way: int, shot: int) -> EpisodeTasks:
     """``way``-way ``shot``-shot episodes of ``split``'s classes; training ones with ``num_query`` queries per
     class, evaluation ones with ``eval_query``. Sizes the data cannot serve are refused naming their setting."""
     task = cfg.task
-    if split == "train" and task.within_alphabet and task.family != "omniglot":
+    if split == "train" and task.within_alphabet and not family_of(cfg).alphabets:
         raise ValueError(f"--within-alphabet training episodes need Omniglot's alphabets, not {task.family!r} tasks")
     dataset = class_dataset(cfg, split)
     if split == "train":
@@ -61,14 +61,14 @@ def episodes(cfg: Config, split: str, way: int, shot: int) -> EpisodeTasks:
         query, flags = cfg.evaluation.eval_query, ("--n-way / --eval-ways", "--k-shot / --eval-shots", "--eval-query")
     if way > dataset.num_classes:
         raise ValueError(f"{way}-way {split} episodes ({flags[0]}) need {way} classes, but "
-                         f"{describe_split(cfg, split)} are only {dataset.num_classes}")
+                         f"{family_of(cfg).describe_split(cfg, split)} are only {dataset.num_classes}")
     counts = dataset.images_per_class
     smallest = int(counts.argmin())
     if counts[smallest] < shot + query:
         raise ValueError(f"{split} episodes of {shot} shots ({flags[1]}) and {query} queries per class ({flags[2]}"
                          f"{'' if split != 'train' or task.num_query else ', default 15'}) need {shot + query} "
                          f"images of every class, but class {dataset.class_names[smallest]!r} of "
-                         f"{describe_split(cfg, split)} has only {int(counts[smallest])}")
+                         f"{family_of(cfg).describe_split(cfg, split)} has only {int(counts[smallest])}")
     if split == "train" and task.within_alphabet:
         return alphabet_episodes(dataset, way, shot, query, task.augment)
     return EpisodeTasks(dataset, way, shot, query, augment=task.augment and split == "train")

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
-from fastadapt.tasks.episodes import EpisodeTasks
+from fastadapt.tasks.base import IndexedTasks
 from fastadapt.training.config import CUDA_GRAPH_SETTINGS
 from fastadapt.training.precision import autocast
 
@@ -42,7 +42,7 @@ WARMUP_STEPS = 3
 class CapturedStep:
     """One meta-step on ``num_tasks`` tasks of ``tasks``, captured in a CUDA graph on first use when ``capture``."""
 
-    def __init__(self, learner: MetaLearner, optimizer: torch.optim.Optimizer, tasks: EpisodeTasks, num_tasks: int,
+    def __init__(self, learner: MetaLearner, optimizer: torch.optim.Optimizer, tasks: IndexedTasks, num_tasks: int,
                  precision: str, device: torch.device | str, capture: bool = True,
                  say: Callable[[str], None] = print) -> None:
         self.learner, self.optimizer, self.tasks, self.precision = learner, optimizer, tasks, precision
@@ -65,7 +65,7 @@ class CapturedStep:
         return self.graph is not None
 
     def step(self, indices: torch.Tensor) -> None:
-        """One meta-step on the tasks of ``indices`` (``EpisodeTasks.sample_indices``); returns at once on a GPU."""
+        """One meta-step on the tasks of ``indices`` (``IndexedTasks.sample_indices``); returns at once on a GPU."""
         self._load(indices)
         if self.capture and self.graph is None:
             self._capture()
@@ -182,8 +182,8 @@ def captured_step(setting: str, learner: MetaLearner, tasks, optimizer: torch.op
         reason = f"the device is {device.type}, not a CUDA GPU"
     elif not getattr(learner, "captures_whole_step", False):
         reason = f"{type(learner).__name__}'s step is not known to be capturable"
-    elif not isinstance(tasks, EpisodeTasks):
-        reason = "the tasks are not classification episodes"
+    elif not isinstance(tasks, IndexedTasks):
+        reason = "the tasks are not drawn as indices into one tensor of images (tasks.base.IndexedTasks)"
     elif optimizer is None:
         reason = "there is no outer optimizer"
     if reason is not None:

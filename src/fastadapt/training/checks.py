@@ -85,8 +85,9 @@ def check_rl_config(cfg: Config) -> None:
         raise ValueError(f"--tasks {family} is a reinforcement-learning family: use --algorithm "
                          f"{' / '.join(method_names(rl=True))}, not {method!r}")
     if spec.bandit:
-        if family != "bandit":
-            raise ValueError(f"{method} is a bandit algorithm: use --tasks bandit, not {family!r}")
+        if not family_of(cfg).bandit:
+            raise ValueError(f"{method} is a bandit algorithm: use --tasks "
+                             f"{' / '.join(n for n, f in FAMILIES.items() if f.bandit)}, not {family!r}")
         if cfg.training.iterations > 0:
             raise ValueError(f"{method} is a fixed bandit algorithm with nothing to train: run it with --iterations 0 "
                              "to evaluate it")

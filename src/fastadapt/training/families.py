@@ -64,6 +64,18 @@ class FamilySpec:
     balanced_directions: bool = False
     #: checks the family's own settings by name before a run starts (a ValueError for a bad one)
     check: Callable[[Config], None] = lambda cfg: None
+    #: where the classes of a split come from, in words, for error messages (image families)
+    describe_split: Callable[[Config, str], str] = lambda cfg, split: f"the {split} classes of {cfg.task.family}"
+    #: its data in words, for the server's page
+    words: Callable[[Config], str] = lambda cfg: cfg.task.family
+    #: reads ``--dataset-split`` (which of its class splits a run uses: Omniglot's)
+    dataset_splits: bool = False
+    #: its images are drawings like Omniglot's, so a drawing from the server's page is redrawn as those look
+    omniglot_drawings: bool = False
+    #: its classes are the characters of alphabets (within-alphabet episodes: Lake et al.'s one-shot trials)
+    alphabets: bool = False
+    #: hand-designed bandit algorithms (a method spec's ``bandit``) run on its tasks
+    bandit: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -124,7 +136,7 @@ def evaluation_alphabets_seen(cfg: Config, checked: frozenset[Path] = frozenset(
     from: init_from, encoder_from), in words; None when it has not (``--dataset-split background``, whose
     training classes are the background set less the validation alphabets). ``checked``: the runs already
     looked at on the way here (a loop of init_from is not followed twice)."""
-    if cfg.task.family != "omniglot":
+    if not family_of(cfg).alphabets:
         return f"this run was trained on {cfg.task.family!r} tasks, not on Omniglot's background set"
     if cfg.task.dataset_split != "background":
         return (f"this run's training classes (--dataset-split {cfg.task.dataset_split}) include evaluation-set "
@@ -190,12 +202,12 @@ def _check_disjoint_splits(root: Path) -> None:
                              "two splits would let the evaluation classes leak into training")
 
 
-def describe_split(cfg: Config, split: str) -> str:
-    """Where the classes of ``split`` come from, in words, for error messages."""
-    task = cfg.task
-    if task.family == "omniglot":
-        return f"the {split} classes of Omniglot's {task.dataset_split!r} split (--dataset-split)"
-    root = Path(task.data_root or ".").expanduser()
+def _omniglot_split(cfg: Config, split: str) -> str:
+    return f"the {split} classes of Omniglot's {cfg.task.dataset_split!r} split (--dataset-split)"
+
+
+def _folder_split(cfg: Config, split: str) -> str:
+    root = Path(cfg.task.data_root or ".").expanduser()
     if (root / "train").is_dir():
         return f"{root / split}"
     return (f"the {split} classes of {root} (a folder without train/val/test sub-folders has its classes split "
@@ -308,13 +320,16 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
     FamilySpec("sinusoid", "regression", _sinusoid, _sinusoid_title, lambda cfg: f"K={cfg.task.k_shot}",
                meta_batch=25),
     FamilySpec("omniglot", "images", _omniglot, lambda cfg: f"omniglot, {cfg.task.dataset_split} split", _classes,
-               inverted_files=True, data_root_may_move=True, check=_check_omniglot),
-    FamilySpec("folder", "images", _folder, lambda cfg: f"folder {cfg.task.data_root}", _classes),
+               inverted_files=True, data_root_may_move=True, check=_check_omniglot, describe_split=_omniglot_split,
+               words=lambda cfg: f"Omniglot ({cfg.task.dataset_split} split)", dataset_splits=True,
+               omniglot_drawings=True, alphabets=True),
+    FamilySpec("folder", "images", _folder, lambda cfg: f"folder {cfg.task.data_root}", _classes,
+               describe_split=_folder_split, words=lambda cfg: f"image folder {cfg.task.data_root}"),
     FamilySpec("digits", "images", _digits, lambda cfg: "digits", _classes),
     FamilySpec("nav2d", "mdp", _nav2d, _rl_title(_nav2d_title), _trajectories, meta_batch=20, horizon=100,
                plots=("trajectories",)),
     FamilySpec("bandit", "mdp", _bandit, _rl_title(_bandit_title),
-               lambda cfg: f"k={cfg.task.arms}, n={horizon(cfg)}", meta_batch=250, horizon=100),
+               lambda cfg: f"k={cfg.task.arms}, n={horizon(cfg)}", meta_batch=250, horizon=100, bandit=True),
     FamilySpec("tabular-mdp", "mdp", _tabular_mdp, _rl_title(_tabular_title), _trajectories, meta_batch=250,
                horizon=10),
     FamilySpec("cluttered-omniglot", "segmentation", _cluttered_omniglot, _cluttered_title,
