@@ -2,6 +2,8 @@
 each scored by the total reward of one trial on the same 1,000 fixed test bandits (arms' probabilities ~ U[0, 1]).
 
     python benchmarks/rl_bandits.py --output-dir runs/bench-bandits              # n = 10, k = 5 and n = 100, k = 10
+    python benchmarks/rl_bandits.py --output-dir runs/bandits-seed1 --settings 10x100 --rl2 rl-bandit-rl2 \
+        --seed 1 --test-set 2                    # one RL^2 preset, another training seed, a fresh draw of test bandits
 
 1. trains the RL^2 presets (rl-bandit-rl2-k5-n10; rl-bandit-rl2, and its two-phase recipe: rl-bandit-rl2 for
    1,000 iterations, then rl-bandit-rl2-finetune from its best weights), or reuses / resumes their runs
@@ -41,20 +43,22 @@ ROW = "return per trial"
 SCRIPT = "rl_bandits"
 
 
-def rl2_run(preset: str, output_dir: Path) -> str:
-    cfg = load_preset(preset).replace(output_dir=str(output_dir / preset))
+def rl2_run(preset: str, output_dir: Path, **settings) -> str:
+    """The RL^2 preset's run in ``output_dir`` with ``settings`` (seed, test_set), trained, resumed or reused."""
+    cfg = load_preset(preset).replace(output_dir=str(output_dir / preset), threads=1, **settings)
     if preset in FIRST_PHASE:
         first, changes = FIRST_PHASE[preset]
-        first_cfg = load_preset(first).replace(**changes,
+        first_cfg = load_preset(first).replace(**changes, threads=1, **settings,
                                                output_dir=str(output_dir / Path(cfg.training.init_from).name))
         cfg = cfg.replace(init_from=str(preset_run(first_cfg, SCRIPT)))
     return str(preset_run(cfg, SCRIPT))
 
 
-def baseline(name: str, arms: int, pulls: int, output_dir: Path, **method) -> Path:
-    """The run of a bandit algorithm (nothing to train: it is saved with 0 iterations)."""
+def baseline(name: str, arms: int, pulls: int, output_dir: Path, test_set: int | None = None, **method) -> Path:
+    """The run of a bandit algorithm (nothing to train: it is saved with 0 iterations), tested on ``test_set``."""
     suffix = "".join(f"-{key}{value}" for key, value in method.items())
-    cfg = load_preset(f"rl-bandit-{name}").replace(arms=arms, horizon=pulls, **method,
+    drawn = {} if test_set is None else {"test_set": test_set}
+    cfg = load_preset(f"rl-bandit-{name}").replace(arms=arms, horizon=pulls, **method, **drawn,
                                                      output_dir=str(output_dir / f"{name}-k{arms}-n{pulls}{suffix}"))
     return preset_run(cfg, SCRIPT)
 
@@ -69,7 +73,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/bench-bandits")
     parser.add_argument("--settings", nargs="+", default=["5x10", "10x100"], help="k x n pairs to run")
+    parser.add_argument("--rl2", nargs="+", metavar="PRESET", help="only these RL^2 presets' rows (default: all)")
+    parser.add_argument("--seed", type=int, help="the RL^2 runs' training seed (default: the presets'); the "
+                                                  "validation and test bandits do not depend on it")
+    parser.add_argument("--test-set", type=int, help="which draw of the test bandits (default: the presets', 1)")
     args = parser.parse_args()
+    settings = {name: value for name, value in (("seed", args.seed), ("test_set", args.test_set))
+                if value is not None}
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -77,31 +87,33 @@ def main() -> None:
     for text in args.settings:
         arms, pulls = (int(v) for v in text.split("x"))
         column: dict[str, dict[str, Estimate | str]] = {}
-        for label, preset in SETTINGS[arms, pulls]:
-            column[label] = tested(rl2_run(preset, output_dir))
+        rows = [(label, preset) for label, preset in SETTINGS[arms, pulls] if args.rl2 is None or preset in args.rl2]
+        for label, preset in rows:
+            column[label] = tested(rl2_run(preset, output_dir, **settings))
         scores = {}
         for c in UCB_GRID:
-            cfg, learner = load_run(baseline("ucb1", arms, pulls, output_dir, ucb_exploration=c))
+            cfg, learner = load_run(baseline("ucb1", arms, pulls, output_dir, args.test_set, ucb_exploration=c))
             scores[c] = evaluate_learner(cfg, learner, split="val")[ROW].mean
         chosen = max(scores, key=scores.get)
-        column[f"UCB1 (c = {chosen}, chosen on validation)"] = tested(
-            baseline("ucb1", arms, pulls, output_dir, ucb_exploration=chosen))
+        ucb1 = f"UCB1 (c = {chosen}, chosen on validation)"
+        column[ucb1] = tested(baseline("ucb1", arms, pulls, output_dir, args.test_set, ucb_exploration=chosen))
         for name, label in (("thompson", "Thompson sampling"), ("random-arms", "random")):
-            column[label] = tested(baseline(name, arms, pulls, output_dir))
+            column[label] = tested(baseline(name, arms, pulls, output_dir, args.test_set))
         if arms * pulls <= BAYES_OPTIMAL_LIMIT:
-            column["Bayes-optimal (exact DP, the ceiling)"] = tested(baseline("bayes-optimal", arms, pulls, output_dir))
+            column["Bayes-optimal (exact DP, the ceiling)"] = tested(
+                baseline("bayes-optimal", arms, pulls, output_dir, args.test_set))
         for name, value in PAPER.get((arms, pulls), {}).items():
             column[f"{name} (paper)"] = f"{value:.1f}"
         print(format_table({"total reward": column},
                            f"\nBernoulli bandits, n = {pulls} pulls, k = {arms} arms: total reward per trial on "
-                           f"{column[SETTINGS[arms, pulls][0][0]].num_tasks:,} fixed test bandits (mean ± 95% CI); "
+                           f"{column[ucb1].num_tasks:,} fixed test bandits (mean ± 95% CI); "
                            f"UCB1's c on validation: "
                            + ", ".join(f"{c}: {s:.2f}" for c, s in scores.items())))
-        for label, _ in SETTINGS[arms, pulls]:
+        for label, _ in rows:
             ours, target = column[label], TARGETS[arms, pulls]
             print(f"{label}: {ours.mean:.2f} ± {ours.ci95:.2f} (target >= {target}: {ours.at_least(target)})")
         record[text] = {row: (v.to_dict() if isinstance(v, Estimate) else v) for row, v in column.items()}
-        record[text]["ucb1_validation"] = scores
+        record[text].update(ucb1_validation=scores, test_set=args.test_set or 1, seed=args.seed)
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {output_dir / 'results.json'}")
 

@@ -3,6 +3,8 @@ oracle baselines, each evaluated on the same fixed test goals (400, the presets'
 policy-gradient steps.
 
     python benchmarks/rl_nav2d.py --output-dir runs/bench-nav2d
+    python benchmarks/rl_nav2d.py --output-dir runs/nav2d-seed1 --seed 1 --test-set 2   # another training seed,
+                                                                                        # a fresh draw of test goals
 
 1. trains the runs of the presets rl-nav2d-maml, rl-nav2d-pretrained and rl-nav2d-oracle (rl-nav2d-random
    trains nothing); a finished run is reused and an interrupted one resumed, so the script can be restarted;
@@ -38,9 +40,11 @@ PAPER_MAML = {"0 steps": -40.41, "1 step": -11.68, "2 steps": -3.33, "3 steps": 
 STEP_SIZES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 
 
-def finished_run(preset: str, output_dir: Path) -> tuple[str, float]:
-    """The preset's run in ``output_dir``, trained, resumed or reused; its directory and training seconds."""
-    run_dir = preset_run(load_preset(preset).replace(output_dir=str(output_dir / preset)), "rl_nav2d")
+def finished_run(preset: str, output_dir: Path, **settings) -> tuple[str, float]:
+    """The preset's run in ``output_dir`` with ``settings`` (seed, test_set, threads), trained, resumed or reused;
+    its directory and training seconds."""
+    cfg = load_preset(preset).replace(output_dir=str(output_dir / preset), **settings)
+    run_dir = preset_run(cfg, "rl_nav2d")
     last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else load_checkpoint(run_dir / BEST)
     return str(run_dir), last.get("seconds", 0.0)
 
@@ -65,7 +69,12 @@ def test_returns(cfg: Config, learner) -> dict[str, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/bench-nav2d")
+    parser.add_argument("--seed", type=int, help="every run's training seed (default: the presets'); the validation "
+                                                  "and test goals do not depend on it")
+    parser.add_argument("--test-set", type=int, help="which draw of the test goals (default: the presets', 1)")
     args = parser.parse_args()
+    settings = {name: value for name, value in (("seed", args.seed), ("test_set", args.test_set))
+                if value is not None}
     output_dir = Path(args.output_dir)
     torch.set_num_threads(1)
 
@@ -74,7 +83,7 @@ def main() -> None:
     record: dict = {"step_sizes": {}, "train_seconds": {}, "results": {}}
     for name, preset in PRESETS.items():
         start = time.perf_counter()
-        run_dir, seconds = finished_run(preset, output_dir)
+        run_dir, seconds = finished_run(preset, output_dir, threads=1, **settings)
         record["train_seconds"][name] = round(seconds, 1)
         cfg, learner = load_run(run_dir, "best")
         if name in ("pretrained", "random init"):
@@ -85,7 +94,7 @@ def main() -> None:
             print(f"{name}: step size {alpha} chosen on validation goals "
                   f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
         record.setdefault("test_looks", {})[name] = count_test_look(run_dir, cfg.evaluation.test_set)
-        record["test_set"] = cfg.evaluation.test_set
+        record["test_set"], record.setdefault("seeds", {})[name] = cfg.evaluation.test_set, cfg.training.seed
         per_goal[name] = test_returns(cfg, learner)
         columns[name] = {row: mean_and_ci95(returns) for row, returns in per_goal[name].items()}
         record["results"][name] = {row: e.to_dict() for row, e in columns[name].items()}
