@@ -66,14 +66,11 @@ from fastadapt.training.config import Config
 from fastadapt.training.precision import PRECISIONS, has_native_bf16
 from fastadapt.training.trainer import Trainer
 
-METHODS = ("maml", "fomaml", "protonet")
 IMPLEMENTATIONS = ("ours", "reference", "floor")
 #: the reference loop on channels-last tensors: the part of the speed-up that is memory layout alone
 LAYOUT_CONTROL = "reference-cl"
 #: ours with the whole step captured in one CUDA graph (training.captured); measured on CUDA devices only
 CAPTURED = "captured"
-#: (n_way, k_shot, queries per class)
-EPISODES = {"maml": (5, 1, 15), "fomaml": (5, 1, 15), "protonet": (60, 5, 5)}
 #: Prototypical Networks' network (Snell et al.): max-pooling Conv-4
 PROTONET_POOLING = "max"
 NETWORK_NAMES = {"stride": "strided Conv-4", "max": "max-pooling Conv-4"}
@@ -83,6 +80,43 @@ META_LR = 1e-3
 MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}
 #: images in the ceiling's convolution
 CONVOLUTION_BATCH = {"cpu": 512, "cuda": 8192}
+
+
+@dataclass(frozen=True)
+class Benchmarked:
+    """A method this benchmark measures and the reference code it is compared with (all it knows of it)."""
+
+    #: (n_way, k_shot, queries per class)
+    episodes: tuple[int, int, int]
+    #: the reference implementation's meta-loss of a batch, through the given network
+    reference_loss: Callable[[nn.Module, TaskBatch], torch.Tensor]
+    #: the reference network is an embedding with standard batch normalisation (Snell et al.'s code; ours:
+    #: ``learner.encoder``), not a classifier with per-task batch statistics (Finn et al.'s; ours: ``learner.model``)
+    embeds: bool
+    #: the label of its reference row, and what its own rows add to "ours"
+    reference: str
+    order: str = ""
+    #: the method whose floor row (a plain step on the same images) it is compared with; None: its own
+    floor: str | None = None
+    #: its Conv-4's pooling; None: the benchmark's --pooling
+    pooling: str | None = None
+    #: measured on one episode (as Snell et al.'s code steps), not on meta-batches of each size
+    one_episode: bool = False
+
+    @property
+    def norm(self) -> str:
+        """The normalisation of the reference network and of the floor's."""
+        return "batch" if self.embeds else "transductive"
+
+
+BENCHMARKED = {
+    "maml": Benchmarked((5, 1, 15), lambda model, batch: reference_maml_loss(model, batch, INNER_LR, 1, False),
+                        False, "reference loop over tasks, 2nd order", ", 2nd order"),
+    "fomaml": Benchmarked((5, 1, 15), lambda model, batch: reference_maml_loss(model, batch, INNER_LR, 1, True),
+                          False, "reference loop over tasks, 1st order", ", 1st order", floor="maml"),
+    "protonet": Benchmarked((60, 5, 5), lambda model, batch: reference_protonet_loss(model, batch, 60, 5), True,
+                            "reference (as Snell et al.'s code)", pooling=PROTONET_POOLING, one_episode=True),
+}
 
 
 @dataclass(frozen=True)
@@ -193,7 +227,7 @@ def omniglot_like(num_classes: int = 100, images_per_class: int = 20, seed: int 
 
 def _tasks(method: str, data_root: str | None, seed: int) -> EpisodeTasks:
     dataset = load_omniglot(data_root, download=False) if data_root else omniglot_like(seed=seed)
-    return EpisodeTasks(dataset, *EPISODES[method])
+    return EpisodeTasks(dataset, *BENCHMARKED[method].episodes)
 
 
 def _config(spec: Spec, tasks: EpisodeTasks) -> Config:
@@ -205,20 +239,12 @@ def _config(spec: Spec, tasks: EpisodeTasks) -> Config:
                   cuda_graph="on" if spec.impl == CAPTURED else "off")
 
 
-def _reference_loss(method: str, model: nn.Module, batch: TaskBatch) -> torch.Tensor:
-    if method == "protonet":
-        n_way, k_shot, _ = EPISODES[method]
-        return reference_protonet_loss(model, batch, n_way, k_shot)
-    return reference_maml_loss(model, batch, INNER_LR, 1, first_order=method == "fomaml")
-
-
 def _reference_model(spec: Spec, tasks: EpisodeTasks, channels_last: bool) -> nn.Module:
     """Conv-4 as the reference code builds it: a classifier for MAML (per-task batch statistics, as Finn et
     al.'s), an embedding with standard batch normalisation for Prototypical Networks (as Snell et al.'s)."""
-    if spec.method == "protonet":
-        return Conv4(hidden=spec.hidden, norm="batch", channels_last=channels_last, pooling=spec.pooling)
-    return Conv4(hidden=spec.hidden, output_size=tasks.n_way, norm="transductive", channels_last=channels_last,
-                 pooling=spec.pooling)
+    method = BENCHMARKED[spec.method]
+    return Conv4(hidden=spec.hidden, output_size=None if method.embeds else tasks.n_way, norm=method.norm,
+                 channels_last=channels_last, pooling=spec.pooling)
 
 
 def _adam_steps(module: nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -236,9 +262,8 @@ def _adam_steps(module: nn.Module, loss: Callable[[], torch.Tensor]) -> Callable
 def _step_function(spec: Spec, tasks: EpisodeTasks, batch: TaskBatch) -> Callable[[], object]:
     torch.manual_seed(spec.seed)
     if spec.impl == "floor":
-        norm = "batch" if spec.method == "protonet" else "transductive"
-        model = Conv4(hidden=spec.hidden, output_size=tasks.n_way, norm=norm, channels_last=True,
-                      pooling=spec.pooling).to(spec.device)
+        model = Conv4(hidden=spec.hidden, output_size=tasks.n_way, norm=BENCHMARKED[spec.method].norm,
+                      channels_last=True, pooling=spec.pooling).to(spec.device)
         images = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
         labels = torch.cat([batch.support_y, batch.query_y], 1).flatten()
         return _adam_steps(model, lambda: F.cross_entropy(model(images), labels))
@@ -255,7 +280,7 @@ def _step_function(spec: Spec, tasks: EpisodeTasks, batch: TaskBatch) -> Callabl
         return lambda: trainer.step(batch)
     # The layout control's Conv-4 turns its weights and every input channels-last itself.
     model = _reference_model(spec, tasks, channels_last=spec.impl == LAYOUT_CONTROL).to(spec.device)
-    return _adam_steps(model, lambda: _reference_loss(spec.method, model, batch))
+    return _adam_steps(model, lambda: BENCHMARKED[spec.method].reference_loss(model, batch))
 
 
 class PeakMemory:
@@ -409,18 +434,18 @@ def gradient_differences(meta_batch: int = 4, hidden: int = 64, device: str = "c
                          pooling: str = "stride") -> dict[str, tuple[float, float]]:
     """max |ours - reference| and max |reference| over the meta-gradient of each method, from the same weights."""
     differences = {}
-    for method in METHODS:
+    for method, benchmarked in BENCHMARKED.items():
         tasks = _tasks(method, data_root, seed)
-        batch = tasks.sample(1 if method == "protonet" else meta_batch, torch.Generator().manual_seed(seed))
+        batch = tasks.sample(1 if benchmarked.one_episode else meta_batch, torch.Generator().manual_seed(seed))
         batch = TaskBatch(batch.support_x.to(device, dtype), batch.support_y.to(device),
                           batch.query_x.to(device, dtype), batch.query_y.to(device))
         spec = Spec(method, "ours", batch.num_tasks, device, hidden=hidden,
-                    pooling=PROTONET_POOLING if method == "protonet" else pooling)
+                    pooling=benchmarked.pooling or pooling)
         learner = build_learner(_config(spec, tasks), tasks).to(device, dtype)
         params = [p for p in learner.parameters() if p.requires_grad]
         ours = torch.autograd.grad(learner.meta_loss(batch)[0], params)
-        model = learner.encoder if method == "protonet" else learner.model
-        reference = torch.autograd.grad(_reference_loss(method, model, batch), params)
+        model = learner.encoder if benchmarked.embeds else learner.model
+        reference = torch.autograd.grad(benchmarked.reference_loss(model, batch), params)
         differences[method] = (max((a - b).abs().max().item() for a, b in zip(ours, reference)),
                                max(b.abs().max().item() for b in reference))
     return differences
@@ -491,9 +516,9 @@ def _label(spec: Spec) -> str:
         return "floor: plain training step on the same images"
     if spec.impl == LAYOUT_CONTROL:
         return "  the same on channels-last tensors"
-    order = {"maml": ", 2nd order", "fomaml": ", 1st order", "protonet": ""}[spec.method]
+    order = BENCHMARKED[spec.method].order
     if spec.impl == "reference":
-        return "reference (as Snell et al.'s code)" if spec.method == "protonet" else f"reference loop over tasks{order}"
+        return BENCHMARKED[spec.method].reference
     variant = ", captured in a CUDA graph" if spec.impl == CAPTURED else ""
     if spec.precision != "fp32":
         variant += f", {spec.precision}"
@@ -521,10 +546,11 @@ def _settings(measurements: Sequence[Measurement], hidden: int) -> list[Setting]
         return found.flops if found else None
 
     settings = []
-    for size in sorted({m.spec.meta_batch for m in measurements if m.spec.method != "protonet"}):
-        rows = [m for m in measurements if m.spec.method != "protonet" and m.spec.meta_batch == size]
+    batched = [m for m in measurements if not BENCHMARKED[m.spec.method].one_episode]
+    for size in sorted({m.spec.meta_batch for m in batched}):
+        rows = [m for m in batched if m.spec.meta_batch == size]
         pooling = rows[0].spec.pooling
-        n_way, k_shot, queries = EPISODES["maml"]
+        n_way, k_shot, queries = BENCHMARKED["maml"].episodes
         network = NETWORK_NAMES[pooling] + (" (the MAML paper's Omniglot network)" if pooling == "stride" else "")
         flops = counted("maml", "reference", size)
         title = (f"MAML {n_way}-way {k_shot}-shot, {queries} queries a class, 1 inner step, meta-batch {size} "
@@ -533,9 +559,9 @@ def _settings(measurements: Sequence[Measurement], hidden: int) -> list[Setting]
         settings.append(Setting(title, rows, largest_convolution(pooling, hidden),
                                 lambda spec, size=size: counted(spec.method, "floor" if spec.impl == "floor"
                                                                 else "reference", size)))
-    protonet = [m for m in measurements if m.spec.method == "protonet"]
+    protonet = [m for m in measurements if BENCHMARKED[m.spec.method].one_episode]
     if protonet:
-        n_way, k_shot, queries = EPISODES["protonet"]
+        n_way, k_shot, queries = BENCHMARKED["protonet"].episodes
         flops = counted("protonet", "reference", 1)
         title = (f"Prototypical Networks, one {n_way}-way {k_shot}-shot episode, {queries} queries a class "
                  f"({n_way * (k_shot + queries)} images), max-pooling Conv-4"
@@ -561,7 +587,8 @@ def quantities(measurements: Sequence[Measurement],
             continue
         size, values = spec.meta_batch, {}
         reference = by_key.get((spec.method, "reference", size, "fp32", None))
-        floor = by_key.get(("maml" if spec.method == "fomaml" else spec.method, "floor", size, "fp32", None))
+        method = BENCHMARKED[spec.method]
+        floor = by_key.get((method.floor or spec.method, "floor", size, "fp32", None))
         bf16 = by_key.get((spec.method, "ours", size, "bf16", None))
         saving = [other for other in measurements if other.spec.key[:4] == spec.key[:4] and other.spec.tasks_per_pass]
         if reference:
@@ -572,7 +599,7 @@ def quantities(measurements: Sequence[Measurement],
                     if other.peak_bytes:
                         values["memory-saving peak / reference's"] = other.peak_bytes / reference.peak_bytes
             if rates and reference.flops:
-                pooling = PROTONET_POOLING if spec.method == "protonet" else spec.pooling
+                pooling = method.pooling or spec.pooling
                 ceiling = _ceiling(rates, largest_convolution(pooling, hidden), "fp32")
                 if ceiling:
                     values["fraction of the fp32 ceiling"] = reference.flops / m.step / 1e9 / ceiling
@@ -634,8 +661,7 @@ def _ratio_lines(setting, by_key: dict) -> list[str]:
         if spec.impl != "ours" or spec.precision != "fp32" or spec.tasks_per_pass:
             continue
         reference = by_key.get((spec.method, "reference", spec.meta_batch, "fp32", None))
-        floor = by_key.get(("maml" if spec.method == "fomaml" else spec.method, "floor", spec.meta_batch,
-                            "fp32", None))
+        floor = by_key.get((BENCHMARKED[spec.method].floor or spec.method, "floor", spec.meta_batch, "fp32", None))
         parts = []
         if reference:
             parts.append(f"speed-up {reference.step / m.step:.2f}x over the reference")
@@ -682,7 +708,7 @@ def _target_lines(measurements: Sequence[Measurement], rates: dict[tuple[str, st
                 continue
             value = values[target.quantity]
             met = value >= target.bound if target.at_least else value <= target.bound
-            where = "" if method == "protonet" else f" meta-batch {size}"
+            where = "" if BENCHMARKED[method].one_episode else f" meta-batch {size}"
             blocked = ""
             if not met and target.quantity in NEEDS_NATIVE_BF16 and not native_bf16:
                 blocked = (" (blocked by hardware: no native bf16 arithmetic here; needs a CPU with AMX or "
