@@ -101,14 +101,7 @@ class FewShotClassifier:
     def from_run(cls, run_dir: str | os.PathLike, checkpoint: str = "best", invert: bool | str | None = None,
                  device: str = "cpu") -> "FewShotClassifier":
         """The run's best (or last) weights, without its training data."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"run directory {run_dir} does not exist")
-        weights = run_dir / (BEST if checkpoint == "best" else LAST)
-        if checkpoint in ("best", "last") and not weights.is_file():
-            raise FileNotFoundError(f"{run_dir} holds no trained weights ({weights.name} is missing): give the "
-                                    "directory of a trained run (fastadapt train ... --output-dir DIR)")
-        config, learner = load_run(run_dir, checkpoint)
+        config, learner = load_trained_run(run_dir, checkpoint)
         preparation = read_run_inputs(run_dir, config).preparation
         if preparation is None:
             raise ValueError(f"the run in {run_dir} was not trained on images ({config.task.family} tasks)")
@@ -190,14 +183,28 @@ class FewShotClassifier:
         return Classification(list(fitted.classes), probabilities, predictions)
 
 
-def read_support_folder(root: str | os.PathLike) -> tuple[list[Path], list[str]]:
+def load_trained_run(run_dir: str | os.PathLike, checkpoint: str = "best") -> tuple[Config, MetaLearner]:
+    """A run's config and learner with its best (or last) weights; a missing directory or checkpoint is a
+    FileNotFoundError saying what to give."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    weights = run_dir / (BEST if checkpoint == "best" else LAST)
+    if checkpoint in ("best", "last") and not weights.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no trained weights ({weights.name} is missing): give the "
+                                "directory of a trained run (fastadapt train ... --output-dir DIR)")
+    return load_run(run_dir, checkpoint)
+
+
+def read_support_folder(root: str | os.PathLike, min_classes: int = 2) -> tuple[list[Path], list[str]]:
     """The image files of ``root``/<class>/<images> and their class names; one-line errors for a missing
-    folder, an empty class, or a single class."""
+    folder, an empty class, or fewer than ``min_classes`` classes (a classifier tells 2 apart; a detector
+    finds 1)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"support folder {root} does not exist or is not a folder")
     classes = list_class_folders(root)
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise ValueError(f"support folder {root} has only one class ({classes[0][0]}); give it one sub-folder "
                          "per class, at least 2")
     files = [file for _, found in classes for file in found]

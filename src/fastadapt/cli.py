@@ -1,4 +1,4 @@
-"""The ``fastadapt`` command line: demo, train, eval, predict, serve, plot, presets, bench."""
+"""The ``fastadapt`` command line: demo, train, eval, predict, segment, detect, serve, plot, presets, bench."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,7 @@ COMMANDS_HELP = """examples:
   fastadapt train cluttered-omniglot-4-cpu --no-eval  # one-shot segmentation in clutter (Michaelis et al.)
   fastadapt eval runs/cluttered-omniglot-4-cpu --split val  # mask IoU and localisation, validation canvases
   fastadapt segment runs/cluttered-omniglot-4-cpu --reference ref.png --canvas canvas.png  # box, score, mask
+  fastadapt detect runs/cluttered-omniglot-4-cpu --support examples/ --image scene.png --draw found.png
 """
 
 
@@ -285,6 +286,53 @@ def cmd_segment(args: argparse.Namespace) -> None:
         print(f"masks (foreground probability above 0.3) written to {args.output}")
 
 
+def cmd_detect(args: argparse.Namespace) -> None:
+    from fastadapt.classifier import query_files, read_support_folder
+    from fastadapt.detector import FewShotDetector, draw, parse_boxes
+
+    images = query_files(args.image)
+    detector = FewShotDetector.from_run(args.run_dir, args.checkpoint, min_score=args.min_score, scale=args.scale)
+    if args.boxes:
+        if len(images) != 1:
+            raise ValueError(f"--boxes marks examples on one image; got {len(images)} images")
+        try:
+            text = Path(args.boxes).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read the boxes file {args.boxes}: {error}") from None
+        boxes, labels = parse_boxes(text, args.boxes)
+        detector.fit_boxes(images[0], boxes, labels, str(images[0]))
+    else:
+        support, labels = read_support_folder(args.support, min_classes=1)
+        detector.fit(support, labels, [str(f) for f in support])
+    names = [str(f) for f in images]
+    results = detector.detect(images, names)
+    if args.draw:
+        out = Path(args.draw)
+        for i, (image, name, found) in enumerate(zip(images, names, results)):
+            target = out if len(images) == 1 else out.with_name(f"{out.stem}-{i + 1}-{Path(name).stem}{out.suffix}")
+            try:
+                draw(image, found, name).save(target)
+            except (OSError, ValueError) as error:  # a missing folder, an unknown suffix
+                raise ValueError(f"cannot write {target}: {error}") from None
+            print(f"wrote {target}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"run_dir": str(args.run_dir), "method": detector.config.method.name,
+                          "min_score": detector.threshold, "images": [
+                              {"image": name, "scale": found.scale, "mask_pixels": int(found.mask.sum()),
+                               "detections": [{"class": label, "score": float(score), "box": [float(v) for v in box]}
+                                              for box, score, label in zip(found.boxes, found.scores, found.classes)]}
+                              for name, found in zip(names, results)]}, indent=2))
+        return
+    rows = [["image", "class", "score", "left", "top", "width", "height"]]
+    for name, found in zip(names, results):
+        rows += [[name, str(label), f"{score:.3f}", *(f"{v:.1f}" for v in box)]
+                 for box, score, label in zip(found.boxes, found.scores, found.classes)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
+    for name, found in zip(names, results):
+        print(f"{name}: {len(found)} found (score >= {detector.threshold:g}), searched at {found.scale:.3g}x")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import socket
 
@@ -428,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="fastadapt", description="Meta-learning for PyTorch.",
                             epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_segment, _add_serve, _add_plot, _add_presets,
-                _add_bench):
+    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_segment, _add_detect, _add_serve, _add_plot,
+                _add_presets, _add_bench):
         add(commands)
     return parser
 
@@ -540,6 +588,30 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--checkpoint", choices=("best", "last"), default="best",
                          help="best: the best validation score; last: the last saved (default: best)")
     segment.set_defaults(func=cmd_segment)
+
+
+def _add_detect(commands: argparse._SubParsersAction) -> None:
+    """``fastadapt detect`` and its options."""
+    detect = commands.add_parser("detect", help="find every object like a few examples on your own images with a "
+                                                "trained cluttered-omniglot run: boxes, classes, scores")
+    detect.add_argument("run_dir", help="a trained segmentation run directory (holding best.pt)")
+    examples = detect.add_mutually_exclusive_group(required=True)
+    examples.add_argument("--support", metavar="DIR", help="example crops, one sub-folder per class "
+                                                           "(DIR/<class>/<images>); one class is enough")
+    examples.add_argument("--boxes", metavar="FILE", help="examples as boxes on the image itself: one a line, "
+                                                          "LEFT TOP WIDTH HEIGHT [CLASS] in pixels (# comments)")
+    detect.add_argument("--image", required=True, nargs="+", metavar="PATH",
+                        help="images (or folders of images) to search, of any size (required)")
+    detect.add_argument("--draw", metavar="OUT.png", help="write the image with its boxes and mask (several "
+                                                          "images: OUT-<n>-<image>.png) (default: none)")
+    detect.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
+    detect.add_argument("--min-score", type=float, metavar="S",
+                        help="the score a box needs (default: the method's, 0.5 for template matching's NCC)")
+    detect.add_argument("--scale", type=float, metavar="F", help="rescale the images by F before searching "
+                                                                 "(default: from the examples' size)")
+    detect.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best: the best validation score; last: the last saved (default: best)")
+    detect.set_defaults(func=cmd_detect)
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:

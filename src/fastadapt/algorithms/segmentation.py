@@ -9,9 +9,11 @@ companion), from one prediction.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.metrics import MASK_LOGIT_THRESHOLD, at_least_fp32
@@ -23,6 +25,17 @@ class Detection(NamedTuple):
 
     boxes: torch.Tensor
     scores: torch.Tensor
+
+
+class Found(NamedTuple):
+    """Every object of each reference found on each canvas (``SegmentationLearner.find``): boxes
+    (references, canvases, count, 4) as (left, top, width, height), their scores (references, canvases, count),
+    -inf past the last one found, and masks (references, canvases, H, W) bool: the predicted foreground, kept
+    inside the boxes scored at least ``min_score``."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    masks: torch.Tensor
 
 
 class SegmentationLearner(MetaLearner):
@@ -49,6 +62,28 @@ class SegmentationLearner(MetaLearner):
         logits = self.segment(references, canvases)
         masks = at_least_fp32(logits) > MASK_LOGIT_THRESHOLD
         return Detection(mask_box(masks), torch.sigmoid(logits.flatten(1).amax(1)))
+
+    def prepare(self, references: torch.Tensor) -> Any:
+        """What ``find`` takes from references (tasks, 3, 32, 32) that are matched against many canvases; here
+        the references themselves (each pair is adapted in ``find``). A method that reads a reference once
+        (templates, features) does so here."""
+        return references
+
+    def find(self, prepared: Any, canvases: torch.Tensor, count: int, min_score: float) -> Found:
+        """Up to ``count`` objects of each prepared reference on each canvas (every pair). Here one: the box of
+        the predicted mask, scored as ``detect`` scores it; methods with a map of scores return its peaks."""
+        references, tasks = prepared, len(prepared) * len(canvases)
+        pairs = (references.repeat_interleave(len(canvases), 0), canvases.repeat(len(references), 1, 1, 1))
+        logits = self.segment(*pairs)
+        masks = at_least_fp32(logits) > MASK_LOGIT_THRESHOLD
+        boxes = mask_box(masks).to(logits.dtype)
+        scores = torch.sigmoid(at_least_fp32(logits).flatten(1).amax(1))
+        scores = torch.where(masks.flatten(1).any(1), scores, -math.inf)
+        shape = (len(references), len(canvases))
+        boxes = F.pad(boxes[:, None], (0, 0, 0, count - 1)).view(*shape, count, 4)
+        scores = F.pad(scores[:, None], (0, count - 1), value=-math.inf).view(*shape, count)
+        masks = masks.view(*shape, *masks.shape[-2:])
+        return Found(boxes, scores, masks & inside_boxes(boxes, scores >= min_score, masks.shape[-2:]))
 
     def score_tasks(self, batch: SegmentationBatch, steps: list[int | None], by_label: bool = False
                     ) -> dict[int | str | None, torch.Tensor]:
@@ -86,6 +121,31 @@ def mask_box(masks: torch.Tensor) -> torch.Tensor:
     (left, width), (top, height) = boxes
     box = torch.stack([left, top, width, height], 1)
     return torch.where(masks.flatten(1).any(1)[:, None], box, 0)
+
+
+def peaks(maps: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` highest local maxima (none higher among its 8 neighbours) of each map (..., H, W): their
+    values (..., count), highest first, -inf past the last maximum, and their flat indices (..., count)."""
+    height, width = maps.shape[-2:]
+    flat = maps.reshape(-1, 1, height, width)
+    pooled = F.max_pool2d(flat, 3, 1, 1)
+    local = torch.where(flat == pooled, flat, -math.inf).flatten(1)
+    values, index = local.topk(min(count, height * width), 1)
+    if count > height * width:
+        values = F.pad(values, (0, count - height * width), value=-math.inf)
+        index = F.pad(index, (0, count - height * width))
+    return values.view(*maps.shape[:-2], count), index.view(*maps.shape[:-2], count)
+
+
+def inside_boxes(boxes: torch.Tensor, keep: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The pixels (..., H, W) inside any of the boxes (..., count, 4) (left, top, width, height) that ``keep``
+    (..., count) says to keep: a pixel is inside when its centre is."""
+    rows = torch.arange(shape[0], device=boxes.device, dtype=boxes.dtype) + 0.5
+    cols = torch.arange(shape[1], device=boxes.device, dtype=boxes.dtype) + 0.5
+    left, top, width, height = boxes.unbind(-1)
+    in_rows = (rows >= top[..., None]) & (rows < (top + height)[..., None])  # (..., count, H)
+    in_cols = (cols >= left[..., None]) & (cols < (left + width)[..., None])
+    return ((in_rows[..., :, None] & in_cols[..., None, :]) & keep[..., None, None]).any(-3)
 
 
 def ink(images: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fastadapt.algorithms.segmentation import Detection, SegmentationLearner, check_segmentation_inputs, ink
+from fastadapt.algorithms.segmentation import (Detection, Found, SegmentationLearner, check_segmentation_inputs,
+                                               ink, peaks)
+from fastadapt.tasks.cluttered_omniglot import CANVAS_SHAPE
 from fastadapt.algorithms.spec import MethodSpec
 
 #: The grid of transforms (per axis scales, rotations in degrees).
@@ -51,6 +53,51 @@ class Match(NamedTuple):
     score: torch.Tensor
 
 
+class TemplateBank(NamedTuple):
+    """What the NCC needs of templates (..., K, H, W) in frames of the image's size, computed once for any
+    number of images: each frame's conjugate spectrum, its box's, the template's mean, norm and area
+    (..., K, 1, 1), -inf at the shifts where the box leaves the image and 0 elsewhere (..., K, H, W), and whether
+    every template is 0/1 (then so are the sums)."""
+
+    templates: Templates
+    spectrum: torch.Tensor
+    box_spectrum: torch.Tensor
+    mean: torch.Tensor
+    norm: torch.Tensor
+    area: torch.Tensor
+    outside: torch.Tensor
+    binary: bool
+
+    def select(self, index: Any) -> "TemplateBank":
+        """The bank of the references ``index`` picks (an index of the leading dimensions)."""
+        return TemplateBank(Templates(self.templates.ink[index], self.templates.box[index]),
+                            *(field[index] for field in self[1:-1]), self.binary)
+
+
+def template_bank(templates: torch.Tensor, boxes: torch.Tensor) -> TemplateBank:
+    """The ``TemplateBank`` of templates (..., K, H, W), template k being the box ``boxes[..., k, :]`` =
+    (top, left, h, w) of its frame (zero elsewhere)."""
+    height, width = templates.shape[-2:]
+    top, left, h, w = boxes.unbind(-1)  # (..., K) each
+    rows = torch.arange(height, device=templates.device)
+    cols = torch.arange(width, device=templates.device)
+    row_in = ((rows >= top[..., None]) & (rows < (top + h)[..., None])).to(templates.dtype)  # the box: rows x columns
+    col_in = ((cols >= left[..., None]) & (cols < (left + w)[..., None])).to(templates.dtype)
+    area = (h * w).clamp(min=1).to(templates.dtype)[..., None, None]
+    total = templates.sum((-2, -1), keepdim=True)
+    mean = total / area
+    norm = (templates.square().sum((-2, -1), keepdim=True) - total * mean).clamp(min=0).sqrt()
+    # The box's spectrum is its rows' times its columns' (it is their outer product).
+    box_spectrum = (torch.fft.fft(row_in)[..., :, None] * torch.fft.rfft(col_in)[..., None, :]).conj()
+    row_fits = ((rows + top[..., None]) % height + h[..., None] <= height) & (h[..., None] > 0)
+    col_fits = ((cols + left[..., None]) % width + w[..., None] <= width) & (w[..., None] > 0)
+    binary = bool(((templates == 0) | (templates == 1)).all())
+    fits = row_fits[..., :, None] & col_fits[..., None, :]
+    outside = torch.zeros(fits.shape, dtype=templates.dtype, device=templates.device).masked_fill_(~fits, -math.inf)
+    return TemplateBank(Templates(templates, boxes), torch.fft.rfft2(templates).conj(), box_spectrum, mean, norm,
+                        area, outside, binary)
+
+
 def ncc(images: torch.Tensor, templates: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Normalised cross-correlation of each image (tasks, H, W) with each of its templates (tasks, K, H, W),
     template k being the box ``boxes[..., k, :]`` = (top, left, h, w) of its frame (zero elsewhere).
@@ -58,38 +105,32 @@ def ncc(images: torch.Tensor, templates: torch.Tensor, boxes: torch.Tensor) -> t
     Returns (tasks, K, H, W): at (y, x), the frame shifted by (y, x) (cyclically), that is the correlation of
     the template's box with the image's window whose top left is ((y + top) mod H, (x + left) mod W); -inf
     where that window leaves the image; 0 where the window or the template is flat. For a box at the frame's
-    top left this is scikit-image's ``match_template`` (``pad_input=False``) on the valid positions. The sums
-    are circular correlations by FFT, exact wherever the window does not wrap round, that is at every valid
-    position; for a 0/1 image they are rounded to the integers they are."""
+    top left this is scikit-image's ``match_template`` (``pad_input=False``) on the valid positions."""
+    return bank_ncc(template_bank(templates, boxes), images)
+
+
+def bank_ncc(bank: TemplateBank, images: torch.Tensor) -> torch.Tensor:
+    """``ncc`` with templates already in a bank (..., K, H, W), of images (..., H, W) whose leading dimensions
+    broadcast with the bank's: (..., K, H, W). The sums are circular correlations by FFT, exact wherever the
+    window does not wrap round, that is at every valid position; for 0/1 images and templates they are rounded
+    to the integers they are."""
     height, width = images.shape[-2:]
-    top, left, h, w = boxes.unbind(-1)  # (tasks, K) each
-    rows = torch.arange(height, device=images.device)
-    cols = torch.arange(width, device=images.device)
-    row_in = ((rows >= top[..., None]) & (rows < (top + h)[..., None])).to(images.dtype)  # the box: rows x columns
-    col_in = ((cols >= left[..., None]) & (cols < (left + w)[..., None])).to(images.dtype)
-    area = (h * w).clamp(min=1).to(images.dtype)[..., None, None]
-    total = templates.sum((-2, -1), keepdim=True)
-    mean = total / area
-    template_norm = (templates.square().sum((-2, -1), keepdim=True) - total * mean).clamp(min=0).sqrt()
-    binary = bool(((images == 0) | (images == 1)).all() and ((templates == 0) | (templates == 1)).all())
-    spectrum = torch.fft.rfft2(images)[:, None]
-    # The box's spectrum is its rows' times its columns' (it is their outer product).
-    box_spectrum = (torch.fft.fft(row_in)[..., :, None] * torch.fft.rfft(col_in)[..., None, :]).conj()
-    raw = torch.fft.irfft2(spectrum * torch.fft.rfft2(templates).conj(), s=(height, width))
-    window_sum = torch.fft.irfft2(spectrum * box_spectrum, s=(height, width))
-    if binary:  # 0/1 sums are integers, and a 0/1 image is its own square
-        raw, window_sum = raw.round(), window_sum.round()
-        window_square = window_sum
+    binary = bank.binary and bool(((images == 0) | (images == 1)).all())
+    spectrum = torch.fft.rfft2(images)[..., None, :, :]
+    raw = torch.fft.irfft2(spectrum * bank.spectrum, s=(height, width))
+    window_sum = torch.fft.irfft2(spectrum * bank.box_spectrum, s=(height, width))
+    if binary:  # 0/1 sums are integers, and a 0/1 image is its own square: the variance is n (1 - n / area)
+        raw.round_()
+        window_sum.round_()
+        variance = window_sum * (1 - window_sum / bank.area)
     else:
-        window_square = torch.fft.irfft2(torch.fft.rfft2(images.square())[:, None] * box_spectrum, s=(height, width))
-    numerator = raw - mean * window_sum  # the correlation with the template less its mean
-    variance = (window_square - window_sum.square() / area).clamp(min=0)
-    denominator = variance.sqrt() * template_norm
-    flat = denominator <= 1e-6 * area.sqrt()
-    result = torch.where(flat, torch.zeros_like(numerator), numerator / denominator.masked_fill(flat, 1.0))
-    row_fits = ((rows + top[..., None]) % height + h[..., None] <= height) & (h[..., None] > 0)
-    col_fits = ((cols + left[..., None]) % width + w[..., None] <= width) & (w[..., None] > 0)
-    return result.masked_fill(~(row_fits[..., :, None] & col_fits[..., None, :]), -math.inf)
+        window_square = torch.fft.irfft2(torch.fft.rfft2(images.square())[..., None, :, :] * bank.box_spectrum,
+                                         s=(height, width))
+        variance = window_square - window_sum.square() / bank.area
+    numerator = raw.sub_(window_sum.mul_(bank.mean))  # the correlation with the template less its mean
+    denominator = variance.clamp_(min=0).sqrt_().mul_(bank.norm)
+    flat = denominator <= 1e-6 * bank.area.sqrt()
+    return numerator.div_(denominator).masked_fill_(flat, 0.0).add_(bank.outside)
 
 
 def transformed_templates(references: torch.Tensor, frame: int) -> Templates:
@@ -158,14 +199,49 @@ class TemplateMatching(SegmentationLearner):
         drawn = ink(canvases)
         templates = transformed_templates(ink(references), canvases.shape[-1])
         found = best_match(ncc(drawn.float(), templates.ink, templates.box), templates.box)
-        tasks, height, width = drawn.shape
-        chosen = templates.ink[torch.arange(tasks), found.template] > 0
+        chosen = templates.ink[torch.arange(len(drawn)), found.template] > 0
         # Lay the chosen template's frame on the canvas, shifted as it matched (cyclically; its box fits).
-        rows = (torch.arange(height, device=drawn.device) - found.shift[:, 0, None]) % height
-        cols = (torch.arange(width, device=drawn.device) - found.shift[:, 1, None]) % width
-        pasted = chosen.gather(1, rows[:, :, None].expand(-1, -1, width)).gather(2, cols[:, None, :].expand(
-            -1, height, -1))
-        return pasted & drawn, found
+        return shifted(chosen, found.shift) & drawn, found
+
+    def prepare(self, references: torch.Tensor) -> TemplateBank:
+        """The references' templates and their spectra, in frames of the canvas's size."""
+        templates = transformed_templates(ink(references), CANVAS_SHAPE[-1])
+        return template_bank(templates.ink, templates.box)
+
+    def find(self, prepared: TemplateBank, canvases: torch.Tensor, count: int, min_score: float) -> Found:
+        """The peaks of the best template's NCC over the shifts (ties between templates broken as in
+        ``best_match``), each as that template's box; the mask: the templates pasted there, on the canvas's ink."""
+        drawn = ink(canvases)
+        height, width = drawn.shape[-2:]
+        found = []
+        for r in range(len(prepared.templates.ink)):
+            bank = prepared.select(slice(r, r + 1))
+            area = (bank.templates.box[..., 2] * bank.templates.box[..., 3]).to(bank.mean.dtype) / (height * width)
+            for chunk in drawn.split(CHUNK):
+                scores = bank_ncc(bank, chunk.to(bank.mean.dtype))  # (canvases, K, H, W)
+                template = (scores + TIE_BREAK * area[..., None, None]).argmax(-3)  # (canvases, H, W)
+                best = scores.gather(-3, template[:, None])[:, 0]
+                values, index = peaks(best, count)
+                template = template.flatten(1).gather(1, index)
+                shift = torch.stack([index // width, index % width], -1)
+                top, left, h, w = bank.templates.box[0][template].unbind(-1)
+                boxes = torch.stack([(shift[..., 1] + left) % width, (shift[..., 0] + top) % height, w, h], -1)
+                frames = shifted(bank.templates.ink[0][template] > 0, shift)  # (canvases, count, H, W)
+                keep = values >= min_score
+                masks = (frames & keep[..., None, None]).any(1) & chunk
+                found.append((boxes.to(values.dtype), values, masks))
+        boxes, scores, masks = (torch.cat(parts).view(len(prepared.templates.ink), len(canvases), *parts[0].shape[1:])
+                                for parts in zip(*found))
+        return Found(boxes, scores, masks)
+
+
+def shifted(frames: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Frames (..., H, W) each moved by its shift (..., 2) = (down, right), cyclically."""
+    height, width = frames.shape[-2:]
+    rows = (torch.arange(height, device=frames.device) - shift[..., 0, None]) % height  # (..., H)
+    cols = (torch.arange(width, device=frames.device) - shift[..., 1, None]) % width
+    moved = frames.gather(-2, rows[..., :, None].expand(frames.shape))
+    return moved.gather(-1, cols[..., None, :].expand(frames.shape))
 
 
 class InkFloor(SegmentationLearner):

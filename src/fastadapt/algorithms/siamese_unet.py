@@ -26,8 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms.metrics import at_least_fp32
-from fastadapt.algorithms.segmentation import Detection, SegmentationLearner, check_segmentation_inputs, ink
+import math
+
+from fastadapt.algorithms.metrics import MASK_LOGIT_THRESHOLD, at_least_fp32
+from fastadapt.algorithms.segmentation import (Detection, Found, SegmentationLearner, check_segmentation_inputs,
+                                               inside_boxes, ink, peaks)
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.cluttered_omniglot import SegmentationBatch
 
@@ -160,6 +163,25 @@ class SiameseUNet(SegmentationLearner):
         check_segmentation_inputs(references, canvases)
         return decode_boxes(self.network(self.adapt(references), canvases)[1])
 
+    def prepare(self, references: torch.Tensor) -> Reference:
+        return self.network.read_reference(references)
+
+    def find(self, prepared: Reference, canvases: torch.Tensor, count: int, min_score: float) -> Found:
+        """The heatmap's peaks, each decoded as ``decode_boxes`` decodes the highest; each canvas is encoded
+        once for all references."""
+        references, tiles = len(prepared.kernel), len(canvases)
+        features = [f.repeat(references, 1, 1, 1) for f in self.network.encoder(canvases)]
+        reference = Reference([p.repeat_interleave(tiles, 0) for p in prepared.pooled],
+                              prepared.kernel.repeat_interleave(tiles, 0))
+        logits, maps = self.network(reference, canvases.repeat(references, 1, 1, 1), features)
+        values, index = peaks(at_least_fp32(maps[:, 0]), count)
+        scores = torch.where(torch.isfinite(values), torch.sigmoid(values), -math.inf)
+        boxes = decode_at(at_least_fp32(maps), index)
+        masks = (at_least_fp32(logits) > MASK_LOGIT_THRESHOLD) & inside_boxes(boxes, scores >= min_score,
+                                                                              logits.shape[-2:])
+        shape = (references, tiles)
+        return Found(boxes.view(*shape, count, 4), scores.view(*shape, count), masks.view(*shape, *masks.shape[-2:]))
+
     def meta_loss(self, tasks: SegmentationBatch) -> tuple[torch.Tensor, dict[str, float]]:
         check_segmentation_inputs(tasks.references, tasks.canvases)
         logits, maps = self.network(self.adapt(tasks.references), tasks.canvases)
@@ -206,15 +228,19 @@ def detection_loss(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def decode_boxes(maps: torch.Tensor) -> Detection:
     """The box at each heatmap's peak: its centre from the peak's cell and offset, its size from the size maps."""
-    tasks, _, height, width = maps.shape
     heat = maps[:, 0].flatten(1)
     best = heat.argmax(1)
-    values = maps[:, 1:].flatten(2).gather(2, best[:, None, None].expand(-1, 4, 1))[:, :, 0]
-    cell = torch.stack([best % width, best // width], 1).to(values.dtype)
-    centre = (cell + values[:, 2:]) * CELL
-    size = values[:, :2].clamp(min=0) * CELL
-    boxes = torch.cat([centre - size / 2, size], 1)
-    return Detection(boxes, torch.sigmoid(heat.gather(1, best[:, None])[:, 0]))
+    return Detection(decode_at(maps, best[:, None])[:, 0], torch.sigmoid(heat.gather(1, best[:, None])[:, 0]))
+
+
+def decode_at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The boxes (tasks, count, 4) the maps (tasks, 5, h, w) give at the cells ``index`` (tasks, count), flat."""
+    width = maps.shape[-1]
+    values = maps[:, 1:].flatten(2).gather(2, index[:, None, :].expand(-1, 4, -1)).transpose(1, 2)
+    cell = torch.stack([index % width, index // width], -1).to(values.dtype)
+    centre = (cell + values[..., 2:]) * CELL
+    size = values[..., :2].clamp(min=0) * CELL
+    return torch.cat([centre - size / 2, size], -1)
 
 
 def _build(context: Any) -> SiameseUNet:
