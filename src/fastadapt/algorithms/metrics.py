@@ -16,7 +16,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from fastadapt.tasks.boxes import COCO_IOU_THRESHOLDS, average_precision
 from fastadapt.tasks.cluttered_omniglot import SEGMENTATION_LOSS, localisation_hits, mask_iou
+from fastadapt.tasks.detection import DETECTION_LOSS, found_boxes, ground_truth
 
 PerTask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,6 +104,21 @@ def _localisation(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return localisation_hits(_mask_guess(outputs), targets)
 
 
+def _episode_ap(thresholds) -> PerTask:
+    """Each episode's AP over its canvases and classes at the IoU ``thresholds``: outputs (E, Q, D, 6) are the
+    detections (box, score, class; class -1: padding), targets (E, Q, M, 5) the instances (box, class)."""
+
+    def per_task(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([average_precision(found, truth, thresholds) for found, truth in
+                             zip(found_boxes(outputs), ground_truth(targets))], dtype=torch.float64)
+
+    return per_task
+
+
+def _detector_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    raise ValueError("a detection method trains with the loss of its own head (meta_loss); detections have none")
+
+
 #: The paper's threshold on the foreground probability (0.3), as a logit.
 MASK_LOGIT_THRESHOLD = math.log(0.3 / 0.7)
 ACCURACY = Metric("accuracy", higher_is_better=True, per_task=_accuracy, per_label=per_label_accuracy)
@@ -114,10 +131,17 @@ LOCALISATION = Metric("localisation", higher_is_better=True, per_task=_localisat
                       adapted_row="localisation (centre within 5 px)")
 MASK_IOU = Metric("mask_iou", higher_is_better=True, per_task=_mask_iou, adapted_row="mask IoU (threshold 0.3)",
                   companions=(LOCALISATION,))
+#: K-shot detection (``tasks.detection``): AP at IoU 0.5 per episode (its canvases pooled, the classes that
+#: appear in it averaged), COCO's AP (IoU 0.50:0.95) beside it.
+COCO_AP = Metric("coco_ap", higher_is_better=True, per_task=_episode_ap(COCO_IOU_THRESHOLDS),
+                 adapted_row="AP (COCO, IoU 0.50:0.95)")
+AP50 = Metric("ap50", higher_is_better=True, per_task=_episode_ap((0.5,)), adapted_row="AP50",
+              companions=(COCO_AP,))
 
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in (Loss("mse", _mse, MSE),
                                                           Loss("cross_entropy", _cross_entropy, ACCURACY),
-                                                          Loss(SEGMENTATION_LOSS, _mask_bce, MASK_IOU))}
+                                                          Loss(SEGMENTATION_LOSS, _mask_bce, MASK_IOU),
+                                                          Loss(DETECTION_LOSS, _detector_loss, AP50))}
 
 
 def loss_named(name: str) -> Loss:

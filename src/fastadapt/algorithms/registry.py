@@ -32,6 +32,8 @@ MODULES = (
     "siamese_unet",
     "siamese_unet_anil",
     "segmentation_baselines",
+    "detection_baselines",
+    "prototype_detector",
 )
 
 

@@ -108,11 +108,12 @@ class SiameseUNetNetwork(nn.Module):
         features = self.encoder(references)
         return Reference([f.mean((2, 3)) for f in features], features[2])
 
-    def forward(self, reference: Reference, canvases: torch.Tensor,
-                features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, reference: Reference, canvases: torch.Tensor, features: list[torch.Tensor] | None = None,
+                mask: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Mask logits (tasks, H, W) and the head's maps (tasks, 5, H / 4, W / 4): heat logits, size (w, h) in
         cells, offset (x, y) of the centre within its cell. ``features``: the canvases' encoder features, when
-        they are known already."""
+        they are known already; ``mask`` False: the head's maps only (None for the mask), sparing the decoder's
+        two finest levels, the costliest."""
         features = self.encoder(canvases) if features is None else features
         film = reference.film or [(layer.weight.expand(len(canvases), -1, -1), layer.bias.expand(len(canvases), -1))
                                   for layer in self.film]
@@ -124,6 +125,8 @@ class SiameseUNetNetwork(nn.Module):
         x = self.up3(torch.cat([_up(x), conditioned[2], _correlate(features[2], reference.kernel)], 1))
         x = self.up2(torch.cat([_up(x), conditioned[1]], 1))
         maps = self.head(x)
+        if not mask:
+            return None, maps
         x = self.up1(torch.cat([_up(x), conditioned[0]], 1))
         inputs = network_input(canvases, x.dtype)
         return self.out(torch.cat([_up(x), inputs], 1))[:, 0], maps
@@ -201,29 +204,50 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (p * y).sum(1) + 1) / (p.sum(1) + y.sum(1) + 1)
 
 
-def detection_loss(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def detection_loss(maps: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
     """CenterNet's loss of each task: maps (tasks, 5, h, w) as ``SiameseUNetNetwork`` outputs them, boxes
-    (tasks, 4) as (left, top, width, height) in pixels -> (tasks,)."""
+    (tasks, 4), or several per task (tasks, M, 4) of which ``present`` (tasks, M) says which are objects, as
+    (left, top, width, height) in pixels -> (tasks,). The heatmap's target is the largest of the objects'
+    Gaussians; the focal and regression losses are summed over the objects and divided by their number (at
+    least 1), as CenterNet normalises them; a task without objects is all background."""
+    if boxes.dim() == 2:
+        boxes = boxes[:, None]
     tasks, _, height, width = maps.shape
+    present = torch.ones(boxes.shape[:2], dtype=torch.bool, device=maps.device) if present is None else present
     boxes = boxes.to(maps.dtype)
-    centre = (boxes[:, :2] + boxes[:, 2:] / 2) / CELL  # (x, y) in cells
+    centre = (boxes[..., :2] + boxes[..., 2:] / 2) / CELL  # (tasks, M, 2): (x, y) in cells
     cell = torch.minimum(centre.floor().clamp(min=0), torch.tensor([width - 1, height - 1], device=maps.device))
-    size = boxes[:, 2:] / CELL
-    sigma = (size.amin(1) / 6).clamp(min=0.5)  # CenterNet: a Gaussian of a third of the object's radius
+    size = boxes[..., 2:] / CELL
+    sigma = (size.amin(-1) / 6).clamp(min=0.5)  # CenterNet: a Gaussian of a third of the object's radius
     xs = torch.arange(width, device=maps.device, dtype=maps.dtype)
     ys = torch.arange(height, device=maps.device, dtype=maps.dtype)
-    gaussian = torch.exp(-((xs[None, None, :] - cell[:, 0, None, None]) ** 2
-                           + (ys[None, :, None] - cell[:, 1, None, None]) ** 2) / (2 * sigma[:, None, None] ** 2))
-    peak = gaussian >= 1  # the centre's cell, exactly 1
+    gaussians = torch.exp(-((xs[None, None, None, :] - cell[..., 0, None, None]) ** 2
+                            + (ys[None, None, :, None] - cell[..., 1, None, None]) ** 2)
+                          / (2 * sigma[..., None, None] ** 2))
+    gaussian = (gaussians * present[..., None, None]).amax(1)
+    peak = gaussian >= 1  # the centres' cells, exactly 1
     heat = at_least_fp32(maps[:, 0])
     p = torch.sigmoid(heat)
     positive = -F.logsigmoid(heat) * (1 - p) ** FOCAL_ALPHA * peak
     negative = -F.logsigmoid(-heat) * p ** FOCAL_ALPHA * (1 - gaussian) ** FOCAL_BETA * ~peak
     focal = (positive + negative).sum((1, 2))
-    index = (cell[:, 1] * width + cell[:, 0]).long()
-    at_centre = at_least_fp32(maps[:, 1:].flatten(2).gather(2, index[:, None, None].expand(-1, 4, 1))[:, :, 0])
-    regression = (at_centre[:, :2] - size).abs().sum(1) + (at_centre[:, 2:] - (centre - cell)).abs().sum(1)
-    return focal + regression
+    index = (cell[..., 1] * width + cell[..., 0]).long()  # (tasks, M)
+    at_centre = at_least_fp32(maps[:, 1:].flatten(2).gather(2, index[:, None, :].expand(-1, 4, -1)))  # (tasks, 4, M)
+    regression = ((at_centre[:, :2] - size.transpose(1, 2)).abs().sum(1)
+                  + (at_centre[:, 2:] - (centre - cell).transpose(1, 2)).abs().sum(1))  # (tasks, M)
+    count = present.sum(1).clamp(min=1)
+    return (focal + (regression * present).sum(1)) / count
+
+
+def cell_boxes(maps: torch.Tensor) -> torch.Tensor:
+    """The box predicted at every cell of the head's maps (tasks, 5, h, w): (tasks, h, w, 4) as (left, top, width,
+    height) in pixels, centred at the cell plus its offset, of the predicted size."""
+    height, width = maps.shape[-2:]
+    cells = torch.stack(torch.meshgrid(torch.arange(width, device=maps.device, dtype=maps.dtype),
+                                       torch.arange(height, device=maps.device, dtype=maps.dtype), indexing="xy"), -1)
+    centre = (cells + maps[:, 3:].permute(0, 2, 3, 1)) * CELL
+    size = maps[:, 1:3].permute(0, 2, 3, 1).clamp(min=0) * CELL
+    return torch.cat([centre - size / 2, size], -1)
 
 
 def decode_boxes(maps: torch.Tensor) -> Detection:
@@ -235,12 +259,7 @@ def decode_boxes(maps: torch.Tensor) -> Detection:
 
 def decode_at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The boxes (tasks, count, 4) the maps (tasks, 5, h, w) give at the cells ``index`` (tasks, count), flat."""
-    width = maps.shape[-1]
-    values = maps[:, 1:].flatten(2).gather(2, index[:, None, :].expand(-1, 4, -1)).transpose(1, 2)
-    cell = torch.stack([index % width, index // width], -1).to(values.dtype)
-    centre = (cell + values[..., 2:]) * CELL
-    size = values[..., :2].clamp(min=0) * CELL
-    return torch.cat([centre - size / 2, size], -1)
+    return cell_boxes(maps).flatten(1, 2).gather(1, index[..., None].expand(-1, -1, 4))
 
 
 def _build(context: Any) -> SiameseUNet:

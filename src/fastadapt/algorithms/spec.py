@@ -53,6 +53,9 @@ class MethodSpec:
     searches_architecture: bool = False
     #: finds a reference's object on a canvas and outputs its mask: the segmentation families only
     segmentation: bool = False
+    #: finds every instance of a few classes, each shown by K references, on canvases (boxes with classes and
+    #: scores): the detection families only
+    detection: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in (None, "feedforward", "gru") or (self.policy is not None and not self.rl):

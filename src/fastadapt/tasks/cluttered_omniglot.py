@@ -102,36 +102,49 @@ class ClutteredOmniglotTasks:
     def sample(self, batch_size: int, generator: torch.Generator) -> SegmentationBatch:
         """``batch_size`` canvases with their references, masks and boxes, from ``generator`` alone."""
         n = self.characters
-        glyph = self._random_glyphs(batch_size * n, generator)
-        distractor = (torch.arange(batch_size * n) % n) != n - 1  # slot n - 1 of each canvas is the target
-        pieces, size, colour, glyph = self._draw(glyph, MAX_SCALE, generator, distractor)
+        glyph = self._random_glyphs(batch_size * n, generator).view(batch_size, n)
+        distractor = (torch.arange(n) != n - 1).expand(batch_size, n)  # slot n - 1 of each canvas is the target
+        canvases, winner, boxes, glyph = self.canvases(glyph, generator, distractor)
+        return SegmentationBatch(canvases, self.references(glyph[:, -1], generator), winner == n - 1, boxes[:, -1])
+
+    def canvases(self, glyph: torch.Tensor, generator: torch.Generator, renew: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Canvases of the glyphs (canvases, slots), drawn in slot order (a later slot covers an earlier one),
+        each transformed, coloured and placed at random (a failed draw: a new glyph where ``renew``, see
+        ``draw``). Returns the canvases (B, 3, 96, 96) uint8, which slot each pixel shows (B, 96, 96; -1: none),
+        each drawing's box (B, slots, 4) as (left, top, width, height), and the glyphs finally drawn."""
+        batch_size, n = glyph.shape
+        pieces, size, colour, glyph = self.draw(glyph.flatten(), MAX_SCALE, generator, renew.flatten())
         position = (torch.rand(batch_size * n, 2, generator=generator, dtype=torch.float64)
                     * (CANVAS_SIZE + 1 - size)).long()
         winner = torch.full((batch_size * CANVAS_SIZE * CANVAS_SIZE + 1,), -1, dtype=torch.long)
         for index, ink, crop in pieces:
-            _paint(winner, CANVAS_SIZE, index // n, index % n, position[index] - crop[:, :2], crop, ink)
+            paint(winner, CANVAS_SIZE, index // n, index % n, position[index] - crop[:, :2], crop, ink)
         winner = winner[:-1].view(batch_size, CANVAS_SIZE, CANVAS_SIZE)
         palette = torch.cat([colour.view(batch_size, n, 3), torch.zeros(batch_size, 1, 3, dtype=torch.uint8)], 1)
         shade = torch.where(winner < 0, n, winner) + (n + 1) * torch.arange(batch_size)[:, None, None]
         canvases = palette.view(-1, 3).index_select(0, shade.view(-1))
         canvases = canvases.view(batch_size, CANVAS_SIZE, CANVAS_SIZE, 3).permute(0, 3, 1, 2).contiguous()
-        boxes = torch.cat([position.view(batch_size, n, 2)[:, -1], size.view(batch_size, n, 2)[:, -1]], 1)
+        boxes = torch.cat([position.view(batch_size, n, 2), size.view(batch_size, n, 2)], 2)
+        return canvases, winner, boxes, glyph.view(batch_size, n)
 
-        target = glyph.view(batch_size, n)[:, -1]
-        pieces, size, colour, _ = self._draw(target, 1.0, generator, torch.zeros(batch_size, dtype=torch.bool))
+    def references(self, glyph: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each glyph (B,) drawn again as a reference (B, 3, 32, 32) uint8: its own rotation and shear, no
+        scaling, its own colour, centred (clipped when larger than 32 pixels)."""
+        count = glyph.shape[0]
+        pieces, size, colour, _ = self.draw(glyph, 1.0, generator, torch.zeros(count, dtype=torch.bool))
         corner = torch.div(REFERENCE_SIZE - size, 2, rounding_mode="floor")  # rounded down, may be negative
-        drawn = torch.full((batch_size * REFERENCE_SIZE * REFERENCE_SIZE + 1,), -1, dtype=torch.long)
+        drawn = torch.full((count * REFERENCE_SIZE * REFERENCE_SIZE + 1,), -1, dtype=torch.long)
         for index, ink, crop in pieces:
-            _paint(drawn, REFERENCE_SIZE, index, torch.zeros_like(index), corner[index] - crop[:, :2], crop, ink)
-        drawn = drawn[:-1].view(batch_size, 1, REFERENCE_SIZE, REFERENCE_SIZE) == 0
-        references = drawn * colour[:, :, None, None]
-        return SegmentationBatch(canvases, references, winner == n - 1, boxes)
+            paint(drawn, REFERENCE_SIZE, index, torch.zeros_like(index), corner[index] - crop[:, :2], crop, ink)
+        drawn = drawn[:-1].view(count, 1, REFERENCE_SIZE, REFERENCE_SIZE) == 0
+        return drawn * colour[:, :, None, None]
 
     def _random_glyphs(self, count: int, generator: torch.Generator) -> torch.Tensor:
         character = torch.randint(self.num_characters, (count,), generator=generator)
         return character * self.num_drawers + torch.randint(self.num_drawers, (count,), generator=generator)
 
-    def _draw(self, glyph: torch.Tensor, scale: float, generator: torch.Generator, renew: torch.Tensor):
+    def draw(self, glyph: torch.Tensor, scale: float, generator: torch.Generator, renew: torch.Tensor):
         """Each glyph transformed and cropped, as pieces (indices, ink patches (k, P, P), crop boxes (k, 4) as
         left, top, width, height in the patch), plus every drawing's (width, height), colour (uint8) and the
         glyphs finally used. A draw whose crop is empty fails and is drawn again, as in the original: with a new
@@ -272,7 +285,7 @@ def _crop(ink: torch.Tensor) -> torch.Tensor:
     return torch.stack([left, top, width, height], 1)
 
 
-def _paint(winner: torch.Tensor, side: int, image: torch.Tensor, slot: torch.Tensor, corner: torch.Tensor,
+def paint(winner: torch.Tensor, side: int, image: torch.Tensor, slot: torch.Tensor, corner: torch.Tensor,
            crop: torch.Tensor, ink: torch.Tensor) -> None:
     """Mark, in ``winner`` (images x side x side, flat, plus one spare entry), the highest ``slot`` inked at each
     pixel: patch pixel (i, j) inside the crop lands at ``corner`` + (j, i) of image ``image``, clipped."""

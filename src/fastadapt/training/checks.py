@@ -28,9 +28,10 @@ def check_config(cfg: Config) -> None:
     if family_of(cfg).kind == "mdp" or method_of(cfg).rl:
         check_rl_config(cfg)
         return
-    if family_of(cfg).kind == "segmentation" or method_of(cfg).segmentation:
-        check_segmentation_config(cfg)
-        return
+    for kind in OWN_NETWORK_KINDS:
+        if family_of(cfg).kind == kind or getattr(method_of(cfg), kind):
+            check_own_network_config(cfg, kind)
+            return
     norm, method, spec = resolve_norm(cfg), cfg.method.name, method_of(cfg)
     if resolve_model(cfg) == "conv4" and spec.gradient_based and norm == "batch":
         raise ValueError(f"--norm batch does not work with {method}: its inner loop adapts every task in one "
@@ -58,19 +59,28 @@ def check_config(cfg: Config) -> None:
                 within_alphabet_tasks(cfg, split)
 
 
-def check_segmentation_config(cfg: Config) -> None:
-    """Segmentation runs: a segmentation method on a segmentation family, with its own network."""
+#: The kinds of family whose methods build their own network: what such a method does (for the message refusing
+#: it on another family) and what one of its meta-batches is.
+OWN_NETWORK_KINDS = {"segmentation": ("segments a reference's object on a canvas", "one batch of canvases"),
+                     "detection": ("finds the instances of K-shot classes on canvases", "one batch of episodes")}
+
+
+def check_own_network_config(cfg: Config, kind: str) -> None:
+    """Segmentation and detection runs: a method of the family's kind on it, with its own network."""
     family, method = cfg.task.family, cfg.method.name
-    if family_of(cfg).kind != "segmentation":
-        raise ValueError(f"{method} segments a reference's object on a canvas: use --tasks "
-                         f"{' / '.join(family_names('segmentation'))}, not {family!r}")
-    if not method_of(cfg).segmentation:
-        raise ValueError(f"--tasks {family} is a segmentation family: use --algorithm "
-                         f"{' / '.join(method_names(segmentation=True))}, not {method!r}")
+    does, meta_batch = OWN_NETWORK_KINDS[kind]
+    if family_of(cfg).kind != kind:
+        raise ValueError(f"{method} {does}: use --tasks {' / '.join(family_names(kind))}, not {family!r}")
+    if not getattr(method_of(cfg), kind):
+        raise ValueError(f"--tasks {family} is a {kind} family: use --algorithm "
+                         f"{' / '.join(method_names(**{kind: True}))}, not {method!r}")
     if resolve_model(cfg) != "unet":
-        raise ValueError(f"--model {cfg.model.name}: a segmentation method builds its own network (--model auto)")
+        raise ValueError(f"--model {cfg.model.name}: a {kind} method builds its own network (--model auto)")
     if cfg.training.tasks_per_pass is not None:
-        raise ValueError("--tasks-per-pass is for episodic tasks; a segmentation meta-batch is one batch of canvases")
+        raise ValueError(f"--tasks-per-pass is for episodic tasks; a {kind} meta-batch is {meta_batch}")
+    if kind == "detection":  # episodes the splits cannot serve (too many shots or ways) are refused here
+        for split in ("train", "val", "test"):
+            build_tasks(cfg, split)
 
 
 def check_rl_config(cfg: Config) -> None:

@@ -58,13 +58,15 @@ class TaskSettings:
 
     family: str = setting("sinusoid", "task family: sinusoid, omniglot, folder, or digits (scikit-learn's, for "
                                       "cross-domain evaluation); cluttered-omniglot (one-shot segmentation in "
-                                      "clutter); reinforcement learning: nav2d (2D navigation), "
+                                      "clutter); cluttered-omniglot-detection (K-shot detection in clutter, our "
+                                      "extension); reinforcement learning: nav2d (2D navigation), "
                                       "bandit (Bernoulli bandits), tabular-mdp, or the MuJoCo locomotion families "
                                       "halfcheetah-fwd-bwd, halfcheetah-vel, ant-fwd-bwd, ant-direction (need the "
                                       "fastadapt[mujoco] extra)", flat="tasks")
     k_shot: int = setting(10, "support examples per class (classification) or support points (regression)")
     num_query: int | None = setting(None, "query examples per class in training episodes "
-                                          "(default: 15 for images, k_shot for sinusoid)")
+                                          "(default: 15 for images, k_shot for sinusoid); detection: query "
+                                          "canvases per episode, every split (default 4)")
     n_way: int = setting(5, "classes per episode")
     dataset_split: str = setting("maml", "Omniglot's class split: maml, vinyals or background")
     data_root: str | None = setting(None, "folder holding the data (Omniglot zips, or class sub-folders for "
@@ -91,7 +93,8 @@ class TaskSettings:
                                                "forward or backward with probability 1/2); validation and test tasks "
                                                "are the same either way")
     characters: int = setting(4, "cluttered-omniglot: characters per canvas, the target and characters - 1 "
-                                 "distractors (the paper's levels: 4, 8, 16, 32, 64, 128, 256)")
+                                 "distractors (the paper's levels: 4, 8, 16, 32, 64, 128, 256); detection: "
+                                 "drawings per canvas, its 0-3 instances included")
     arms: int = setting(10, "bandit: arms per bandit (k)")
     states: int = setting(10, "tabular-mdp: states")
     actions: int = setting(5, "tabular-mdp: actions")
@@ -196,6 +199,8 @@ class MethodSettings:
                                           "predictions (annealed linearly over the inner steps)")
     outer_update: str = setting("reptile", "metanas: reptile (move towards the adapted weights and alphas) or "
                                            "fomaml (first-order MAML gradient)")
+    mask_loss: bool = setting(False, "prototype-detector: train the mask of each class's instances too "
+                                     "(cross-entropy + soft Dice), beside the boxes")
 
     def validate(self) -> None:
         _positive(self, "inner_steps", "neighbours", "support_views", "finetune_steps", "cg_iterations",

@@ -25,6 +25,7 @@ from fastadapt.tasks import (BanditTasks, LocomotionTasks, Navigation2DTasks, Si
                             WithinAlphabetEpisodes)
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.cluttered_omniglot import ClutteredOmniglotTasks, OfficialCanvases
+from fastadapt.tasks.detection import DetectionEpisodes
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
 from fastadapt.training.config import Config
 from fastadapt.training.threads import available_cores
@@ -32,7 +33,7 @@ from fastadapt.training.threads import available_cores
 #: Share of a folder's classes that go to train and val when it has no train/val/test sub-folders.
 FOLDER_SPLIT = {"train": 0.6, "val": 0.2}
 #: The kinds of family: what ``build`` returns and which methods learn there.
-KINDS = ("regression", "images", "mdp", "segmentation")
+KINDS = ("regression", "images", "mdp", "segmentation", "detection")
 #: Which official cluttered-Omniglot split each of a run's splits is (training canvases are drawn on the fly).
 CLUTTERED_SPLITS = {"train": "train", "val": "val-one-shot", "test": "test-one-shot"}
 
@@ -42,8 +43,9 @@ class FamilySpec:
     """A task family (``--tasks``)."""
 
     name: str
-    #: "regression", "mdp" and "segmentation": ``build`` gives the split's task distribution (segmentation: drawn
-    #: on the fly for training, the fixed official canvases for val and test); "images": the split's classes
+    #: "regression", "mdp", "segmentation" and "detection": ``build`` gives the split's task distribution
+    #: (segmentation: drawn on the fly for training, the fixed official canvases for val and test); "images": the
+    #: split's classes
     kind: str
     build: Callable[[Config, str], Any]
     #: what its evaluation measures, for the results table's title (image families: where the images are from)
@@ -232,7 +234,7 @@ def _check_cluttered_omniglot(cfg: Config) -> None:
                          "test-one-shot canvases, one fixed set (test set 1)")
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=3)
 def _cluttered_glyphs(split: str, root: str | None) -> torch.Tensor:
     return glyph_tensor(load_glyphs(split, root))
 
@@ -241,6 +243,21 @@ def _cluttered_glyphs(split: str, root: str | None) -> torch.Tensor:
 def _official_canvases(split: str, characters: int, root: str | None) -> OfficialCanvases:
     """One per split and level, so that its jobs, once generated, serve every validation of a run."""
     return OfficialCanvases(load_glyphs(split, root), characters, split)
+
+
+#: Query canvases per detection episode when the config leaves num_query unset.
+DETECTION_CANVASES = 4
+
+
+def _detection(cfg: Config, split: str) -> DetectionEpisodes:
+    """K-shot detection episodes (our extension of cluttered Omniglot): training episodes from the background
+    alphabets (drawers 1-10), validation and test ones from val-one-shot's and test-one-shot's characters
+    (drawers 11-20), fixed by seed."""
+    official = CLUTTERED_SPLITS[split]
+    root = None if cfg.task.data_root is None else str(Path(cfg.task.data_root).expanduser())
+    return DetectionEpisodes(_cluttered_glyphs(official, root), cfg.task.n_way, cfg.task.k_shot,
+                             cfg.task.num_query or DETECTION_CANVASES, cfg.task.characters,
+                             CLUTTERED_OMNIGLOT[official].drawers)
 
 
 # --- MDP families (reinforcement learning); the same tasks for every split, drawn with the split's seeds ---
@@ -310,6 +327,13 @@ def _cluttered_title(cfg: Config) -> str:
             "one-shot canvases (last job first)")
 
 
+def _detection_title(cfg: Config) -> str:
+    return (f"K-shot detection in clutter (our extension of cluttered Omniglot, not comparable with Michaelis et "
+            f"al.), {cfg.task.n_way}-way {cfg.task.k_shot}-shot, {cfg.task.num_query or DETECTION_CANVASES} "
+            f"canvases of {cfg.task.characters} drawings per episode: AP50 and COCO AP per episode, mean ± 95% CI "
+            f"over {cfg.evaluation.test_tasks} fixed episodes")
+
+
 def _locomotion_title(cfg: Config) -> str:
     family = LOCOMOTION_FAMILIES[cfg.task.family]
     return (f"{family.title}, horizon {horizon(cfg)}: return (sum over steps of {family.reward}) averaged over "
@@ -335,6 +359,9 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
     FamilySpec("cluttered-omniglot", "segmentation", _cluttered_omniglot, _cluttered_title,
                lambda cfg: f"{cfg.task.characters} characters", meta_batch=32, data_root_may_move=True,
                check=_check_cluttered_omniglot),
+    FamilySpec("cluttered-omniglot-detection", "detection", _detection, _detection_title,
+               lambda cfg: f"{cfg.task.n_way}-way {cfg.task.k_shot}-shot, {cfg.task.characters} characters",
+               meta_batch=8, data_root_may_move=True),
     *(FamilySpec(name, "mdp", _locomotion, _rl_title(_locomotion_title),
                  lambda cfg: f"{cfg.task.trajectories} traj., H={horizon(cfg)}", meta_batch=40, horizon=200,
                  plots=("frames",), balanced_directions=True) for name in LOCOMOTION_FAMILIES),

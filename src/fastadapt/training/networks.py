@@ -25,12 +25,12 @@ POLICIES = ("auto", "gaussian", "categorical", "gru")
 def resolve_model(cfg: Config) -> str:
     """The network's name, with 'auto' resolved: the DARTS supernet for an architecture search, the MLP for
     sinusoid regression and for RL policies (whose kind is ``model.policy``), Conv-4 for images, the
-    segmentation methods' own network (unet) for segmentation."""
+    segmentation and detection methods' own network (unet) for those."""
     if cfg.model.name != "auto":
         return cfg.model.name
     if method_of(cfg).searches_architecture:
         return "supernet"
-    return {"images": "conv4", "segmentation": "unet"}.get(family_of(cfg).kind, "mlp")
+    return {"images": "conv4", "segmentation": "unet", "detection": "unet"}.get(family_of(cfg).kind, "mlp")
 
 
 def resolve_norm(cfg: Config) -> str:

@@ -1,0 +1,93 @@
+"""The meta-learned K-shot detector: the Siamese U-Net's network (``siamese_unet``) conditioned on the prototype
+of each class's K references, with its CenterNet head returning every instance of the class.
+
+Each reference is read by the shared encoder (its pooled features per level and its 1/8 feature map, what the
+one-shot network takes from its one reference); a class's prototype is the mean of its K references' (as
+Prototypical Networks average embeddings), and conditions the network's FiLM layers and correlation exactly as
+one reference does. Each canvas is encoded once and decoded once per class, to the head's heatmap, sizes and
+offsets at 1/4 resolution; the class's detections are the heatmap's local maxima with their boxes, scored by
+the peak's probability (``detection.peak_detections``). Trained episodically on training episodes (the
+classes of each episode are new, so what is learned is how to condition on references), with CenterNet's loss
+over all the instances of each (canvas, class) pair (``siamese_unet.detection_loss``); with ``--mask-loss``
+(``method.mask_loss``) also the mask of the class's instances (cross-entropy + soft Dice, the one-shot
+network's loss), which costs the decoder's two finest levels. Nothing is adapted at test time.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fastadapt.algorithms.base import check_no_steps
+from fastadapt.algorithms.detection import DetectionLearner, check_detection_inputs, peak_detections
+from fastadapt.algorithms.metrics import loss_named
+from fastadapt.algorithms.siamese_unet import (DETECTION_WEIGHT, Reference, SiameseUNetNetwork, cell_boxes,
+                                               detection_loss, soft_dice_loss)
+from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.tasks.cluttered_omniglot import SEGMENTATION_LOSS
+from fastadapt.tasks.detection import DetectionBatch
+
+
+class PrototypeDetector(DetectionLearner):
+    """The Siamese U-Net conditioned on class prototypes (see the module's docstring)."""
+
+    def __init__(self, width: int, mask_loss: bool = False) -> None:
+        super().__init__()
+        self.network = SiameseUNetNetwork(width)
+        self.mask_loss = mask_loss
+
+    def adapt(self, references: torch.Tensor, support_y: Any = None, steps: int | None = None) -> Reference:
+        """Each class's prototype: the mean over its K references of what the network reads from one,
+        pooled features (E, N, C) per level and 1/8 maps (E, N, C, 4, 4)."""
+        check_no_steps(steps, "prototype-detector")
+        episodes, classes, shots = references.shape[:3]
+        read = self.network.read_reference(references.flatten(0, 2))
+        return Reference([pooled.unflatten(0, (episodes, classes, shots)).mean(2) for pooled in read.pooled],
+                         read.kernel.unflatten(0, (episodes, classes, shots)).mean(2))
+
+    def maps(self, prototypes: Reference, canvases: torch.Tensor, mask: bool = False
+             ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Mask logits (E, Q, N, H, W) (None without ``mask``) and head maps (E, Q, N, 5, h, w) of every class on
+        every canvas of its episode."""
+        episodes, count = canvases.shape[:2]
+        classes = prototypes.pooled[0].shape[1]
+        flat = canvases.flatten(0, 1)
+        features = [f.unflatten(0, (episodes, count))[:, :, None].expand(-1, -1, classes, *f.shape[1:]).flatten(0, 2)
+                    for f in self.network.encoder(flat)]
+        pairs = Reference([p[:, None].expand(-1, count, -1, -1).flatten(0, 2) for p in prototypes.pooled],
+                          prototypes.kernel[:, None].expand(-1, count, -1, -1, -1, -1).flatten(0, 2))
+        paired = flat.unflatten(0, (episodes, count))[:, :, None].expand(-1, -1, classes, -1, -1, -1).flatten(0, 2)
+        logits, maps = self.network(pairs, paired, features, mask=mask)
+        shape = (episodes, count, classes)
+        return (None if logits is None else logits.unflatten(0, shape)), maps.unflatten(0, shape)
+
+    def detect(self, adapted: Reference, canvases: torch.Tensor) -> torch.Tensor:
+        _, maps = self.maps(adapted, canvases)
+        heat = torch.sigmoid(maps[:, :, :, 0].float())  # (E, Q, N, h, w)
+        boxes = cell_boxes(maps.flatten(0, 2).float()).unflatten(0, maps.shape[:3])
+        return torch.stack([peak_detections(h, b) for h, b in zip(heat, boxes)])
+
+    def meta_loss(self, tasks: DetectionBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        check_detection_inputs(tasks.references, tasks.canvases)
+        logits, maps = self.maps(self.adapt(tasks.references), tasks.canvases, mask=self.mask_loss)
+        classes = maps.shape[2]
+        # each (canvas, class) pair's instances: the canvas's boxes, present where they are of that class
+        present = tasks.classes[:, :, None, :] == torch.arange(classes, device=maps.device)[None, None, :, None]
+        boxes = tasks.boxes[:, :, None].expand(-1, -1, classes, -1, -1)
+        box_loss = detection_loss(maps.flatten(0, 2), boxes.flatten(0, 2), present.flatten(0, 2)).mean()
+        loss = DETECTION_WEIGHT * box_loss
+        extra = {"box_loss": box_loss.detach()}
+        if logits is not None:
+            flat, masks = logits.flatten(0, 2), tasks.masks.flatten(0, 2)
+            mask_loss = (loss_named(SEGMENTATION_LOSS).per_task(flat, masks) + soft_dice_loss(flat, masks)).mean()
+            loss = loss + mask_loss
+            extra["mask_loss"] = mask_loss.detach()
+        metrics = {"loss": loss.detach(), **extra}
+        return loss, metrics if self.metrics_as_tensors else {k: v.item() for k, v in metrics.items()}
+
+
+def _build(context: Any) -> PrototypeDetector:
+    return PrototypeDetector(context.cfg.model.conv_channels, context.cfg.method.mask_loss)
+
+
+SPECS = (MethodSpec("prototype-detector", PrototypeDetector, _build, ("mask_loss",), detection=True),)
