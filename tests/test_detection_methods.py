@@ -44,11 +44,11 @@ def test_peaks_become_boxes_with_their_class_and_nms_removes_overlapping_ones():
     boxes[0, 0, 2, 3] = torch.tensor([10.0, 10, 8, 8])
     boxes[0, 0, 7, 7] = torch.tensor([11.0, 10, 8, 8])  # overlaps the first box of its class: removed
     boxes[0, 1, 5, 5] = torch.tensor([10.0, 10, 8, 8])  # same place, another class: kept
-    found = peak_detections(scores, boxes, peaks=3)
+    found = peak_detections(scores, boxes, count=3)
     assert found.shape == (1, 6, 6)
     assert found[0, :2].tolist() == [[10, 10, 8, 8, pytest.approx(0.95), 1], [10, 10, 8, 8, pytest.approx(0.9), 0]]
     assert (found[0, 2:, 5] == -1).all()
-    assert len(peak_detections(scores, boxes, peaks=3, iou=0.9)[0].nonzero()) > len(found[0].nonzero())
+    assert len(peak_detections(scores, boxes, count=3, iou=0.9)[0].nonzero()) > len(found[0].nonzero())
 
 
 def test_template_matching_finds_pasted_references_exactly_and_scores_ap_one():
