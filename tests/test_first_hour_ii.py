@@ -1,5 +1,6 @@
 """A new user's first hour, part II: the Python API on the threads the command line chooses, evaluation that
 shows progress, labels that say what they measure, errors that say what to do."""
+import importlib.util
 import json
 import os
 import re
@@ -11,8 +12,9 @@ import torch
 from PIL import Image
 
 from fastadapt import threads
-from fastadapt.cli import main, preset_timings, quick_config
+from fastadapt.cli import _config_from_args, build_parser, main, preset_timings, quick_config
 from fastadapt.training.config import load_preset
+from fastadapt.training.builders import build_learner, build_tasks
 from fastadapt.training.config import Config
 from fastadapt.training.runs import evaluate_learner, train
 
@@ -61,6 +63,48 @@ def test_evaluate_learner_runs_on_the_threads_train_would_choose(tmp_path, monke
         evaluate_learner(cfg, learner)
         assert torch.get_num_threads() == 2
     assert seen == [1]
+
+
+def _api_benchmark():
+    """benchmarks/api_threads.py, which times the README's Python loops against `fastadapt train`."""
+    spec = importlib.util.spec_from_file_location("api_threads", os.path.join(ROOT, "benchmarks", "api_threads.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _settings(thing) -> dict:
+    """An object's plain attributes (a learner's or task family's settings, not its submodules or weights)."""
+    return {name: value for name, value in vars(thing).items() if not name.startswith("_") and name != "training"}
+
+
+@pytest.mark.parametrize("workload", ["maml", "rl"])
+def test_the_api_benchmark_times_the_readme_block_against_a_command_line_doing_the_same_work(workload):
+    """The README block's learner, task family and meta-batch are the ones its command line builds (the RL block's
+    2 x 100 policy once ran against the command line's default 2 x 40: a 4x 'gap' that was a third of the work)."""
+    benchmark = _api_benchmark()
+    _, _, argv, _ = benchmark.WORKLOADS[workload]
+    block: dict = {}
+    exec(benchmark.readme_loop(workload, 0), block)  # everything before the loop, as written
+    cfg = _config_from_args(build_parser().parse_args(argv)).resolved()  # as train resolves it
+    tasks = build_tasks(cfg, "train")
+    learner = build_learner(cfg, tasks)
+    assert type(block["tasks"]) is type(tasks) and _settings(block["tasks"]) == _settings(tasks)
+    assert type(block["learner"]) is type(learner) and _settings(block["learner"]) == _settings(learner)
+    theirs, ours = block["learner"].state_dict(), learner.state_dict()
+    assert list(theirs) == list(ours) and all(torch.equal(theirs[name], ours[name]) for name in ours)
+    loop = re.search(r"tasks\.sample\((\d+), generator\)", benchmark.readme_loop(workload, 1))
+    assert int(loop[1]) == cfg.training.meta_batch_size
+    assert torch.equal(block["generator"].get_state(), torch.Generator().manual_seed(cfg.training.seed).get_state())
+
+
+@pytest.mark.slow  # four fresh interpreters: 10 s alone, 40 s on the contended 2-core box
+def test_the_api_benchmark_checks_both_sides_print_the_same_numbers(tmp_path, monkeypatch):
+    benchmark = _api_benchmark()
+    assert benchmark.measure("maml", 4, tmp_path / "same")[2]
+    loop, after, argv, key = benchmark.WORKLOADS["maml"]
+    monkeypatch.setitem(benchmark.WORKLOADS, "maml", (loop, after, [*argv, "--seed", "1"], key))
+    assert not benchmark.measure("maml", 4, tmp_path / "other seed")[2]
 
 
 # --- 2. evaluation shows progress; a finished run resumed shows its recorded test; --quick ---
