@@ -41,7 +41,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
 
     readers: dict[str, list[str]] = {}
     for spec in methods().values():
-        for option in spec.options:
+        for option in spec.option_names:
             readers.setdefault(option, []).append(spec.name)
     groups: dict[object, argparse._ArgumentGroup] = {}
 

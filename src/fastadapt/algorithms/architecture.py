@@ -18,16 +18,40 @@ schedule exactly. ``architecture_parameters()`` lets the outer optimizer give al
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from fastadapt.algorithms.maml import Params
 from fastadapt.models.darts import ALPHA_PREFIX, Genotype, SearchNetwork, architecture_weights, discretise
+from fastadapt.options import NON_NEGATIVE, OptionError, Options, read_options, setting
 from fastadapt.tasks.base import TaskBatch
 
 #: The entry of an adapted-parameters dict that holds the temperature its task's predictions use.
 TEMPERATURE = "temperature"
+
+
+@dataclass(frozen=True)
+class ArchitectureOptions(Options):
+    """The architecture search's options (MetaNAS, T-NAS)."""
+
+    alpha_inner_lr: float = setting(0.1, "metanas / tnas: inner-loop step size of the architecture weights alpha",
+                                    rule=NON_NEGATIVE)
+    warmup_iterations: int = setting(0, "metanas / tnas: meta-iterations with alpha frozen before the search",
+                                     rule=NON_NEGATIVE)
+    temperature_start: float = setting(1.0, "metanas / tnas: softmax temperature over operations at the first "
+                                            "inner step")
+    temperature_end: float = setting(1.0, "metanas / tnas: temperature at the last inner step and for "
+                                          "predictions (annealed linearly over the inner steps)")
+
+    def check(self) -> None:
+        if not isinstance(self.warmup_iterations, int):
+            raise OptionError(f"warmup_iterations must be a non-negative integer, got {self.warmup_iterations!r}")
+        if not (self.temperature_start > 0 and self.temperature_end > 0):
+            raise OptionError(f"softmax temperatures must be positive, got start {self.temperature_start}, "
+                              f"end {self.temperature_end}")
 
 
 class ArchitectureLearning:
@@ -41,13 +65,7 @@ class ArchitectureLearning:
             raise TypeError(f"{type(self).__name__} searches an architecture: its model must be a "
                             f"models.darts.SearchNetwork, got {type(model).__name__}")
         super().__init__(model, loss, **maml_options)
-        if not alpha_inner_lr >= 0:
-            raise ValueError(f"alpha_inner_lr must be >= 0 (0: alpha is not adapted per task), got {alpha_inner_lr}")
-        if not isinstance(warmup_iterations, int) or warmup_iterations < 0:
-            raise ValueError(f"warmup_iterations must be a non-negative integer, got {warmup_iterations!r}")
-        if not (temperature_start > 0 and temperature_end > 0):
-            raise ValueError(f"softmax temperatures must be positive, got start {temperature_start}, "
-                             f"end {temperature_end}")
+        ArchitectureOptions(alpha_inner_lr, warmup_iterations, temperature_start, temperature_end)
         self.alpha_inner_lr = float(alpha_inner_lr)
         self.warmup_iterations = warmup_iterations
         self.temperature_start, self.temperature_end = float(temperature_start), float(temperature_end)
@@ -146,10 +164,6 @@ class ArchitectureLearning:
         return genotypes
 
 
-#: The method settings of the architecture search (MetaNAS, T-NAS).
-ARCHITECTURE_OPTIONS = ("alpha_inner_lr", "warmup_iterations", "temperature_start", "temperature_end")
-
-
 def architecture_options(method) -> dict:
     """The architecture-search options of a run's method settings, as ``ArchitectureLearning`` takes them."""
-    return {name: getattr(method, name) for name in ARCHITECTURE_OPTIONS}
+    return read_options((ArchitectureOptions,), method)

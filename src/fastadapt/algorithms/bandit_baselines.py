@@ -17,6 +17,7 @@ same reward noise an RL^2 policy meets there (the environment's counter-based dr
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -25,6 +26,7 @@ from fastadapt.algorithms.base import RLMetaLearner
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.environments import BatchedBernoulliBandit
 from fastadapt.environments.noise import derive_seeds, uniform
+from fastadapt.options import NON_NEGATIVE, Options, setting
 from fastadapt.rl.rollout import ENV_STREAM, POLICY_STREAM
 from fastadapt.tasks.mdp import MDPBatch
 
@@ -64,6 +66,13 @@ class BanditAlgorithm(RLMetaLearner):
 class RandomArms(BanditAlgorithm):
     def choose(self, counts, successes, t, noise):
         return (noise * counts.shape[-1]).long().clamp(max=counts.shape[-1] - 1)
+
+
+@dataclass(frozen=True)
+class UCBOptions(Options):
+    """UCB1's one option."""
+
+    ucb_exploration: float = setting(1.0, "ucb1: exploration coefficient c (1: Auer et al.'s)", rule=NON_NEGATIVE)
 
 
 class UCB1(BanditAlgorithm):
@@ -136,13 +145,13 @@ class BayesOptimal(BanditAlgorithm):
         return torch.tensor(arms, device=counts.device).reshape(counts.shape[:-1])
 
 
-def _bandit(name: str, cls: type[BanditAlgorithm], build=None, options: tuple[str, ...] = ()) -> MethodSpec:
+def _bandit(name: str, cls: type[BanditAlgorithm], build=None, options: tuple[type, ...] = ()) -> MethodSpec:
     return MethodSpec(name, cls, build or (lambda context: cls()), options, rl=True, bandit=True)
 
 
 SPECS = (
     _bandit("random-arms", RandomArms),
-    _bandit("ucb1", UCB1, lambda context: UCB1(context.cfg.method.ucb_exploration), ("ucb_exploration",)),
+    _bandit("ucb1", UCB1, lambda context: UCB1(context.cfg.method.ucb_exploration), (UCBOptions,)),
     _bandit("thompson", ThompsonSampling),
     _bandit("bayes-optimal", BayesOptimal),
 )

@@ -19,6 +19,8 @@ depends on its own image only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import NamedTuple
 
 import torch
@@ -28,6 +30,7 @@ from torch.func import functional_call, vmap
 from fastadapt.algorithms.base import MetaLearner, embed_images
 from fastadapt.algorithms.protonet import support_one_hot
 from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.options import POSITIVE_INT, POSITIVE_LR, Options, one_of, read_options, setting
 from fastadapt.tasks.base import TaskBatch
 
 FINETUNE = ("head", "all")
@@ -42,6 +45,17 @@ class FittedHead(NamedTuple):
     encoder: dict[str, torch.Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class FinetuneOptions(Options):
+    """How Baseline and Baseline++ fit a new task (Chen et al. 2019)."""
+
+    finetune: str = setting("head", "Baseline / Baseline++ on a new task: fit a new head on the frozen encoder "
+                                    "(head) or fine-tune the encoder with it (all)", rule=one_of(*FINETUNE))
+    finetune_steps: int = setting(100, "Baseline / Baseline++: Adam steps that fit a new task's head",
+                                  rule=POSITIVE_INT)
+    finetune_lr: float = setting(0.01, "Baseline / Baseline++: learning rate of those steps", rule=POSITIVE_LR)
+
+
 class Baseline(MetaLearner):
     #: the number of fine-tuning steps is a setting of the method, not a sweep of evaluation
     uses_adaptation_steps = False
@@ -50,10 +64,7 @@ class Baseline(MetaLearner):
     def __init__(self, encoder: nn.Module, feature_size: int, num_classes: int, finetune: str = "head",
                  finetune_steps: int = 100, finetune_lr: float = 0.01) -> None:
         super().__init__("cross_entropy")
-        if finetune not in FINETUNE:
-            raise ValueError(f"finetune must be one of {FINETUNE}, got {finetune!r}")
-        if finetune_steps < 0 or not finetune_lr > 0:
-            raise ValueError(f"finetune_steps must be >= 0 and finetune_lr > 0, got {finetune_steps}, {finetune_lr}")
+        FinetuneOptions(finetune, finetune_steps, finetune_lr)
         if finetune == "all" and getattr(encoder, "channels_last", False):
             raise ValueError("finetune 'all' fine-tunes a copy of the encoder per task under torch.func.vmap, which "
                              "cannot run a channels-last Conv4: build it with channels_last=False")
@@ -141,16 +152,15 @@ class Baseline(MetaLearner):
 
 
 #: The method settings of Baseline and Baseline++ (how a new task's head is fitted).
-FINETUNE_OPTIONS = ("finetune", "finetune_steps", "finetune_lr")
 
 
 def finetune_options(method) -> dict:
-    return {name: getattr(method, name) for name in FINETUNE_OPTIONS}
+    return read_options((FinetuneOptions,), method)
 
 
 def _build(context) -> Baseline:
     return Baseline(*context.encoder(), context.tasks.output_size, **finetune_options(context.cfg.method))
 
 
-SPECS = (MethodSpec("baseline", Baseline, _build, FINETUNE_OPTIONS, any_way=True, minibatch_trained=True,
+SPECS = (MethodSpec("baseline", Baseline, _build, (FinetuneOptions,), any_way=True, minibatch_trained=True,
                     images_only=True),)

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms.baseline import FINETUNE_OPTIONS, Baseline, finetune_options
+from fastadapt.algorithms.baseline import Baseline, FinetuneOptions, finetune_options
+from fastadapt.algorithms.matching import CosineScaleOptions
 from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.options import check_option
 
 
 class BaselinePlusPlus(Baseline):
@@ -29,8 +31,7 @@ class BaselinePlusPlus(Baseline):
     def __init__(self, encoder: nn.Module, feature_size: int, num_classes: int, scale: float = 10.0,
                  **finetune_options) -> None:
         super().__init__(encoder, feature_size, num_classes, **finetune_options)
-        if not scale > 0:
-            raise ValueError(f"the cosine head's scale must be positive, got {scale}")
+        check_option(CosineScaleOptions, "cosine_scale", scale)
         self.scale = scale
 
     def logits(self, weight: torch.Tensor, bias: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor:
@@ -47,5 +48,5 @@ def _build(context) -> BaselinePlusPlus:
     return BaselinePlusPlus(*context.encoder(), context.tasks.output_size, **finetune_options(method), **scale)
 
 
-SPECS = (MethodSpec("baseline++", BaselinePlusPlus, _build, (*FINETUNE_OPTIONS, "cosine_scale"), any_way=True,
+SPECS = (MethodSpec("baseline++", BaselinePlusPlus, _build, (FinetuneOptions, CosineScaleOptions), any_way=True,
                     minibatch_trained=True, images_only=True),)

@@ -13,11 +13,14 @@ There is nothing to meta-train (a given encoder is trained elsewhere), so
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from fastadapt.algorithms.protonet import EmbeddedSupport, MetricLearner, squared_distances
 from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.options import POSITIVE_INT, Options, setting
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -55,6 +58,14 @@ class NearestNeighbours(MetricLearner):
         )
 
 
+@dataclass(frozen=True)
+class NeighbourOptions(Options):
+    """k-NN's options."""
+
+    neighbours: int = setting(1, "k of k-NN", rule=POSITIVE_INT)
+    encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
+
+
 def _build(context) -> NearestNeighbours:
     """k-NN on raw pixels (``model: pixels``), or in the embedding another run learned (``encoder_from``)."""
     cfg = context.cfg
@@ -70,5 +81,5 @@ def _build(context) -> NearestNeighbours:
     return NearestNeighbours(None, k=cfg.method.neighbours)
 
 
-SPECS = (MethodSpec("knn", NearestNeighbours, _build, ("neighbours", "encoder_from"), any_way=True, pixel_input=True,
+SPECS = (MethodSpec("knn", NearestNeighbours, _build, (NeighbourOptions,), any_way=True, pixel_input=True,
                     images_only=True),)

@@ -19,6 +19,8 @@ the query activations of the whole meta-batch are never alive at once.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
@@ -26,6 +28,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from fastadapt.algorithms.base import MetaLearner, per_task_loss
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.models.conv4 import to_channels_last
+from fastadapt.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE_LR, Options, check_option, read_options, setting
 from fastadapt.tasks.base import TaskBatch
 
 
@@ -36,10 +39,22 @@ Params = dict[str, torch.Tensor]
 PER_TASK_MIN_VALUES = 4096
 
 
-def check_learning_rate(name: str, value: float) -> float:
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive learning rate, got {value}")
-    return float(value)
+@dataclass(frozen=True)
+class InnerLoopOptions(Options):
+    """The inner loop of the gradient-based methods (MAML's family here, MAML-RL's in maml_rl)."""
+
+    inner_lr: float = setting(0.01, "step size alpha of the inner loop (gradient-based methods)", rule=POSITIVE_LR)
+    inner_steps: int = setting(1, "inner-loop gradient steps in training (gradient-based methods)",
+                               rule=AT_LEAST_ONE)
+    first_order: bool = setting(False, "drop second-order terms of the meta-gradient (MAML)")
+
+
+@dataclass(frozen=True)
+class EvalStepsOptions(Options):
+    """How many inner steps a gradient-based learner of images or regression takes at evaluation."""
+
+    eval_inner_steps: int | None = setting(None, "inner-loop steps at evaluation (default: inner_steps)",
+                                           rule=NON_NEGATIVE)
 
 
 class MAML(MetaLearner):
@@ -57,10 +72,9 @@ class MAML(MetaLearner):
     ) -> None:
         super().__init__(loss)
         self.model = model
-        self.inner_lr = check_learning_rate("inner_lr (alpha)", inner_lr)
-        if inner_steps < 1:
-            raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
-        self.inner_steps = inner_steps
+        check_option(InnerLoopOptions, "inner_lr", inner_lr)
+        check_option(InnerLoopOptions, "inner_steps", inner_steps)
+        self.inner_lr, self.inner_steps = float(inner_lr), inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.first_order = first_order
 
@@ -164,13 +178,13 @@ class MAML(MetaLearner):
         return loss + (carried - carried.detach()), self.metrics(outputs, tasks.query_y, loss)
 
 
-#: The method settings of every learner built on MAML's inner loop.
-GRADIENT_OPTIONS = ("inner_lr", "inner_steps", "eval_inner_steps", "first_order")
+#: The options of every learner built on MAML's inner loop.
+GRADIENT_OPTIONS = (InnerLoopOptions, EvalStepsOptions)
 
 
 def gradient_options(method) -> dict:
     """The inner-loop options of a run's method settings, as MAML and its subclasses take them."""
-    return {name: getattr(method, name) for name in GRADIENT_OPTIONS}
+    return read_options(GRADIENT_OPTIONS, method)
 
 
 def build_gradient_based(cls: type[MAML], **fixed):

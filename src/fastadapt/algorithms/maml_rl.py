@@ -23,18 +23,21 @@ Evaluation follows the paper: sample with theta, step, sample again... and repor
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
 
 from fastadapt.algorithms.base import RLMetaLearner
+from fastadapt.algorithms.maml import InnerLoopOptions
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.models.policies import MLPPolicy
+from fastadapt.options import Options, Rule, check_option, options_of, setting
 from fastadapt.rl import (Episodes, TRPOSettings, discounted_returns, gae, linear_baseline_values,
                           masked_mean_per_task, normalize_per_task, policy_gradient_loss, rollout, surrogate_loss,
                           trpo_step)
+from fastadapt.rl.returns import ReturnOptions
 from fastadapt.tasks.mdp import MDPBatch
 
 Params = dict[str, torch.Tensor]
@@ -44,6 +47,16 @@ def check_rewards(episodes: Episodes) -> None:
     if not torch.isfinite(episodes.rewards).all():
         raise FloatingPointError("a rollout returned a non-finite (NaN or inf) reward: the environment or the "
                                  "policy's actions diverged")
+
+
+@dataclass(frozen=True)
+class AdaptationScheduleOptions(Options):
+    """The step sizes of the policy-gradient learners' test-time adaptation."""
+
+    eval_inner_lrs: list[float] = setting(help="RL: step size of each test-time adaptation step, the last one "
+                                               "repeated (default: inner_lr; the MAML paper: alpha, then alpha/2)",
+                                          factory=list, resumable="evaluation",
+                                          rule=Rule("must hold positive step sizes", lambda lr: lr > 0))
 
 
 class MAMLRL(RLMetaLearner):
@@ -59,16 +72,14 @@ class MAMLRL(RLMetaLearner):
         super().__init__()
         if getattr(policy, "recurrent", False):
             raise ValueError("MAML-RL adapts a feed-forward policy by gradient steps; a recurrent policy is RL^2's")
-        if not inner_lr > 0:
-            raise ValueError(f"inner_lr (alpha) must be positive, got {inner_lr}")
+        check_option(InnerLoopOptions, "inner_lr", inner_lr)
         if not isinstance(inner_steps, int) or inner_steps < self.min_inner_steps:
             raise ValueError(f"inner_steps must be an integer >= {self.min_inner_steps}, got {inner_steps!r}")
         if not isinstance(trajectories, int) or trajectories < 2:
             raise ValueError(f"trajectories per task must be at least 2 (advantages are normalised over them), "
                              f"got {trajectories!r}")
         self.eval_inner_lrs = list(eval_inner_lrs) if eval_inner_lrs else [inner_lr]
-        if any(not lr > 0 for lr in self.eval_inner_lrs):
-            raise ValueError(f"eval_inner_lrs must be positive, got {self.eval_inner_lrs}")
+        check_option(AdaptationScheduleOptions, "eval_inner_lrs", self.eval_inner_lrs)
         self.policy = policy
         self.inner_lr, self.inner_steps, self.trajectories = float(inner_lr), inner_steps, trajectories
         self.first_order, self.gamma, self.gae_lambda = first_order, gamma, gae_lambda
@@ -187,9 +198,8 @@ class MAMLRL(RLMetaLearner):
         return {step: history[step].returns.mean(1) for step in wanted}
 
 
-#: The method settings of the learners on MAML-RL's policy-gradient inner loop and TRPO outer step.
-POLICY_GRADIENT_OPTIONS = ("inner_lr", "inner_steps", "first_order", "gamma", "gae_lambda", "eval_inner_lrs",
-                           *(f.name for f in fields(TRPOSettings)))
+#: The options of the learners on MAML-RL's policy-gradient inner loop and TRPO outer step.
+POLICY_GRADIENT_OPTIONS = (InnerLoopOptions, ReturnOptions, AdaptationScheduleOptions, TRPOSettings)
 
 
 def build_policy_gradient(cls: type[MAMLRL]):
@@ -199,7 +209,7 @@ def build_policy_gradient(cls: type[MAMLRL]):
         options = dict(inner_lr=method.inner_lr, trajectories=context.cfg.task.trajectories,
                        first_order=method.first_order, gamma=method.gamma,
                        gae_lambda=1.0 if method.gae_lambda is None else method.gae_lambda,
-                       trpo=TRPOSettings(**{f.name: getattr(method, f.name) for f in fields(TRPOSettings)}),
+                       trpo=options_of(TRPOSettings, method),
                        eval_inner_lrs=method.eval_inner_lrs or None)
         if cls.min_inner_steps > 0:
             options["inner_steps"] = method.inner_steps

@@ -32,11 +32,30 @@ gradients; a learned scale, as in cosine-classifier few-shot methods, removes bo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from fastadapt.algorithms.protonet import EmbeddedSupport, MetricLearner, check_pair, cosine_similarities
 from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.options import POSITIVE, Options, check_option, setting
+
+
+@dataclass(frozen=True)
+class MatchingOptions(Options):
+    """Matching Networks' own option."""
+
+    full_context_embeddings: bool = setting(False, "Matching Networks: full context embeddings")
+
+
+@dataclass(frozen=True)
+class CosineScaleOptions(Options):
+    """The scale of a cosine-similarity classifier (Matching Networks, Baseline++)."""
+
+    cosine_scale: float | None = setting(None, "Matching Networks: learned scale on the cosine, from this value; "
+                                               "Baseline++: the fixed scale of its cosine head (default 10)",
+                                         rule=POSITIVE)
 
 
 class MatchingNetworks(MetricLearner):
@@ -53,8 +72,7 @@ class MatchingNetworks(MetricLearner):
         full context embeddings, whose LSTMs need the width up front."""
         super().__init__(encoder, loss)
         self.full_context_embeddings = full_context_embeddings
-        if cosine_scale is not None and not cosine_scale > 0:
-            raise ValueError(f"cosine_scale must be positive, got {cosine_scale}")
+        check_option(CosineScaleOptions, "cosine_scale", cosine_scale)
         self.scale = None if cosine_scale is None else nn.Parameter(torch.tensor(float(cosine_scale)))
         if full_context_embeddings:
             if embedding_size is None or embedding_size < 1:
@@ -115,5 +133,5 @@ def _build(context) -> MatchingNetworks:
                             cosine_scale=method.cosine_scale)
 
 
-SPECS = (MethodSpec("matching", MatchingNetworks, _build, ("full_context_embeddings", "cosine_scale"), any_way=True,
+SPECS = (MethodSpec("matching", MatchingNetworks, _build, (MatchingOptions, CosineScaleOptions), any_way=True,
                     images_only=True),)

@@ -17,18 +17,28 @@ strongest inputs by DARTS's rule instead of MetaNAS's pairwise input weights.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from fastadapt.algorithms.architecture import ARCHITECTURE_OPTIONS, architecture_options
-from fastadapt.algorithms.architecture import ArchitectureLearning
+from fastadapt.algorithms.architecture import ArchitectureLearning, ArchitectureOptions, architecture_options
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.maml import GRADIENT_OPTIONS, gradient_options
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.options import Options, one_of, setting
 from fastadapt.tasks.base import TaskBatch
 
 OUTER_UPDATES = ("reptile", "fomaml")
+
+
+@dataclass(frozen=True)
+class OuterUpdateOptions(Options):
+    """MetaNAS's outer step."""
+
+    outer_update: str = setting("reptile", "metanas: reptile (move towards the adapted weights and alphas) or "
+                                           "fomaml (first-order MAML gradient)", rule=one_of(*OUTER_UPDATES))
 
 
 class MetaNAS(ArchitectureLearning, Reptile):
@@ -55,5 +65,5 @@ def _build(context) -> MetaNAS:
                    **architecture_options(method))
 
 
-SPECS = (MethodSpec("metanas", MetaNAS, _build, (*GRADIENT_OPTIONS, *ARCHITECTURE_OPTIONS, "outer_update"),
+SPECS = (MethodSpec("metanas", MetaNAS, _build, (*GRADIENT_OPTIONS, ArchitectureOptions, OuterUpdateOptions),
                     gradient_based=True, searches_architecture=True),)

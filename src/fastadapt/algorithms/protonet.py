@@ -27,6 +27,8 @@ Matching Networks, nearest neighbours): labels are checked once, and
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any, NamedTuple
 
 import torch
@@ -35,6 +37,7 @@ from torch import nn
 
 from fastadapt.algorithms.base import MetaLearner, check_labels, check_no_steps, embed_images, in_fp32
 from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.options import POSITIVE_INT, Options, setting
 from fastadapt.tasks.base import TaskBatch
 from fastadapt.tasks.episodes import random_affine
 
@@ -176,8 +179,17 @@ class PrototypicalNetworks(MetricLearner):
         return -squared_distances(queries, adapted)
 
 
+@dataclass(frozen=True)
+class SupportViewsOptions(Options):
+    """Prototypical Networks' test-time augmentation."""
+
+    support_views: int = setting(1, "ProtoNet, at evaluation: each prototype averages the support image and "
+                                    "support_views - 1 copies of it distorted as --augment distorts training "
+                                    "images (test-time augmentation; 1: the image alone)", rule=POSITIVE_INT)
+
+
 def _build(context) -> PrototypicalNetworks:
     return PrototypicalNetworks(context.encoder()[0], support_views=context.cfg.method.support_views)
 
 
-SPECS = (MethodSpec("protonet", PrototypicalNetworks, _build, ("support_views",), any_way=True, images_only=True),)
+SPECS = (MethodSpec("protonet", PrototypicalNetworks, _build, (SupportViewsOptions,), any_way=True, images_only=True),)

@@ -14,6 +14,7 @@ network's loss), which costs the decoder's two finest levels. Nothing is adapted
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,8 +25,17 @@ from fastadapt.algorithms.metrics import loss_named
 from fastadapt.algorithms.siamese_unet import (DETECTION_WEIGHT, Reference, SiameseUNetNetwork, cell_boxes,
                                                detection_loss, soft_dice_loss)
 from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.options import Options, setting
 from fastadapt.tasks.cluttered_omniglot import SEGMENTATION_LOSS
 from fastadapt.tasks.detection import DetectionBatch
+
+
+@dataclass(frozen=True)
+class MaskLossOptions(Options):
+    """Whether the prototype detector learns masks too."""
+
+    mask_loss: bool = setting(False, "prototype-detector: train the mask of each class's instances too "
+                                     "(cross-entropy + soft Dice), beside the boxes")
 
 
 class PrototypeDetector(DetectionLearner):
@@ -90,4 +100,4 @@ def _build(context: Any) -> PrototypeDetector:
     return PrototypeDetector(context.cfg.model.conv_channels, context.cfg.method.mask_loss)
 
 
-SPECS = (MethodSpec("prototype-detector", PrototypeDetector, _build, ("mask_loss",), detection=True),)
+SPECS = (MethodSpec("prototype-detector", PrototypeDetector, _build, (MaskLossOptions,), detection=True),)

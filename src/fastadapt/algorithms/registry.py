@@ -49,6 +49,11 @@ def methods() -> dict[str, MethodSpec]:
     return specs
 
 
+def option_groups() -> list[type]:
+    """Every method's options dataclasses, each once, in the order the methods list them."""
+    return list(dict.fromkeys(group for spec in methods().values() for group in spec.options))
+
+
 def method_spec(name: str) -> MethodSpec:
     """The specification of method ``name``; an unknown name is a ValueError listing the known ones."""
     known = methods()

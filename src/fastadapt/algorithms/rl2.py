@@ -19,15 +19,30 @@ Adaptation needs no gradient step: evaluation runs each test MDP for one trial a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fastadapt.algorithms.base import RLMetaLearner
 from fastadapt.algorithms.maml_rl import check_rewards
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.models.policies import RecurrentPolicy
+from fastadapt.options import NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, Options, setting
 from fastadapt.rl import Episodes, clipped_surrogate_loss, gae, masked_mean_per_task, replay, rollout
-from fastadapt.rl.returns import check_discount
+from fastadapt.rl.returns import ReturnOptions, check_discount
 from fastadapt.tasks.mdp import MDPBatch
+
+
+@dataclass(frozen=True)
+class PPOOptions(Options):
+    """RL^2's outer loop: proximal policy optimisation."""
+
+    ppo_clip: float = setting(0.2, "PPO (rl2): clip range of the probability ratio", rule=OPEN_UNIT_INTERVAL)
+    ppo_epochs: int = setting(5, "PPO (rl2): passes over each batch of trials", rule=POSITIVE_INT)
+    ppo_minibatches: int = setting(4, "PPO (rl2): minibatches of trials per pass", rule=POSITIVE_INT)
+    value_coef: float = setting(0.5, "PPO (rl2): weight of the value loss", rule=NON_NEGATIVE)
+    entropy_coef: float = setting(0.0, "PPO (rl2): weight of the entropy bonus", rule=NON_NEGATIVE)
+    max_grad_norm: float = setting(1.0, "PPO (rl2): gradients are clipped to this norm", rule=POSITIVE)
 
 
 class RL2(RLMetaLearner):
@@ -107,6 +122,5 @@ def _build(context) -> RL2:
                entropy_coef=method.entropy_coef, max_grad_norm=method.max_grad_norm)
 
 
-SPECS = (MethodSpec("rl2", RL2, _build, ("gamma", "gae_lambda", "ppo_clip", "ppo_epochs", "ppo_minibatches",
-                                         "value_coef", "entropy_coef", "max_grad_norm"),
-                    rl=True, policy="gru", splits_over_processes=False),)
+SPECS = (MethodSpec("rl2", RL2, _build, (ReturnOptions, PPOOptions), rl=True, policy="gru",
+                    splits_over_processes=False),)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fastadapt.algorithms.maml import GRADIENT_OPTIONS
 from fastadapt.algorithms.siamese_unet import Reference, SiameseUNet, soft_dice_loss
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.cluttered_omniglot import CANVAS_SIZE, REFERENCE_SIZE
@@ -86,4 +87,4 @@ def _build(context: Any) -> SiameseUNetANIL:
 
 
 SPECS = (MethodSpec("siamese-unet-anil", SiameseUNetANIL, _build,
-                    ("inner_lr", "inner_steps", "eval_inner_steps", "first_order"), segmentation=True),)
+                    GRADIENT_OPTIONS, segmentation=True),)

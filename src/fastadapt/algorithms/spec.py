@@ -9,9 +9,15 @@ keeping its own list of names.
 settings, ``cfg.method`` its method's options), ``tasks`` (the training task distribution), and
 ``model(head=True)``, ``encoder()`` (an embedding network and its width) and ``trained_learner(run_dir)``,
 so that a method file needs nothing from the training package.
+
+``options`` are the method's options dataclasses (``fastadapt.options``: each setting with its default, help
+and rule), declared next to the learner that reads them; a dataclass that several methods read (MAML's inner
+loop) is declared once, by the file of the method that owns it, and listed by each. The run configuration's
+``method`` section is made of them (``training.config``).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,8 +31,8 @@ class MethodSpec:
     name: str
     learner: type[nn.Module]
     build: Callable[[Any], nn.Module]
-    #: the method settings (``cfg.method`` fields) it reads, for ``--help`` and the documentation
-    options: tuple[str, ...] = field(default=())
+    #: the options dataclasses whose settings (``cfg.method`` fields) it reads (``fastadapt.options``)
+    options: tuple[type, ...] = field(default=())
     #: adapts a network by gradient steps on the support set (MAML's family): per-task batch statistics by default
     gradient_based: bool = False
     #: compares queries with the support set, so one trained model serves any number of ways (and shots)
@@ -60,3 +66,11 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.policy not in (None, "feedforward", "gru") or (self.policy is not None and not self.rl):
             raise ValueError(f"method {self.name}: policy is 'feedforward' or 'gru' for an RL method, else None")
+        if not all(dataclasses.is_dataclass(group) and isinstance(group, type) for group in self.options):
+            raise TypeError(f"method {self.name}: options are options dataclasses (fastadapt.options), "
+                            f"got {self.options}")
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """The names of the method settings it reads."""
+        return tuple(f.name for group in self.options for f in dataclasses.fields(group))

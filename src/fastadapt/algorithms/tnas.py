@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fastadapt.algorithms.architecture import ARCHITECTURE_OPTIONS, ArchitectureLearning, architecture_options
+from fastadapt.algorithms.architecture import ArchitectureLearning, ArchitectureOptions, architecture_options
 from fastadapt.algorithms.maml import GRADIENT_OPTIONS, MAML, gradient_options
 from fastadapt.algorithms.spec import MethodSpec
 
@@ -33,5 +33,5 @@ def _build(context) -> TNAS:
     return TNAS(context.model(), context.tasks.loss, **gradient_options(method), **architecture_options(method))
 
 
-SPECS = (MethodSpec("tnas", TNAS, _build, (*GRADIENT_OPTIONS, *ARCHITECTURE_OPTIONS), gradient_based=True,
+SPECS = (MethodSpec("tnas", TNAS, _build, (*GRADIENT_OPTIONS, ArchitectureOptions), gradient_based=True,
                     searches_architecture=True),)

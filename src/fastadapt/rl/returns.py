@@ -6,7 +6,21 @@ instead of a Python loop over time.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from fastadapt.options import UNIT_INTERVAL, Options, setting
+
+
+@dataclass(frozen=True)
+class ReturnOptions(Options):
+    """How the RL methods weigh future rewards."""
+
+    gamma: float = setting(0.99, "RL: discount factor", rule=UNIT_INTERVAL)
+    gae_lambda: float | None = setting(None, "RL: lambda of generalised advantage estimation (default: 1.0 for "
+                                             "maml-rl, metasgd-rl and pretrained-rl, as the MAML paper's code; 0.3 "
+                                             "for rl2)", rule=UNIT_INTERVAL)
 
 
 def discount_matrix(length: int, factor: float, like: torch.Tensor) -> torch.Tensor:

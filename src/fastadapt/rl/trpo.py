@@ -26,28 +26,23 @@ from typing import Callable
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from fastadapt.options import (HALF_OPEN_UNIT_INTERVAL, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT,
+                               Options, setting)
+
 
 @dataclass(frozen=True)
-class TRPOSettings:
-    max_kl: float = 0.01
-    cg_iterations: int = 10
-    cg_damping: float = 1e-5
-    backtrack_ratio: float = 0.8
-    line_search_steps: int = 15
-    #: share of the batch (tasks, for MAML-RL) whose KL Hessian the conjugate gradient uses; 1.0: all
-    curvature_fraction: float = 1.0
+class TRPOSettings(Options):
+    """The TRPO outer step's options (MAML-RL's family)."""
 
-    def __post_init__(self) -> None:
-        if not self.max_kl > 0:
-            raise ValueError(f"max_kl (the TRPO trust region) must be positive, got {self.max_kl}")
-        if self.cg_iterations < 1 or self.line_search_steps < 1:
-            raise ValueError("cg_iterations and line_search_steps must be at least 1")
-        if not 0 < self.backtrack_ratio < 1:
-            raise ValueError(f"backtrack_ratio must lie in (0, 1), got {self.backtrack_ratio}")
-        if self.cg_damping < 0:
-            raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
-        if not 0 < self.curvature_fraction <= 1:
-            raise ValueError(f"curvature_fraction must lie in (0, 1], got {self.curvature_fraction}")
+    max_kl: float = setting(0.01, "TRPO: trust region, the largest mean KL between the policies before and after "
+                                  "a step", rule=POSITIVE)
+    cg_iterations: int = setting(10, "TRPO: conjugate-gradient iterations", rule=POSITIVE_INT)
+    cg_damping: float = setting(1e-5, "TRPO: damping added to the KL Hessian", rule=NON_NEGATIVE)
+    line_search_steps: int = setting(15, "TRPO: backtracking steps of the line search", rule=POSITIVE_INT)
+    backtrack_ratio: float = setting(0.8, "TRPO: step shrink factor of each backtrack", rule=OPEN_UNIT_INTERVAL)
+    curvature_fraction: float = setting(1.0, "TRPO: share of the meta-batch's tasks whose KL Hessian the conjugate "
+                                             "gradient uses (1.0: all; the line search always checks the full KL)",
+                                        rule=HALF_OPEN_UNIT_INTERVAL)
 
 
 def conjugate_gradient(matrix_vector: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,

@@ -19,19 +19,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from fastadapt.options import OptionError, options_of, setting
 from fastadapt.tasks.base import MAX_TEST_SET, TRAINING_SEEDS, fixed_stream_seeds
-
-
-def setting(default: Any = dataclasses.MISSING, help: str = "", flat: str | None = None,
-            factory: Any = dataclasses.MISSING, resumable: bool | str = False) -> Any:
-    """A config field with its help line; ``flat`` is its command-line / flat name when not the field's own.
-    ``resumable``: whether a resumed run may change it (it changes neither the weights the run trains nor its
-    validation episodes); "evaluation" for those that say how a run is tested (a finished run is tested as the
-    latest config.yaml says)."""
-    metadata = {"help": help, "flat": flat, "resumable": resumable}
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 #: training.cuda_graph: whether the meta-step is captured in a CUDA graph (training.captured)
@@ -149,98 +138,33 @@ class ModelSettings:
             raise ConfigError(f"config: hidden_sizes must hold positive integers, got {self.hidden_sizes}")
 
 
-@dataclass(frozen=True)
-class MethodSettings:
-    """How to learn: the meta-learning method and its own options."""
+def _method_settings() -> type:
+    """The ``method`` section: the method's name, then the settings of every method's options dataclasses
+    (``MethodSpec.options``, declared next to each learner), flat as YAML files and flags have always held them.
+    Its ``validate`` builds each options dataclass from them, which checks them by their declared rules."""
+    from fastadapt.algorithms.registry import option_groups  # the methods build on nothing of training/
 
-    name: str = setting("maml", "meta-learning method (see `fastadapt presets` and the README)", flat="algorithm")
-    inner_lr: float = setting(0.01, "step size alpha of the inner loop (gradient-based methods)")
-    inner_steps: int = setting(1, "inner-loop gradient steps in training (gradient-based methods)")
-    eval_inner_steps: int | None = setting(None, "inner-loop steps at evaluation (default: inner_steps)")
-    first_order: bool = setting(False, "drop second-order terms of the meta-gradient (MAML)")
-    full_context_embeddings: bool = setting(False, "Matching Networks: full context embeddings")
-    cosine_scale: float | None = setting(None, "Matching Networks: learned scale on the cosine, from this value; "
-                                               "Baseline++: the fixed scale of its cosine head (default 10)")
-    finetune: str = setting("head", "Baseline / Baseline++ on a new task: fit a new head on the frozen encoder "
-                                    "(head) or fine-tune the encoder with it (all)")
-    finetune_steps: int = setting(100, "Baseline / Baseline++: Adam steps that fit a new task's head")
-    finetune_lr: float = setting(0.01, "Baseline / Baseline++: learning rate of those steps")
-    neighbours: int = setting(1, "k of k-NN")
-    support_views: int = setting(1, "ProtoNet, at evaluation: each prototype averages the support image and "
-                                    "support_views - 1 copies of it distorted as --augment distorts training "
-                                    "images (test-time augmentation; 1: the image alone)")
-    encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
-    gamma: float = setting(0.99, "RL: discount factor")
-    gae_lambda: float | None = setting(None, "RL: lambda of generalised advantage estimation (default: 1.0 for "
-                                             "maml-rl, metasgd-rl and pretrained-rl, as the MAML paper's code; 0.3 for rl2)")
-    eval_inner_lrs: list[float] = setting(help="RL: step size of each test-time adaptation step, the last one "
-                                               "repeated (default: inner_lr; the MAML paper: alpha, then alpha/2)",
-                                          factory=list, resumable="evaluation")
-    max_kl: float = setting(0.01, "TRPO: trust region, the largest mean KL between the policies before and after "
-                                  "a step")
-    cg_iterations: int = setting(10, "TRPO: conjugate-gradient iterations")
-    cg_damping: float = setting(1e-5, "TRPO: damping added to the KL Hessian")
-    line_search_steps: int = setting(15, "TRPO: backtracking steps of the line search")
-    backtrack_ratio: float = setting(0.8, "TRPO: step shrink factor of each backtrack")
-    curvature_fraction: float = setting(1.0, "TRPO: share of the meta-batch's tasks whose KL Hessian the conjugate "
-                                             "gradient uses (1.0: all; the line search always checks the full KL)")
-    ppo_clip: float = setting(0.2, "PPO (rl2): clip range of the probability ratio")
-    ppo_epochs: int = setting(5, "PPO (rl2): passes over each batch of trials")
-    ppo_minibatches: int = setting(4, "PPO (rl2): minibatches of trials per pass")
-    value_coef: float = setting(0.5, "PPO (rl2): weight of the value loss")
-    entropy_coef: float = setting(0.0, "PPO (rl2): weight of the entropy bonus")
-    max_grad_norm: float = setting(1.0, "PPO (rl2): gradients are clipped to this norm")
-    ucb_exploration: float = setting(1.0, "ucb1: exploration coefficient c (1: Auer et al.'s)")
-    alpha_inner_lr: float = setting(0.1, "metanas / tnas: inner-loop step size of the architecture weights alpha")
-    warmup_iterations: int = setting(0, "metanas / tnas: meta-iterations with alpha frozen before the search")
-    temperature_start: float = setting(1.0, "metanas / tnas: softmax temperature over operations at the first "
-                                            "inner step")
-    temperature_end: float = setting(1.0, "metanas / tnas: temperature at the last inner step and for "
-                                          "predictions (annealed linearly over the inner steps)")
-    outer_update: str = setting("reptile", "metanas: reptile (move towards the adapted weights and alphas) or "
-                                           "fomaml (first-order MAML gradient)")
-    mask_loss: bool = setting(False, "prototype-detector: train the mask of each class's instances too "
-                                     "(cross-entropy + soft Dice), beside the boxes")
+    groups = option_groups()
+    declared = [("name", str, setting("maml", "meta-learning method (see `fastadapt presets` and the README)",
+                                      flat="algorithm"))]
+    for group in groups:
+        hints = typing.get_type_hints(group)
+        for f in dataclasses.fields(group):
+            if any(f.name == name for name, _, _ in declared):
+                raise AssertionError(f"method setting {f.name!r} is declared twice (again by {group.__name__})")
+            declared.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory,
+                                                          metadata=f.metadata)))
 
     def validate(self) -> None:
-        _positive(self, "inner_steps", "neighbours", "support_views", "finetune_steps", "cg_iterations",
-                  "line_search_steps", "ppo_epochs", "ppo_minibatches")
-        if self.finetune not in ("head", "all"):
-            raise ConfigError(f"config: finetune must be 'head' or 'all', got {self.finetune!r}")
-        if not self.finetune_lr > 0:
-            raise ConfigError(f"config: finetune_lr must be a positive learning rate, got {self.finetune_lr}")
-        for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= 1:
-                raise ConfigError(f"config: {name} must lie in [0, 1], got {value}")
-        for name in ("max_kl", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"config: {name} must be positive, got {getattr(self, name)}")
-        for name in ("backtrack_ratio", "ppo_clip"):
-            if not 0 < getattr(self, name) < 1:
-                raise ConfigError(f"config: {name} must lie in (0, 1), got {getattr(self, name)}")
-        if not 0 < self.curvature_fraction <= 1:
-            raise ConfigError(f"config: curvature_fraction must lie in (0, 1], got {self.curvature_fraction}")
-        if any(not lr > 0 for lr in self.eval_inner_lrs):
-            raise ConfigError(f"config: eval_inner_lrs must hold positive step sizes, got {self.eval_inner_lrs}")
-        for name in ("cg_damping", "value_coef", "entropy_coef", "ucb_exploration"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"config: {name} must be >= 0, got {getattr(self, name)}")
-        if self.warmup_iterations < 0:
-            raise ConfigError(f"config: warmup_iterations must be >= 0, got {self.warmup_iterations}")
-        if not self.alpha_inner_lr >= 0:
-            raise ConfigError(f"config: alpha_inner_lr must be >= 0, got {self.alpha_inner_lr}")
-        if not (self.temperature_start > 0 and self.temperature_end > 0):
-            raise ConfigError(f"config: temperature_start and temperature_end must be positive, got "
-                              f"{self.temperature_start} and {self.temperature_end}")
-        if self.outer_update not in ("reptile", "fomaml"):
-            raise ConfigError(f"config: outer_update must be reptile or fomaml, got {self.outer_update!r}")
-        if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
-            raise ConfigError(f"config: eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
-        if not self.inner_lr > 0:
-            raise ConfigError(f"config: inner_lr must be a positive learning rate, got {self.inner_lr}")
-        if self.cosine_scale is not None and not self.cosine_scale > 0:
-            raise ConfigError(f"config: cosine_scale must be positive, got {self.cosine_scale}")
+        for group in groups:
+            options_of(group, self)
+
+    return dataclasses.make_dataclass("MethodSettings", declared, frozen=True, namespace={
+        "validate": validate, "__doc__": "How to learn: the meta-learning method and its own options.",
+        "__module__": __name__})
+
+
+MethodSettings = _method_settings()
 
 
 @dataclass(frozen=True)
@@ -479,7 +403,10 @@ class Config:
                                   + f"; known options are {sorted(FLAT)}, or the sections {list(SECTIONS)}")
         for name, cls in SECTIONS.items():
             section = cls(**{key: _checked(_by_field[name, key], value) for key, value in nested[name].items()})
-            section.validate()
+            try:
+                section.validate()
+            except OptionError as error:
+                raise ConfigError(f"config: {error}") from None
             object.__setattr__(self, name, section)
 
     @staticmethod
