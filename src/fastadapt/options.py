@@ -32,6 +32,7 @@ class Rule:
 
 
 POSITIVE_INT = Rule("must be a positive integer", lambda v: v >= 1)
+POSITIVE_INTS = Rule("must hold positive integers", lambda v: v >= 1)
 AT_LEAST_ONE = Rule("must be at least 1", lambda v: v >= 1)
 POSITIVE_LR = Rule("must be a positive learning rate", lambda v: v > 0)
 POSITIVE = Rule("must be positive", lambda v: v > 0)

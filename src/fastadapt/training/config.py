@@ -19,7 +19,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from fastadapt.options import OptionError, options_of, setting
+from fastadapt.options import (NON_NEGATIVE, POSITIVE_INT, POSITIVE_INTS, POSITIVE_LR, OptionError, Rule,
+                               check_options, options_of, setting)
 from fastadapt.tasks.base import MAX_TEST_SET, TRAINING_SEEDS, fixed_stream_seeds
 
 
@@ -34,13 +35,6 @@ class ConfigError(ValueError):
     """A setting has the wrong type or an impossible value."""
 
 
-def _positive(section: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(section, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
-
-
 @dataclass(frozen=True)
 class TaskSettings:
     """What a task is: the task family and the shape of its episodes."""
@@ -52,17 +46,18 @@ class TaskSettings:
                                       "bandit (Bernoulli bandits), tabular-mdp, or the MuJoCo locomotion families "
                                       "halfcheetah-fwd-bwd, halfcheetah-vel, ant-fwd-bwd, ant-direction (need the "
                                       "fastadapt[mujoco] extra)", flat="tasks")
-    k_shot: int = setting(10, "support examples per class (classification) or support points (regression)")
+    k_shot: int = setting(10, "support examples per class (classification) or support points (regression)",
+                          rule=POSITIVE_INT)
     num_query: int | None = setting(None, "query examples per class in training episodes "
                                           "(default: 15 for images, k_shot for sinusoid); detection: query "
-                                          "canvases per episode, every split (default 4)")
-    n_way: int = setting(5, "classes per episode")
+                                          "canvases per episode, every split (default 4)", rule=POSITIVE_INT)
+    n_way: int = setting(5, "classes per episode", rule=POSITIVE_INT)
     dataset_split: str = setting("maml", "Omniglot's class split: maml, vinyals or background")
     data_root: str | None = setting(None, "folder holding the data (Omniglot zips, or class sub-folders for "
                                           "tasks folder); default $FASTADAPT_DATA, else download")
     rotate_train_classes: bool = setting(False, "each training class also rotated by 90, 180 and 270 degrees, "
                                                 "as three new classes")
-    image_size: int = setting(28, "images are resized to image_size x image_size")
+    image_size: int = setting(28, "images are resized to image_size x image_size", rule=POSITIVE_INT)
     within_alphabet: bool = setting(False, "Omniglot: training episodes, too, take all their classes from one "
                                            "alphabet (a rotated alphabet is one of its own), support and query by "
                                            "different drawers, as Lake et al.'s trials do")
@@ -73,9 +68,10 @@ class TaskSettings:
     skip_unreadable: bool = setting(False, "tasks folder: leave out image files that cannot be read (listed on "
                                            "stderr) rather than stop with an error naming them")
     horizon: int | None = setting(None, "RL: steps per episode (default: 100 for nav2d, 10 for tabular-mdp, 200 for "
-                                        "the MuJoCo families), or pulls per trial for bandit (n, default 100)")
+                                        "the MuJoCo families), or pulls per trial for bandit (n, default 100)",
+                                  rule=POSITIVE_INT)
     trajectories: int = setting(20, "RL: trajectories sampled in each task before each adaptation step "
-                                    "(MAML-RL), or trials per task in a meta-batch (RL^2)")
+                                    "(MAML-RL), or trials per task in a meta-batch (RL^2)", rule=POSITIVE_INT)
     observe_goal: bool = setting(False, "nav2d: the observation holds the goal too (the oracle baseline)")
     balanced_directions: bool = setting(False, "halfcheetah-fwd-bwd, ant-fwd-bwd: each training meta-batch holds as "
                                                "many forward as backward tasks, in random order (each task is still "
@@ -83,17 +79,15 @@ class TaskSettings:
                                                "are the same either way")
     characters: int = setting(4, "cluttered-omniglot: characters per canvas, the target and characters - 1 "
                                  "distractors (the paper's levels: 4, 8, 16, 32, 64, 128, 256); detection: "
-                                 "drawings per canvas, its 0-3 instances included")
-    arms: int = setting(10, "bandit: arms per bandit (k)")
-    states: int = setting(10, "tabular-mdp: states")
-    actions: int = setting(5, "tabular-mdp: actions")
-    trial_episodes: int = setting(10, "tabular-mdp: episodes per trial (n; RL^2 keeps its memory across them)")
+                                 "drawings per canvas, its 0-3 instances included", rule=POSITIVE_INT)
+    arms: int = setting(10, "bandit: arms per bandit (k)", rule=Rule("must be at least 2", lambda v: v >= 2))
+    states: int = setting(10, "tabular-mdp: states", rule=POSITIVE_INT)
+    actions: int = setting(5, "tabular-mdp: actions", rule=POSITIVE_INT)
+    trial_episodes: int = setting(10, "tabular-mdp: episodes per trial (n; RL^2 keeps its memory across them)",
+                                  rule=POSITIVE_INT)
 
     def validate(self) -> None:
-        _positive(self, "k_shot", "n_way", "image_size", "num_query", "horizon", "trajectories", "states",
-                  "actions", "trial_episodes", "characters")
-        if self.arms < 2:
-            raise ConfigError(f"config: arms must be at least 2, got {self.arms}")
+        check_options(self)
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"config: channels must be 1 (grayscale), 3 (RGB) or null (as the data is), "
                               f"got {self.channels!r}")
@@ -105,23 +99,24 @@ class ModelSettings:
 
     name: str = setting("auto", "network: mlp, conv4, pixels (no network) or auto (mlp for sinusoid, "
                                 "conv4 for images)", flat="model")
-    hidden_sizes: list[int] = setting(help="hidden layer widths of the MLP", factory=lambda: [40, 40])
-    conv_channels: int = setting(64, "channels of every Conv-4 block")
+    hidden_sizes: list[int] = setting(help="hidden layer widths of the MLP", factory=lambda: [40, 40],
+                                      rule=POSITIVE_INTS)
+    conv_channels: int = setting(64, "channels of every Conv-4 block", rule=POSITIVE_INT)
     norm: str = setting("auto", "normalisation: transductive, batch, layer, or auto (transductive for "
                                 "gradient-based methods, batch for the rest)")
     pooling: str = setting("max", "how Conv-4 downsamples: max (2x2 max-pooling after each block) or stride "
                                   "(stride-2 convolutions, the MAML paper's Omniglot network)")
     policy: str = setting("auto", "RL policy: gaussian, categorical (MLPs of hidden_sizes) or gru (RL^2's); auto: "
                                   "gru for rl2, else gaussian for continuous actions and categorical for discrete")
-    recurrent_size: int = setting(256, "RL^2: hidden units of the GRU policy")
+    recurrent_size: int = setting(256, "RL^2: hidden units of the GRU policy", rule=POSITIVE_INT)
 
     # DARTS networks: the supernet that metanas / tnas search, and model 'darts', the discrete network of a genotype
-    cells: int = setting(3, "DARTS networks: cells (normal and reduction) between stem and head")
-    nodes: int = setting(3, "DARTS networks: intermediate nodes per cell")
+    cells: int = setting(3, "DARTS networks: cells (normal and reduction) between stem and head", rule=POSITIVE_INT)
+    nodes: int = setting(3, "DARTS networks: intermediate nodes per cell", rule=POSITIVE_INT)
     cell_channels: int = setting(8, "DARTS networks: channels per node in the first cells (doubled by each "
-                                    "reduction cell)")
+                                    "reduction cell)", rule=POSITIVE_INT)
     stem_multiplier: int = setting(3, "DARTS networks: the stem convolution has stem_multiplier x cell_channels "
-                                      "channels")
+                                      "channels", rule=POSITIVE_INT)
     operations: list[str] = setting(
         help="DARTS search space: candidate operations on every edge (sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, "
              "conv_3x3, max_pool_3x3, avg_pool_3x3, skip_connect, zero)",
@@ -133,9 +128,7 @@ class ModelSettings:
                                              "tnas run (its architecture.json)")
 
     def validate(self) -> None:
-        _positive(self, "conv_channels", "recurrent_size", "cells", "nodes", "cell_channels", "stem_multiplier")
-        if any(width < 1 for width in self.hidden_sizes):
-            raise ConfigError(f"config: hidden_sizes must hold positive integers, got {self.hidden_sizes}")
+        check_options(self)
 
 
 def _method_settings() -> type:
@@ -171,50 +164,48 @@ MethodSettings = _method_settings()
 class TrainingSettings:
     """The outer loop and the run's bookkeeping."""
 
-    iterations: int = setting(10_000, "meta-training iterations (meta-batches)", resumable=True)
+    iterations: int = setting(10_000, "meta-training iterations (meta-batches)", resumable=True, rule=NON_NEGATIVE)
     meta_batch_size: int | None = setting(None, "tasks per meta-batch (default: 25 for regression, as in the "
-                                                "MAML paper; 4 episodes for image classification)")
-    meta_lr: float = setting(1e-3, "learning rate beta of the outer optimizer")
+                                                "MAML paper; 4 episodes for image classification)", rule=POSITIVE_INT)
+    meta_lr: float = setting(1e-3, "learning rate beta of the outer optimizer", rule=POSITIVE_LR)
     alpha_meta_lr: float | None = setting(None, "metanas / tnas: outer learning rate of the architecture weights "
-                                                "(default: meta_lr)")
+                                                "(default: meta_lr)", rule=POSITIVE_LR)
     meta_optimizer: str = setting("adam", "outer optimizer: adam or sgd")
     lr_decay_every: int = setting(0, "multiply the outer learning rate by lr_decay every this many iterations "
-                                     "(0: never)")
+                                     "(0: never)", rule=NON_NEGATIVE)
     lr_decay: float = setting(0.5, "factor of each learning-rate decay")
     init_from: str | None = setting(None, "a run directory: start from its best weights, with a fresh optimizer")
     seed: int = setting(0, "seed of every random stream of the run")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", resumable=True)
     output_dir: str = setting("runs/latest", "the run directory", resumable=True)
     log_every: int | None = setting(None, "log training metrics every this many iterations "
-                                          "(default: 1% of the iterations, at most 100)", resumable=True)
+                                          "(default: 1% of the iterations, at most 100)", resumable=True,
+                                    rule=POSITIVE_INT)
     val_every: int | None = setting(None, "validate (and keep the best checkpoint) every this many iterations "
-                                          "(default: 5% of the iterations, at most 1000)", resumable=True)
-    val_tasks: int = setting(200, "fixed validation tasks")
-    checkpoint_every: int = setting(1000, "write last.pt every this many iterations", resumable=True)
+                                          "(default: 5% of the iterations, at most 1000)", resumable=True,
+                                    rule=POSITIVE_INT)
+    val_tasks: int = setting(200, "fixed validation tasks", rule=POSITIVE_INT)
+    checkpoint_every: int = setting(1000, "write last.pt every this many iterations", resumable=True, rule=POSITIVE_INT)
     tensorboard: bool = setting(False, "also write every metrics.jsonl scalar as TensorBoard events in "
                                        "RUN_DIR/tensorboard (needs the tensorboard package)", resumable=True)
     threads: int | None = setting(None, "CPU threads (default: 1 for a small network such as the sinusoid MLP, "
-                                        "else the cores that are idle when the run starts)", resumable=True)
+                                        "else the cores that are idle when the run starts)", resumable=True,
+                                  rule=POSITIVE_INT)
     rollout_workers: int | None = setting(None, "MuJoCo families: processes that step the environments (0: this "
                                                 "process; default: one per available core); the trajectories are "
-                                                "the same for any number", resumable=True)
+                                                "the same for any number", resumable=True, rule=NON_NEGATIVE)
 
     precision: str = setting("fp32", "fp32, or bf16: mixed precision (autocast) for the forward passes and the "
                                      "inner loop, fp32 weights, optimizer state and losses")
     tasks_per_pass: int | None = setting(None, "memory-saving mode: run each meta-batch through forward and "
                                                "backward in chunks of this many tasks, gradients accumulated; "
-                                               "null: all tasks at once")
+                                               "null: all tasks at once", rule=POSITIVE_INT)
     cuda_graph: str = setting("auto", "auto: on a CUDA GPU, capture the whole meta-step of MAML-family methods "
                                       "in one CUDA graph (much faster; the same tasks and math); on: the same, "
                                       "saying why not where it cannot; off: always the eager step", resumable=True)
 
     def validate(self) -> None:
-        _positive(self, "meta_batch_size", "log_every", "val_every", "val_tasks", "checkpoint_every", "threads",
-                  "tasks_per_pass")
-        if self.rollout_workers is not None and self.rollout_workers < 0:
-            raise ConfigError(f"config: rollout_workers must be >= 0, got {self.rollout_workers}")
-        if self.iterations < 0:
-            raise ConfigError(f"config: iterations must be >= 0, got {self.iterations}")
+        check_options(self)
         if not 0 <= self.seed < TRAINING_SEEDS:
             raise ConfigError(f"config: seed must lie in [0, {TRAINING_SEEDS}) (test sets from 2 on are drawn from the "
                               f"seeds above), got {self.seed}")
@@ -224,24 +215,18 @@ class TrainingSettings:
                                   "on it would train on them; choose another seed")
         if self.cuda_graph not in CUDA_GRAPH_SETTINGS:
             raise ConfigError(f"config: cuda_graph must be one of {CUDA_GRAPH_SETTINGS}, got {self.cuda_graph!r}")
-        if self.lr_decay_every < 0:
-            raise ConfigError(f"config: lr_decay_every must be >= 0, got {self.lr_decay_every}")
-        if not self.meta_lr > 0:
-            raise ConfigError(f"config: meta_lr must be a positive learning rate, got {self.meta_lr}")
-        if self.alpha_meta_lr is not None and not self.alpha_meta_lr > 0:
-            raise ConfigError(f"config: alpha_meta_lr must be a positive learning rate, got {self.alpha_meta_lr}")
 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
     """The fixed test tasks a finished run is scored on (mean ± 95% CI)."""
 
-    test_tasks: int = setting(1000, "fixed test tasks (episodes)", resumable="evaluation")
+    test_tasks: int = setting(1000, "fixed test tasks (episodes)", resumable="evaluation", rule=POSITIVE_INT)
     eval_steps: list[int] = setting(help="adaptation steps to report (gradient-based methods)",
-                                    factory=lambda: [0, 1, 10], resumable="evaluation")
-    eval_shots: list[int] = setting(help="shots to evaluate at (default: k_shot)", factory=list)
-    eval_ways: list[int] = setting(help="ways to evaluate at (default: n_way)", factory=list)
-    eval_query: int = setting(15, "query examples per class in evaluation episodes")
+                                    factory=lambda: [0, 1, 10], resumable="evaluation", rule=NON_NEGATIVE)
+    eval_shots: list[int] = setting(help="shots to evaluate at (default: k_shot)", factory=list, rule=POSITIVE_INTS)
+    eval_ways: list[int] = setting(help="ways to evaluate at (default: n_way)", factory=list, rule=POSITIVE_INTS)
+    eval_query: int = setting(15, "query examples per class in evaluation episodes", rule=POSITIVE_INT)
     test_set: int = setting(1, "which draw of the test tasks: 1, the draw of every figure before test sets were "
                                "versioned; N >= 2, a fresh seed stream (for a test set looked at more than once)",
                                resumable="evaluation")
@@ -251,16 +236,11 @@ class EvaluationSettings:
                                       "background split only), which then choose the best checkpoint")
 
     def validate(self) -> None:
-        _positive(self, "test_tasks", "eval_query")
+        check_options(self)
         if not 1 <= self.test_set <= MAX_TEST_SET:
             raise ConfigError(f"config: test_set must lie in [1, {MAX_TEST_SET}], got {self.test_set}")
         if self.episodes not in EPISODES:
             raise ConfigError(f"config: episodes must be one of {', '.join(EPISODES)}, got {self.episodes!r}")
-        for name in ("eval_ways", "eval_shots"):
-            if any(v < 1 for v in getattr(self, name)):
-                raise ConfigError(f"config: {name} must hold positive integers, got {getattr(self, name)}")
-        if any(s < 0 for s in self.eval_steps):
-            raise ConfigError(f"config: eval_steps must be >= 0, got {self.eval_steps}")
 
 
 SECTIONS: dict[str, type] = {
@@ -403,7 +383,7 @@ class Config:
                                   + f"; known options are {sorted(FLAT)}, or the sections {list(SECTIONS)}")
         for name, cls in SECTIONS.items():
             section = cls(**{key: _checked(_by_field[name, key], value) for key, value in nested[name].items()})
-            try:
+            try:  # each setting's rule (fastadapt.options), then the section's rules between settings
                 section.validate()
             except OptionError as error:
                 raise ConfigError(f"config: {error}") from None
