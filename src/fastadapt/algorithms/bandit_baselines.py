@@ -26,7 +26,7 @@ from fastadapt.algorithms.base import RLMetaLearner
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.environments import BatchedBernoulliBandit
 from fastadapt.environments.noise import derive_seeds, uniform
-from fastadapt.options import NON_NEGATIVE, Options, setting
+from fastadapt.options import NON_NEGATIVE, Options, check_option, setting
 from fastadapt.rl.rollout import ENV_STREAM, POLICY_STREAM
 from fastadapt.tasks.mdp import MDPBatch
 
@@ -78,8 +78,7 @@ class UCBOptions(Options):
 class UCB1(BanditAlgorithm):
     def __init__(self, exploration: float = 1.0) -> None:
         super().__init__()
-        if not exploration >= 0:
-            raise ValueError(f"the UCB1 exploration coefficient must be >= 0, got {exploration}")
+        check_option(UCBOptions, "ucb_exploration", exploration)
         self.exploration = exploration
 
     def choose(self, counts, successes, t, noise):

@@ -29,7 +29,7 @@ from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.models.policies import RecurrentPolicy
 from fastadapt.options import NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, Options, setting
 from fastadapt.rl import Episodes, clipped_surrogate_loss, gae, masked_mean_per_task, replay, rollout
-from fastadapt.rl.returns import ReturnOptions, check_discount
+from fastadapt.rl.returns import ReturnOptions
 from fastadapt.tasks.mdp import MDPBatch
 
 
@@ -55,11 +55,11 @@ class RL2(RLMetaLearner):
         for name, value in (("trials", trials), ("epochs", epochs), ("minibatches", minibatches)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 < clip < 1:
-            raise ValueError(f"the PPO clip range must lie in (0, 1), got {clip}")
+        ReturnOptions(gamma, gae_lambda)
+        PPOOptions(clip, epochs, minibatches, value_coef, entropy_coef, max_grad_norm)
         self.policy = policy
         self.trials, self.epochs, self.minibatches = trials, epochs, minibatches
-        self.gamma, self.gae_lambda = check_discount("gamma", gamma), check_discount("gae_lambda", gae_lambda)
+        self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
         self.clip, self.value_coef, self.entropy_coef, self.max_grad_norm = clip, value_coef, entropy_coef, max_grad_norm
 
     def sample(self, tasks: MDPBatch, trials: int) -> Episodes:
