@@ -15,9 +15,9 @@ block's settings (20 tasks of 20 trajectories, horizon 100, TRPO on every task's
 ``GaussianMLPPolicy`` builds; without ``--hidden-sizes`` the command line builds 2 x 40, a third of the
 work); both are timed over all but their last iteration, as the command line validates at its last one.
 
-Both sides seed 0, so they do the same work only if they print the same numbers: the loop's
-``metrics[KEY]`` after each iteration against metrics.jsonl's KEY (the loss; the return with ``--rl``). The
-script says whether they do and stops with an error where they do not.
+Both sides seed 0, and the script compares the loop's ``metrics[KEY]`` after every iteration with
+metrics.jsonl's KEY (the loss; the return with ``--rl``): they agree only where the two sides do the same
+work, so it stops with an error where they do not.
 """
 from __future__ import annotations
 
