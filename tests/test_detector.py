@@ -77,7 +77,8 @@ def test_template_matchings_best_peak_is_its_single_best_match(job):
     found = learner.find(learner.prepare(references), canvases, 4, 0.5)
     assert found.boxes.shape == (8, 8, 4, 4) and found.masks.shape == (8, 8, 96, 96)
     diagonal = torch.arange(8)
-    assert torch.allclose(found.scores[diagonal, diagonal, 0], single.scores.to(found.scores.dtype))
+    # the scores carry best_match's bonus for the template's size (at most 1e-4)
+    assert torch.allclose(found.scores[diagonal, diagonal, 0], single.scores.to(found.scores.dtype), atol=1e-4)
     # equal scores at two shifts (a plateau) may be taken in another order: the same box up to a pixel
     best = found.boxes[diagonal, diagonal, 0]
     assert (best - single.boxes).abs().max() <= 1 and (best == single.boxes).all(1).sum() >= 6

@@ -389,7 +389,7 @@ def test_a_busy_port_is_a_one_line_error(capsys):
 
 def test_serving_beyond_this_machine_warns(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(web, "serve", lambda served, host, port: calls.append((host, port)))
+    monkeypatch.setattr(web, "serve", lambda served, host, port, finder=None: calls.append((host, port)))
     monkeypatch.setattr("fastadapt.serve.model.choose_model", lambda *a, **k: serve_pixels())
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]

@@ -74,3 +74,47 @@ def test_drawing_on_the_page_classifies_test_characters(browser, omniglot_dir, q
         (ARTIFACTS / "serve-page.json").write_text(json.dumps({"shown": shown, "correct": correct}, indent=1))
     assert correct >= 10, shown  # of 15 drawn queries; the quick model gets about 85% of drawn queries right
     assert screenshot.stat().st_size > 10_000
+
+
+FOUND = """
+const result = document.getElementById('find-result');
+if (result.dataset.current !== 'true' || result.dataset.boxes === undefined) return null;
+return {boxes: JSON.parse(result.dataset.boxes), summary: document.getElementById('find-summary').textContent,
+        rects: document.querySelectorAll('#find-boxes rect.found').length,
+        truth: document.querySelectorAll('#find-boxes rect.truth').length,
+        scene: document.getElementById('find-scene').getAttribute('src')};
+"""
+
+
+def test_find_it_on_the_page_shows_what_the_api_finds(browser, omniglot_dir):
+    """A test character drawn with the mouse in the "find it" pad: the page boxes what POST /api/find answers for
+    that drawing, on the scene it shows; "new scene" draws another."""
+    from fastadapt.serve.find import SceneFinder, template_matching_detector
+    from fastadapt.serve.model import serve_pixels
+    from test_serve_find import find
+
+    characters = HeldOutCharacters(omniglot_dir)
+    name = characters.names[7]
+    finder = SceneFinder(template_matching_detector(), str(omniglot_dir))
+    with using_threads(1), BackgroundServer(serve_pixels(), finder=finder) as url:
+        browser.get(url)
+        wait_for(browser, "return document.body.dataset.ready === 'true'")
+        pad = browser.find_element("id", "find-canvas")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
+        mouse_strokes(browser, pad, canvas_strokes(characters.image(name, 0)))
+        symbol = browser.execute_script("return document.getElementById('find-canvas').toDataURL('image/png')")
+        for seed in (0, 1):
+            page = wait_for(browser, FOUND)
+            status, reply = find(url, {"symbol": {"image": symbol, "drawn": True}, "characters": 8, "copies": 2,
+                                       "seed": seed})
+            assert status == 200, reply
+            assert page["boxes"] == [d["box"] for d in reply["detections"]] and page["scene"] == reply["scene"]
+            assert page["rects"] == len(reply["detections"]) and page["truth"] == 2
+            assert page["summary"].startswith(f"{len(reply['detections'])} found;")
+            if seed == 0:
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                browser.save_screenshot(str(ARTIFACTS / "serve-find.png"))
+                browser.find_element("id", "find-new").click()
+        browser.find_element("css selector", "#find-symbol .buttons button:nth-child(2)").click()  # clear
+        wait_for(browser, "return document.getElementById('find-status').textContent.startsWith('draw a symbol')")
+        assert browser.execute_script("return document.getElementById('find-result').dataset.boxes") == "[]"

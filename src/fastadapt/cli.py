@@ -342,8 +342,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as error:
         raise ValueError(f"fastadapt serve needs FastAPI and uvicorn ({error.name or error} is not installed): "
                          "pip install 'fastadapt[serve]'") from None
+    from fastadapt.detector import FewShotDetector
     from fastadapt.serve.app import LOCAL_HOSTS, serve
-    from fastadapt.serve.model import choose_model
+    from fastadapt.serve.find import SceneFinder, template_matching_detector
+    from fastadapt.serve.model import choose_model, omniglot_here
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1 to 65535, got {args.port}")
@@ -356,11 +358,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.host not in LOCAL_HOSTS:
         print(f"fastadapt: warning: serving on {args.host}, not only this machine: anyone who can reach port "
               f"{args.port} can use the page and the API (there is no login)", file=sys.stderr)
+    detector = FewShotDetector.from_run(args.detector) if args.detector else template_matching_detector()
+    finder = SceneFinder(detector, omniglot_here(args.data_root))
     served = choose_model(args.run_dir, data_root=args.data_root, allow_training=not args.no_train)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"fastadapt: serving {served.summary}\n  open http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
+    print(f"fastadapt: serving {served.summary}; finding symbols with {detector.config.method.name}\n"
+          f"  open http://{shown}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:
-        serve(served, args.host, args.port)
+        serve(served, args.host, args.port, finder)
     except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again: the way to stop, not an error
         print("fastadapt: stopped serving", file=sys.stderr)
 
@@ -606,7 +611,7 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
                                                           "images: OUT-<n>-<image>.png) (default: none)")
     detect.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     detect.add_argument("--min-score", type=float, metavar="S",
-                        help="the score a box needs (default: the method's, 0.5 for template matching's NCC)")
+                        help="the score a box needs (default: the method's, 0.55 for template matching's NCC)")
     detect.add_argument("--scale", type=float, metavar="F", help="rescale the images by F before searching "
                                                                  "(default: from the examples' size)")
     detect.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -628,6 +633,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                                                         "(default: $FASTADAPT_DATA, else the data cache)")
     web.add_argument("--no-train", action="store_true", help="without a run, serve k-NN on raw pixels rather than "
                                                              "train a quick ProtoNet (default: off)")
+    web.add_argument("--detector", metavar="RUN", help="the segmentation run that finds symbols in the page's \"find "
+                                                       "it\" mode (default: template matching, which needs no run)")
     web.set_defaults(func=cmd_serve)
 
 

@@ -209,8 +209,9 @@ class TemplateMatching(SegmentationLearner):
         return template_bank(templates.ink, templates.box)
 
     def find(self, prepared: TemplateBank, canvases: torch.Tensor, count: int, min_score: float) -> Found:
-        """The peaks of the best template's NCC over the shifts (ties between templates broken as in
-        ``best_match``), each as that template's box; the mask: the templates pasted there, on the canvas's ink."""
+        """The peaks of the best template's NCC over the shifts, each as that template's box; the mask: the
+        templates pasted there, on the canvas's ink. Scores carry ``best_match``'s bonus (at most TIE_BREAK) for
+        the template's size, so that of two equal matches the whole object comes before its part."""
         drawn = ink(canvases)
         height, width = drawn.shape[-2:]
         found = []
@@ -218,9 +219,8 @@ class TemplateMatching(SegmentationLearner):
             bank = prepared.select(slice(r, r + 1))
             area = (bank.templates.box[..., 2] * bank.templates.box[..., 3]).to(bank.mean.dtype) / (height * width)
             for chunk in drawn.split(CHUNK):
-                scores = bank_ncc(bank, chunk.to(bank.mean.dtype))  # (canvases, K, H, W)
-                template = (scores + TIE_BREAK * area[..., None, None]).argmax(-3)  # (canvases, H, W)
-                best = scores.gather(-3, template[:, None])[:, 0]
+                scores = bank_ncc(bank, chunk.to(bank.mean.dtype)).add_(TIE_BREAK * area[..., None, None])
+                best, template = scores.max(-3)  # (canvases, H, W)
                 values, index = peaks(best, count)
                 template = template.flatten(1).gather(1, index)
                 shift = torch.stack([index // width, index % width], -1)

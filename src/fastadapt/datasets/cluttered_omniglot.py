@@ -190,6 +190,34 @@ def generate_canvases(
     return Job(canvases, masks, references, boxes)
 
 
+def scene_with(rng: np.random.RandomState, target: Image.Image, distractors: Sequence[Image.Image], copies: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A canvas drawn the benchmark's way holding ``copies`` drawings of ``target`` (a 105x105 mode-"1" glyph, ink
+    = 1), each its own random transform, colour and place, drawn last after one drawing of each distractor; and
+    the target's reference (scale 1, centred, as the benchmark's). Returns the canvas (96, 96, 3), the reference
+    (32, 32, 3) and the copies' boxes (copies, 4) as (left, top, width, height). An extension for the web page's
+    "find it" mode (the benchmark has one target a canvas); a target whose every transform is empty is a
+    ValueError."""
+    canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE, 3), np.uint8)
+    for glyph in distractors:
+        drawn = _draw(rng, glyph)
+        if drawn is not None:
+            _paste_at_random(rng, canvas, *drawn)
+    boxes = []
+    for _ in range(copies):
+        drawn = next((d for d in (_draw(rng, target) for _ in range(20)) if d is not None), None)
+        if drawn is None:
+            raise ValueError("the symbol leaves no ink once drawn at the benchmark's size")
+        left, top = _paste_at_random(rng, canvas, *drawn)
+        boxes.append((left, top, drawn[0].shape[1], drawn[0].shape[0]))
+    reference = np.zeros((REFERENCE_SIZE, REFERENCE_SIZE, 3), np.uint8)
+    drawn = next((d for d in (_draw(rng, target, scale=1.0) for _ in range(20)) if d is not None), None)
+    if drawn is None:
+        raise ValueError("the symbol leaves no ink once drawn at the benchmark's size")
+    _paste_centred(reference, *drawn)
+    return canvas, reference, np.array(boxes, np.int64).reshape(-1, 4)
+
+
 def canvas_md5(canvas: np.ndarray) -> str:
     """The MD5 the official generator prints for a canvas (its uint8 bytes in C order)."""
     return hashlib.md5(np.ascontiguousarray(canvas, dtype=np.uint8).tobytes()).hexdigest()

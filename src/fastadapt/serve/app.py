@@ -5,6 +5,10 @@
     POST /api/classify   {"support": [{"label": "a", "image": "<base64 PNG/JPEG/...>", "drawn": true}, ...],
                           "queries": [{"image": "...", "drawn": true}], "invert": null | true | false | "auto"}
                          -> {"classes": [...], "predictions": [{"class": "a", "probabilities": [...]}], ...}
+    POST /api/find       {"symbol": {"image": "...", "drawn": true}, "scene": null | {"image": "..."},
+                          "characters": 8, "copies": 2, "seed": 0}
+                         -> {"scene": "<PNG data URL>", "detections": [{"box": [left, top, width, height],
+                             "score": 0.93}], "mask": "<PNG data URL>", "truth": [[...]] | null, ...}
 
 Requests are checked before any work: the body's size (413), its type (415), its JSON and fields (400 for
 malformed JSON, 422 for a field out of range), then each image's encoded size, its format (PNG, JPEG,
@@ -36,7 +40,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastadapt.datasets.drawing import on_white
-from fastadapt.serve.model import MAX_CLASSES, ServedModel, png_data_url
+from fastadapt.serve.find import SceneFinder, template_matching_detector
+from fastadapt.serve.model import MAX_CLASSES, ServedModel, omniglot_here, png_data_url
 
 STATIC = Path(__file__).parent / "static"
 # --- limits (the README states them) ---
@@ -48,6 +53,8 @@ MAX_REQUEST_PIXELS = 16 * 2**20  # all images of one request together, decoded
 MAX_PER_CLASS = 20  # support images of one class
 MAX_QUERIES = 20
 MAX_LABEL_CHARS = 64
+MAX_SCENE_CHARACTERS = 32  # characters of a scene drawn for "find it"
+MAX_COPIES = 4  # copies of the symbol in it
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: Connections served at once; more are answered 503 at once rather than queued without bound.
@@ -89,10 +96,28 @@ class ClassifyIn(BaseModel):
     return_inputs: bool = Field(False, description="also return what the network saw, as PNG data URLs")
 
 
+class SceneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    image: str = Field(max_length=_BASE64_CHARS, description="a scene to search (PNG, JPEG, ...) in base64 or as a "
+                                                             "data: URL")
+
+
+class FindIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    symbol: ImageIn = Field(description="the symbol to find (drawn: dark strokes on light)")
+    scene: SceneIn | None = Field(None, description="the scene to search; null: a scene of Omniglot test "
+                                                    "characters holding copies of the symbol, drawn here")
+    characters: int = Field(8, ge=1, le=MAX_SCENE_CHARACTERS, description="characters of a drawn scene, copies "
+                                                                          "included")
+    copies: int = Field(2, ge=1, le=MAX_COPIES, description="copies of the symbol in a drawn scene")
+    seed: int = Field(0, ge=0, lt=2**32, description="the drawn scene's random seed")
+
+
 def limits() -> dict[str, Any]:
     return {"max_body_bytes": MAX_BODY_BYTES, "max_image_bytes": MAX_IMAGE_BYTES, "max_image_side": MAX_IMAGE_SIDE,
             "max_request_pixels": MAX_REQUEST_PIXELS, "classes": [2, MAX_CLASSES], "max_per_class": MAX_PER_CLASS,
-            "max_queries": MAX_QUERIES, "max_label_chars": MAX_LABEL_CHARS, "formats": list(IMAGE_FORMATS)}
+            "max_queries": MAX_QUERIES, "max_label_chars": MAX_LABEL_CHARS, "formats": list(IMAGE_FORMATS),
+            "scene_characters": [1, MAX_SCENE_CHARACTERS], "copies": [1, MAX_COPIES]}
 
 
 # --- images ---
@@ -149,11 +174,15 @@ def check_classes(labels: Sequence[str]) -> None:
 
 
 # --- the app ---
-def create_app(served: ServedModel, allowed_hosts: Sequence[str] = ("*",)) -> FastAPI:
+def create_app(served: ServedModel, allowed_hosts: Sequence[str] = ("*",), finder: SceneFinder | None = None
+               ) -> FastAPI:
+    """The app; ``finder``: what "find it" uses (default: template matching, scenes from the Omniglot archives
+    found on this machine, if any)."""
     app = FastAPI(title="fastadapt", docs_url=None, redoc_url=None)  # the docs pages load scripts from a CDN
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.add_middleware(GuardRequests)
-    description = {**served.describe(), "limits": limits()}
+    finder = finder or SceneFinder(template_matching_detector(), omniglot_here(None))
+    description = {**served.describe(), "find": finder.describe(), "limits": limits()}
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(_request: Any, error: RequestValidationError) -> JSONResponse:
@@ -196,6 +225,23 @@ def create_app(served: ServedModel, allowed_hosts: Sequence[str] = ("*",)) -> Fa
         if request.return_inputs:
             urls = [png_data_url(image) for image in inputs]
             reply["inputs"] = {"support": urls[:len(support)], "queries": urls[len(support):]}
+        reply["milliseconds"] = round(1000 * (time.perf_counter() - start), 2)
+        return reply
+
+    @app.post("/api/find")
+    def find(request: FindIn) -> dict[str, Any]:
+        start = time.perf_counter()
+        if request.scene is None and request.copies > request.characters:
+            raise RequestError(422, f"copies: {request.copies} copies do not fit in a scene of {request.characters} "
+                                    "characters")
+        items = [(request.symbol.image, "the symbol")] + ([] if request.scene is None else [(request.scene.image,
+                                                                                              "the scene")])
+        images = decode_images(items)
+        try:
+            reply = finder.find(images[0], images[1] if request.scene else None, request.characters, request.copies,
+                                request.seed)
+        except (ValueError, TypeError) as error:
+            raise RequestError(422, str(error)) from None
         reply["milliseconds"] = round(1000 * (time.perf_counter() - start), 2)
         return reply
 
@@ -282,27 +328,29 @@ class GuardRequests:
 
 
 # --- running it ---
-def server_config(served: ServedModel, host: str = "127.0.0.1", port: int = 8000) -> uvicorn.Config:
+def server_config(served: ServedModel, host: str = "127.0.0.1", port: int = 8000,
+                  finder: SceneFinder | None = None) -> uvicorn.Config:
     """One process serving ``served`` on ``host``:``port``; Host headers other than this machine's names (or
     ``host``) are refused, so a web page elsewhere cannot reach the server through DNS rebinding."""
     wildcard = host in ("0.0.0.0", "::", "")
     allowed = ["*"] if wildcard else sorted({*LOCAL_HOSTS, "[::1]", host})
-    return uvicorn.Config(create_app(served, allowed), host=host, port=port, log_level="warning",
+    return uvicorn.Config(create_app(served, allowed, finder), host=host, port=port, log_level="warning",
                           limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5)
 
 
-def serve(served: ServedModel, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(served: ServedModel, host: str = "127.0.0.1", port: int = 8000, finder: SceneFinder | None = None) -> None:
     """Serve until interrupted; inference runs on one thread per request (requests run side by side)."""
     torch.set_num_threads(1)
-    uvicorn.Server(server_config(served, host, port)).run()
+    uvicorn.Server(server_config(served, host, port, finder)).run()
 
 
 class BackgroundServer:
     """The app served from a thread of this process (tests, the benchmark): ``with BackgroundServer(served) as
     url: ...``; port 0 picks a free one."""
 
-    def __init__(self, served: ServedModel, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = uvicorn.Server(server_config(served, host, port))
+    def __init__(self, served: ServedModel, host: str = "127.0.0.1", port: int = 0,
+                 finder: SceneFinder | None = None) -> None:
+        self.server = uvicorn.Server(server_config(served, host, port, finder))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:

@@ -226,6 +226,11 @@ def choose_model(run_dir: str | os.PathLike | None, runs_root: str | os.PathLike
 def png_data_url(image: torch.Tensor) -> str:
     """A prepared network input (C, H, W) in [0, 1] as a PNG data URL, for the page to show."""
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return png_url(np.ascontiguousarray(array.squeeze(2) if array.shape[2] == 1 else array))
+
+
+def png_url(array: np.ndarray) -> str:
+    """An image (H, W) / (H, W, 3 or 4) uint8 as a PNG data URL."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array.squeeze(2) if array.shape[2] == 1 else array)).save(buffer, "PNG")
+    Image.fromarray(array).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,4 +1,5 @@
-// fastadapt serve: draw a few examples per class, draw a query, see it classified (POST /api/classify).
+// fastadapt serve: draw a few examples per class, draw a query, see it classified (POST /api/classify);
+// "find it": draw a symbol, see it found in a cluttered scene (POST /api/find).
 "use strict";
 
 const PEN_WIDTH = 9;             // canvas pixels (canvases are 210 wide); the server redraws any width
@@ -333,6 +334,128 @@ function curve(title, points) {
   return element("figure", {}, [svg, element("figcaption", {text: title})]);
 }
 
+// ---- "find it": a symbol found in a cluttered scene ----
+const finding = {pad: null, scene: null, seed: 0, version: 0, timer: null, inFlight: null};
+
+function findChanged() {
+  finding.version += 1;
+  document.getElementById("find-result").dataset.current = "false";
+  clearTimeout(finding.timer);
+  finding.timer = setTimeout(find, DEBOUNCE_MS);
+}
+
+function sayFound(text, error = false) {
+  const status = document.getElementById("find-status");
+  status.textContent = text;
+  status.classList.toggle("error", error);
+}
+
+async function find() {
+  const version = finding.version;
+  if (finding.inFlight) finding.inFlight.abort();
+  if (finding.pad.isEmpty()) {
+    showFound(null, version);
+    sayFound("draw a symbol to find (or upload one)");
+    return;
+  }
+  const body = {symbol: finding.pad.item(), seed: finding.seed,
+                characters: Number(document.getElementById("find-characters").value),
+                copies: Number(document.getElementById("find-copies").value),
+                scene: finding.scene ? {image: finding.scene} : null};
+  const controller = new AbortController();
+  finding.inFlight = controller;
+  sayFound("searching…");
+  const started = performance.now();
+  try {
+    const response = await fetch("/api/find", {method: "POST", headers: {"Content-Type": "application/json"},
+                                               body: JSON.stringify(body), signal: controller.signal});
+    const reply = await response.json();
+    if (version !== finding.version) return;
+    if (!response.ok) {
+      showFound(null, version);
+      sayFound(reply.error || `error ${response.status}`, true);
+      return;
+    }
+    showFound(reply, version);
+    sayFound(`searched in ${Math.round(performance.now() - started)} ms (server: ${reply.milliseconds} ms)`);
+  } catch (error) {
+    if (error.name !== "AbortError" && version === finding.version) sayFound(`the server did not answer: ${error.message}`, true);
+  } finally {
+    if (finding.inFlight === controller) finding.inFlight = null;
+  }
+}
+
+function iou(a, b) {
+  const w = Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]);
+  const h = Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]);
+  const inter = Math.max(w, 0) * Math.max(h, 0);
+  return inter > 0 ? inter / (a[2] * a[3] + b[2] * b[3] - inter) : 0;
+}
+
+function showFound(reply, version) {
+  const result = document.getElementById("find-result");
+  const svg = document.getElementById("find-boxes");
+  const list = document.getElementById("find-list");
+  const summary = document.getElementById("find-summary");
+  result.dataset.version = String(version);
+  result.dataset.current = String(version === finding.version);
+  if (!reply) {
+    for (const id of ["find-scene", "find-mask"]) document.getElementById(id).removeAttribute("src");
+    svg.replaceChildren();
+    list.replaceChildren();
+    summary.textContent = "–";
+    result.dataset.boxes = "[]";
+    return;
+  }
+  document.getElementById("find-scene").src = reply.scene;
+  document.getElementById("find-mask").src = reply.mask;
+  document.getElementById("find-stage").style.aspectRatio = `${reply.width} / ${reply.height}`;
+  svg.setAttribute("viewBox", `0 0 ${reply.width} ${reply.height}`);
+  const ns = "http://www.w3.org/2000/svg";
+  const rect = (box, kind, score) => {
+    const node = document.createElementNS(ns, "rect");
+    for (const [k, v] of Object.entries({x: box[0], y: box[1], width: box[2], height: box[3], class: kind})) node.setAttribute(k, v);
+    if (score !== undefined) node.dataset.score = String(score);
+    return node;
+  };
+  const boxes = reply.detections.map((d) => d.box);
+  svg.replaceChildren(...(reply.truth || []).map((box) => rect(box, "truth")),
+                      ...reply.detections.map((d) => rect(d.box, "found", d.score)));
+  list.replaceChildren(...reply.detections.map((d) => element("li", {
+    text: `${d.score.toFixed(3)} at (${d.box.map((v) => Math.round(v)).join(", ")})`})));
+  let text = `${reply.detections.length} found`;
+  if (reply.truth) {
+    const hits = reply.truth.filter((t) => boxes.some((b) => iou(t, b) >= 0.5)).length;
+    text += `; ${hits} of ${reply.truth.length} copies boxed (IoU ≥ 0.5)`;
+  }
+  summary.textContent = text;
+  result.dataset.boxes = JSON.stringify(boxes);
+}
+
+function startFinding(model) {
+  finding.pad = new Pad(document.getElementById("find-canvas"), findChanged);
+  document.querySelector("#find-symbol .buttons").replaceChildren(...buttons(finding.pad, ({image}) => finding.pad.show(image)));
+  const characters = document.getElementById("find-characters");
+  const copies = document.getElementById("find-copies");
+  for (const n of [4, 8, 16, 32]) characters.append(element("option", {value: String(n), text: String(n)}));
+  for (let n = 1; n <= model.limits.copies[1]; n += 1) copies.append(element("option", {value: String(n), text: String(n)}));
+  characters.value = "8";
+  copies.value = "2";
+  characters.addEventListener("change", findChanged);
+  copies.addEventListener("change", findChanged);
+  document.getElementById("find-new").addEventListener("click", () => { finding.seed += 1; findChanged(); });
+  const drawnScenes = document.getElementById("find-drawn");
+  const upload = document.getElementById("find-upload");
+  upload.addEventListener("change", async () => {
+    try {
+      if (upload.files.length) { finding.scene = (await readImage(upload.files[0])).url; drawnScenes.hidden = false; findChanged(); }
+    } catch (error) { sayFound(error.message, true); }
+    upload.value = "";
+  });
+  drawnScenes.addEventListener("click", () => { finding.scene = null; drawnScenes.hidden = true; findChanged(); });
+  if (!model.find.scenes) sayFound("no Omniglot archives on the server to draw scenes from: upload a scene");
+}
+
 async function start() {
   const queryCard = document.getElementById("query");
   state.query = new Pad(document.getElementById("query-canvas"), changed);
@@ -341,6 +464,7 @@ async function start() {
     const response = await fetch("/api/model");
     state.model = await response.json();
     describeModel(state.model);
+    startFinding(state.model);
     document.body.dataset.ready = "true";
   } catch (error) {
     say(`could not read the model from the server: ${error.message}`, true);
