@@ -2,12 +2,15 @@
 
 Every task distribution p(T) hands out *batches* of tasks as stacked tensors
 (tasks x examples x ...), so algorithms can process a meta-batch in one
-vectorised call instead of a Python loop over tasks.
+vectorised call instead of a Python loop over tasks. What a batch holds is its
+family's to define (image episodes: ``TaskBatch``; MDPs: ``tasks.mdp.MDPBatch``;
+canvases: ``SegmentationBatch``, ``DetectionBatch``); the trainer and the
+evaluation read only the ``Batch`` contract.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -40,9 +43,57 @@ def fixed_stream_seeds() -> dict[str, int]:
     return {"validation": SPLIT_SEED_OFFSETS["val"], "test set 1": SPLIT_SEED_OFFSETS["test"]}
 
 
+class Batch:
+    """A batch of tasks, holding whatever its family's tasks are made of. The trainer and the evaluation need
+    only this: how many tasks it holds, a copy on a device, a selection of its tasks (a slice or an index
+    tensor), and chunks of them (memory-saving mode). A learner reads the batch type of the families it
+    learns on."""
+
+    @property
+    def num_tasks(self) -> int:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> "Batch":
+        raise NotImplementedError
+
+    def __getitem__(self, index: slice | torch.Tensor) -> "Batch":
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+    def split(self, chunk_size: int) -> list["Batch"]:
+        return [self[i : i + chunk_size] for i in range(0, self.num_tasks, chunk_size)]
+
+
+class TensorBatch(Batch):
+    """A dataclass ``Batch`` whose every field is a tensor with the tasks first: moved and indexed field by
+    field."""
+
+    #: copy to a device without waiting (image episodes: pinned-memory transfers overlap the step)
+    non_blocking: ClassVar[bool] = False
+
+    @property
+    def num_tasks(self) -> int:
+        return getattr(self, fields(self)[0].name).shape[0]
+
+    def to(self, device: torch.device | str) -> "TensorBatch":
+        return type(self)(*(getattr(self, f.name).to(device, non_blocking=self.non_blocking) for f in fields(self)))
+
+    def __getitem__(self, index: slice | torch.Tensor) -> "TensorBatch":
+        return type(self)(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    @classmethod
+    def cat(cls, batches: list["TensorBatch"]) -> "TensorBatch":
+        """The tasks of ``batches``, one after the other."""
+        return cls(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(cls)))
+
+
 @dataclass
-class TaskBatch:
+class TaskBatch(TensorBatch):
     """A batch of tasks. Shapes: x is (tasks, examples, *features); y is (tasks, examples, ...)."""
+
+    non_blocking: ClassVar[bool] = True
 
     support_x: torch.Tensor
     support_y: torch.Tensor
@@ -74,26 +125,6 @@ class TaskBatch:
                 f"query_x features {tuple(self.query_x.shape[2:])}"
             )
 
-    @property
-    def num_tasks(self) -> int:
-        return self.support_x.shape[0]
-
-    def to(self, device: torch.device | str) -> "TaskBatch":
-        return TaskBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
-
-    def __getitem__(self, index: slice | torch.Tensor) -> "TaskBatch":
-        """Select tasks (a slice or index tensor over the first dimension)."""
-        return TaskBatch(*(getattr(self, f.name)[index] for f in fields(self)))
-
-    def __len__(self) -> int:
-        return self.num_tasks
-
-    def split(self, chunk_size: int) -> list["TaskBatch"]:
-        return [self[i : i + chunk_size] for i in range(0, self.num_tasks, chunk_size)]
-
-    @staticmethod
-    def cat(batches: list["TaskBatch"]) -> "TaskBatch":
-        return TaskBatch(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(TaskBatch)))
 
 
 class TaskDistribution(Protocol):
@@ -106,9 +137,9 @@ class TaskDistribution(Protocol):
     loss: str
     output_size: int
 
-    def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch: ...
+    def sample(self, num_tasks: int, generator: torch.Generator) -> Batch: ...
 
-    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> TaskBatch:
+    def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> Batch:
         """A reproducible set of evaluation tasks: the same arguments give the same tasks."""
         ...
 

@@ -21,20 +21,21 @@ reference clipped to 32x32 when it is larger.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from fastadapt.datasets.cluttered_omniglot import (CANVAS_SIZE, MAX_ROTATION, MAX_SCALE, MAX_SHEAR, REFERENCE_SIZE,
                                                    SPLITS, generate_job, job_seeds)
+from fastadapt.tasks.base import TensorBatch
 
 _GLYPH = 105
 _SHRINK = 32 / 105
 
 
 @dataclass
-class SegmentationBatch:
+class SegmentationBatch(TensorBatch):
     """canvases (B, 3, 96, 96) uint8, references (B, 3, 32, 32) uint8, masks (B, 96, 96) bool (the target's
     pixels), boxes (B, 4) int64 as (left, top, width, height) of the target's cropped drawing."""
 
@@ -43,22 +44,7 @@ class SegmentationBatch:
     masks: torch.Tensor
     boxes: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "SegmentationBatch":
-        return SegmentationBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-    def __len__(self) -> int:
-        return self.canvases.shape[0]
-
-    @property
-    def num_tasks(self) -> int:
-        """Each canvas with its reference is a task (the trainer's and evaluation's word)."""
-        return len(self)
-
-    def __getitem__(self, index: slice | torch.Tensor) -> "SegmentationBatch":
-        return SegmentationBatch(*(getattr(self, f.name)[index] for f in fields(self)))
-
-    def split(self, chunk_size: int) -> list["SegmentationBatch"]:
-        return [self[i:i + chunk_size] for i in range(0, len(self), chunk_size)]
+    # each canvas with its reference is a task (the trainer's and evaluation's word)
 
 
 #: The per-task loss of segmentation tasks (``algorithms.metrics``): scored by mask IoU.
@@ -233,7 +219,7 @@ class OfficialCanvases:
                 break
             parts.append(self._job(job)[:left])
             left -= len(parts[-1])
-        return SegmentationBatch(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(SegmentationBatch)))
+        return SegmentationBatch.cat(parts)
 
     def _job(self, job: int) -> SegmentationBatch:
         if job not in self._jobs:

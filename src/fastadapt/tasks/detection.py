@@ -18,11 +18,11 @@ sampler from fixed seeds, in blocks of ``FIXED_BLOCK`` episodes so that more epi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
-from fastadapt.tasks.base import SPLIT_SEED_OFFSETS
+from fastadapt.tasks.base import SPLIT_SEED_OFFSETS, TensorBatch
 from fastadapt.tasks.boxes import Detections, GroundTruth
 from fastadapt.tasks.cluttered_omniglot import CANVAS_SHAPE, ClutteredOmniglotTasks
 
@@ -38,7 +38,7 @@ BLOCK_SEED_STRIDE = 2**20
 
 
 @dataclass
-class DetectionBatch:
+class DetectionBatch(TensorBatch):
     """Episodes: references (E, N, K, 3, 32, 32) uint8; canvases (E, Q, 3, 96, 96) uint8; boxes (E, Q, M, 4)
     int64 as (left, top, width, height) and classes (E, Q, M) int64 in 0..N-1 of each canvas's instances, padded
     with class -1 (M = MAX_TARGETS); masks (E, Q, N, 96, 96) bool, the visible pixels of each class's instances."""
@@ -49,22 +49,7 @@ class DetectionBatch:
     classes: torch.Tensor
     masks: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "DetectionBatch":
-        return DetectionBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-    def __len__(self) -> int:
-        return self.canvases.shape[0]
-
-    @property
-    def num_tasks(self) -> int:
-        """Each episode is a task."""
-        return len(self)
-
-    def __getitem__(self, index: slice | torch.Tensor) -> "DetectionBatch":
-        return DetectionBatch(*(getattr(self, f.name)[index] for f in fields(self)))
-
-    def split(self, chunk_size: int) -> list["DetectionBatch"]:
-        return [self[i:i + chunk_size] for i in range(0, len(self), chunk_size)]
+    # each episode is a task (its first dimension E)
 
     @property
     def targets(self) -> torch.Tensor:
@@ -156,5 +141,4 @@ class DetectionEpisodes:
         for block in range(-(-num_tasks // FIXED_BLOCK)):
             generator = torch.Generator().manual_seed(SPLIT_SEED_OFFSETS[split] + seed + block * BLOCK_SEED_STRIDE)
             blocks.append(self.sample(FIXED_BLOCK, generator))
-        return DetectionBatch(*(torch.cat([getattr(b, f.name) for b in blocks])[:num_tasks]
-                                for f in fields(DetectionBatch)))
+        return DetectionBatch.cat(blocks)[:num_tasks]

@@ -22,13 +22,13 @@ from fastadapt.environments.navigation import GOAL_RANGE, navigation_spaces
 from fastadapt.environments.extras import require_mujoco
 from fastadapt.environments.noise import derive_seeds
 from fastadapt.environments.parallel import BatchedGymnasium
-from fastadapt.tasks.base import SPLIT_SEED_OFFSETS
+from fastadapt.tasks.base import SPLIT_SEED_OFFSETS, Batch
 
 SEED_LIMIT = 2**32
 
 
 @dataclass
-class MDPBatch:
+class MDPBatch(Batch):
     """A batch of MDPs: ``env`` simulates all of them, ``seeds`` (tasks,) is each task's source of randomness."""
 
     env: BatchedEnv
@@ -43,14 +43,8 @@ class MDPBatch:
     def num_tasks(self) -> int:
         return self.env.num_tasks
 
-    def __len__(self) -> int:
-        return self.num_tasks
-
     def __getitem__(self, index: slice | torch.Tensor) -> "MDPBatch":
         return MDPBatch(self.env.select(index), self.seeds[index])
-
-    def split(self, chunk_size: int) -> list["MDPBatch"]:
-        return [self[i : i + chunk_size] for i in range(0, self.num_tasks, chunk_size)]
 
     def to(self, device: torch.device | str) -> "MDPBatch":
         return MDPBatch(self.env.to(device), self.seeds.to(device))

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastadapt.algorithms.base import MetaLearner
-from fastadapt.tasks.base import TaskBatch, TaskDistribution
+from fastadapt.tasks.base import Batch, TaskDistribution
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state
 from fastadapt.training.config import Config
 from fastadapt.training.device import resolve_device
@@ -201,7 +201,7 @@ class DistributedTrainer(Trainer):
         cfg: Config,
         learner: MetaLearner,
         tasks: TaskDistribution,
-        val_batches: Callable[[], Iterable[TaskBatch]] | None = None,
+        val_batches: Callable[[], Iterable[Batch]] | None = None,
         progress: bool = True,
         gradient_hook: Callable[[MetaLearner], None] | None = None,
     ) -> None:
@@ -225,12 +225,12 @@ class DistributedTrainer(Trainer):
         if self.group.rank > 0:
             torch.manual_seed(hash((self.cfg.training.seed, self.group.rank, self.iteration)) % 2**63)
 
-    def sample(self) -> TaskBatch:
+    def sample(self) -> Batch:
         """This rank's slice of the full meta-batch, which every rank draws from the same stream."""
         start = self.group.rank * self.share
         return super().sample()[start : start + self.share]
 
-    def step(self, batch: TaskBatch) -> dict[str, float]:
+    def step(self, batch: Batch) -> dict[str, float]:
         """One step on the averaged gradient; the metrics returned (and logged) are means over all ranks."""
         metrics = super().step(batch)
         values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=self.device)

@@ -11,7 +11,7 @@ import torch
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.metrics import Metric
-from fastadapt.tasks.base import TaskBatch
+from fastadapt.tasks.base import Batch
 from fastadapt.training.precision import autocast
 
 
@@ -135,7 +135,7 @@ def class_clustered(per_label: torch.Tensor, classes: torch.Tensor) -> Estimate:
 
 @torch.no_grad()
 def per_task_results(
-    learner: MetaLearner, batches: Iterable[TaskBatch], steps: Sequence[int | None], device: torch.device | str = "cpu",
+    learner: MetaLearner, batches: Iterable[Batch], steps: Sequence[int | None], device: torch.device | str = "cpu",
     precision: str = "fp32", advance: Callable[[int], object] | None = None, by_label: bool = False,
 ) -> dict[int | None, torch.Tensor]:
     """The metric of every task after each number of adaptation steps (None = the learner's default), with the
@@ -164,7 +164,7 @@ def per_task_results(
 
 def evaluate(
     learner: MetaLearner,
-    batches: Iterable[TaskBatch],
+    batches: Iterable[Batch],
     steps: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
     precision: str = "fp32",

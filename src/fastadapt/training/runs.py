@@ -19,7 +19,7 @@ from fastadapt.algorithms.registry import method_of
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.download import atomic_file
 from fastadapt.tasks import EpisodeTasks, WithinAlphabetEpisodes
-from fastadapt.tasks.base import TaskBatch, TaskDistribution
+from fastadapt.tasks.base import Batch, TaskDistribution
 from fastadapt.training import distributed
 from fastadapt.training.builders import build_learner, build_tasks, eval_settings, fixed_seed
 from fastadapt.training.checkpoint import load_checkpoint
@@ -54,7 +54,7 @@ EVALUATION_CHANGES = tuple(s.flat for s in FLAT.values() if s.resumable == "eval
 
 
 def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: int = EVAL_CHUNK,
-                  shuffle_support: bool = False, seed: int = 0) -> Iterable[TaskBatch]:
+                  shuffle_support: bool = False, seed: int = 0) -> Iterable[Batch]:
     """The fixed evaluation tasks of a split, in chunks (the same tasks every call); ``seed`` picks the draw
     (``builders.fixed_seed``: a run's test set).
 

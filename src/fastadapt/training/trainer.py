@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastadapt.algorithms.base import MetaLearner
-from fastadapt.tasks.base import TaskBatch, TaskDistribution
+from fastadapt.tasks.base import Batch, TaskDistribution
 from fastadapt.training.allocator import reuse_freed_memory
 from fastadapt.training.captured import captured_step
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
@@ -136,7 +136,7 @@ class Trainer:
         cfg: Config,
         learner: MetaLearner,
         tasks: TaskDistribution,
-        val_batches: Callable[[], Iterable[TaskBatch]] | None = None,
+        val_batches: Callable[[], Iterable[Batch]] | None = None,
         device: torch.device | str = "cpu",
         progress: bool = True,
         gradient_hook: Callable[[MetaLearner], None] | None = None,
@@ -276,7 +276,7 @@ class Trainer:
         self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.iteration + 1)
 
     # --- the loop ---
-    def step(self, batch: TaskBatch) -> dict[str, float]:
+    def step(self, batch: Batch) -> dict[str, float]:
         """One outer step on ``batch``; returns its metrics (means over its tasks).
 
         The meta-loss runs in the run's precision (bf16 autocast or fp32); its backward pass and the optimizer
@@ -337,7 +337,7 @@ class Trainer:
             self.scheduler.step()
         return metrics
 
-    def sample(self) -> TaskBatch:
+    def sample(self) -> Batch:
         return self.tasks.sample(self.cfg.training.meta_batch_size, self.generator)
 
     def validate(self) -> float | None:
