@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastadapt.options import UNIT_INTERVAL, Options, setting
+from fastadapt.options import UNIT_INTERVAL, Options, check_option, setting
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ def discount_matrix(length: int, factor: float, like: torch.Tensor) -> torch.Ten
 
 
 def check_discount(name: str, value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    """``value`` of ``gamma`` or ``gae_lambda`` as a float, checked by its declared rule (``ReturnOptions``)."""
+    check_option(ReturnOptions, name, value)
     return float(value)
 
 
