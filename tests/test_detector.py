@@ -120,6 +120,19 @@ def test_two_classes_each_found_where_it_is(tm_run, job):
     assert _matches(found, truth[:1], "first") > 0.9 and _matches(found, truth[1:], "second") > 0.9
 
 
+def test_a_k_shot_detection_run_finds_each_class_too_with_unequal_examples(omniglot_dir, tmp_path, job):
+    run = tmp_path / "template-detector"
+    assert main(["train", "--tasks", "cluttered-omniglot-detection", "--algorithm", "template-detector", "--k-shot", "1",
+                 "--iterations", "0", "--data-root", str(omniglot_dir), "--output-dir", str(run), "--no-eval",
+                 "--no-progress", "--threads", "1"]) == 0
+    scene, truth = _scene(job, [(0, 10, 10), (1, 120, 80), (0, 160, 20)])
+    detector = FewShotDetector.from_run(run).fit([job.references[0], job.references[0], job.references[1]],
+                                                 ["first", "first", "second"])  # 2 examples and 1: repeated
+    found = detector.detect([scene])[0]
+    assert (_matches(found, truth[[0, 2]], "first") > 0.9).all() and _matches(found, truth[1:2], "second") > 0.9
+    assert found.mask.shape == scene.shape[:2] and not found.mask.any()  # a detection run segments nothing
+
+
 def test_boxes_on_a_photograph_like_image_find_the_other_copies_at_its_own_scale(tm_run, job):
     """Dark strokes on light paper, 4x the benchmark's size: the example box sets the scale."""
     scene, truth = _scene(job, [(0, 10, 10), (0, 150, 90), (2, 80, 30)])

@@ -599,7 +599,7 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
     """``fastadapt detect`` and its options."""
     detect = commands.add_parser("detect", help="find every object like a few examples on your own images with a "
                                                 "trained cluttered-omniglot run: boxes, classes, scores")
-    detect.add_argument("run_dir", help="a trained segmentation run directory (holding best.pt)")
+    detect.add_argument("run_dir", help="a trained segmentation or K-shot detection run directory (holding best.pt)")
     examples = detect.add_mutually_exclusive_group(required=True)
     examples.add_argument("--support", metavar="DIR", help="example crops, one sub-folder per class "
                                                            "(DIR/<class>/<images>); one class is enough")

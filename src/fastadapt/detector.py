@@ -28,6 +28,10 @@ mapped back to the image's pixels and merged by non-maximum suppression across e
 (one class per object: the highest-scored), the ``max_detections`` best kept. The mask is the method's
 segmentation of each tile, kept inside the boxes found, at the image's size.
 
+Runs of the K-shot detection methods (``--tasks cluttered-omniglot-detection``) work too: all classes' examples
+are one episode's references (a class with fewer examples than the most has its own repeated in turn), the
+tiles its canvases; they give boxes and classes but no mask (an empty one).
+
 Thread safety is as ``FewShotClassifier``'s: the learner is never changed, ``fit`` replaces the fitted examples in
 one assignment, and ``find`` (fit and detect in one call) changes nothing on ``self``.
 """
@@ -42,8 +46,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_names, method_of
-from fastadapt.algorithms.segmentation import SegmentationLearner
 from fastadapt.classifier import load_trained_run
 from fastadapt.datasets.cluttered_omniglot import CANVAS_SIZE, REFERENCE_SIZE
 from fastadapt.datasets.preparation import ImageLike, to_pil
@@ -68,7 +72,7 @@ PER_TILE = 16
 #: The default score a match needs, per method (the scale of its score): template matching's maximises the F1 of
 #: its boxes on 300 val-one-shot canvases (benchmarks/detect_threshold.py, docs/results.md); otherwise 0.3, the
 #: probability the benchmark's masks are read at (not chosen: no trained run finds more than the ink yet).
-MIN_SCORES = {"template-matching": 0.55}
+MIN_SCORES = {"template-matching": 0.55, "template-detector": 0.55}
 DEFAULT_MIN_SCORE = 0.3
 #: Tiles searched at once (bounds the memory of one call).
 TILE_BATCH = 32
@@ -95,21 +99,21 @@ class ImageDetections:
 @dataclass(frozen=True)
 class _Fitted:
     classes: list[Hashable]
-    reference_classes: torch.Tensor  # the class index of each reference
-    prepared: Any  # the learner's ``prepare`` of the references
+    reference_classes: torch.Tensor  # the class index of each reference (segmentation runs)
+    prepared: Any  # the learner's ``prepare`` (segmentation) or ``adapt`` (detection) of the references
     scale: float
 
 
 class FewShotDetector:
-    def __init__(self, learner: SegmentationLearner, config: Config, min_score: float | None = None,
+    def __init__(self, learner: MetaLearner, config: Config, min_score: float | None = None,
                  iou_threshold: float = 0.5, max_detections: int = 100, scale: float | None = None,
                  device: str = "cpu") -> None:
         """``min_score``: the score a match needs (None: the method's default, MIN_SCORES); ``iou_threshold``:
         matches overlapping a better one by more are dropped; ``scale``: the factor images are rescaled by (None:
         from the examples, see the module's docstring)."""
-        if not method_of(config).segmentation:
+        if not finds_objects(config):
             raise ValueError(f"a {config.method.name} run trained on {config.task.family} finds no objects; a "
-                             f"detector needs a run of {' / '.join(method_names(segmentation=True))}")
+                             f"detector needs a run of {detector_methods()}")
         if scale is not None and not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a positive number, got {scale}")
         if not 0 <= iou_threshold <= 1:
@@ -127,9 +131,9 @@ class FewShotDetector:
     def from_run(cls, run_dir: str | os.PathLike, checkpoint: str = "best", **options: Any) -> "FewShotDetector":
         """The run's best (or last) weights; ``options`` are the constructor's."""
         config, learner = load_trained_run(run_dir, checkpoint)
-        if not method_of(config).segmentation:
+        if not finds_objects(config):
             raise ValueError(f"{run_dir} is a {config.method.name} run, which finds no objects; a detector needs a "
-                             f"run of {' / '.join(method_names(segmentation=True))} (--tasks cluttered-omniglot)")
+                             f"run of {detector_methods()} (--tasks cluttered-omniglot or cluttered-omniglot-detection)")
         return cls(learner, config, **options)
 
     # --- scikit-learn's estimator conventions ---
@@ -230,9 +234,15 @@ class FewShotDetector:
             raise TypeError("labels must be all strings or all numbers, to be sorted into classes_") from None
         index = {c: i for i, c in enumerate(classes)}
         stacked = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).contiguous().to(self._device)
+        reference_classes = torch.tensor([index[label] for label in labels])
         with torch.no_grad():
-            prepared = self.learner.prepare(stacked)
-        return _Fitted(classes, torch.tensor([index[label] for label in labels]), prepared, scale)
+            if method_of(self.config).segmentation:
+                prepared = self.learner.prepare(stacked)
+            else:  # one episode: (1, classes, shots, 3, 32, 32), a class's examples repeated up to the most
+                shots = int(torch.bincount(reference_classes).max())
+                episode = [stacked[reference_classes == c].repeat(shots, 1, 1, 1)[:shots] for c in range(len(classes))]
+                prepared = self.learner.adapt(torch.stack(episode)[None])
+        return _Fitted(classes, reference_classes, prepared, scale)
 
     def _detect(self, fitted: _Fitted, image: ImageLike, name: str) -> ImageDetections:
         rgb = read_rgb(image, name)
@@ -240,23 +250,42 @@ class FewShotDetector:
         scaled = rescale(foreground(rgb), fitted.scale)
         tiles, origins = cut_tiles(scaled)
         threshold = self.threshold
-        boxes, scores, masks = [], [], []
+        boxes, scores, classes, masks = [], [], [], []
         with torch.no_grad():
             for start in range(0, len(tiles), TILE_BATCH):
-                found = self.learner.find(fitted.prepared, tiles[start:start + TILE_BATCH].to(self._device),
-                                          PER_TILE, threshold)
-                shift = origins[start:start + TILE_BATCH].to(found.boxes.dtype)
-                boxes.append(found.boxes.cpu() + torch.cat([shift.flip(1), torch.zeros_like(shift)], 1)[None, :, None])
-                scores.append(found.scores.cpu())
-                masks.append(found.masks.any(0).cpu())
-        boxes, scores = torch.cat(boxes, 1), torch.cat(scores, 1)  # (references, tiles, count, ...)
-        classes = fitted.reference_classes[:, None, None].expand(scores.shape)
+                batch = tiles[start:start + TILE_BATCH].to(self._device)
+                shift = origins[start:start + TILE_BATCH].to(torch.float32)
+                offset = torch.cat([shift.flip(1), torch.zeros_like(shift)], 1)[:, None]  # (tiles, 1, 4)
+                if method_of(self.config).segmentation:
+                    found = self.learner.find(fitted.prepared, batch, PER_TILE, threshold)
+                    boxes.append((found.boxes.cpu() + offset[None]).transpose(0, 1).flatten(1, 2))
+                    scores.append(found.scores.cpu().transpose(0, 1).flatten(1))  # (tiles, references x count)
+                    classes.append(fitted.reference_classes.repeat_interleave(found.scores.shape[-1])
+                                   .expand(len(batch), -1))
+                    masks.append(found.masks.any(0).cpu())
+                else:
+                    found = self.learner.detect(fitted.prepared, batch[None])[0].cpu()  # (tiles, D, 6)
+                    boxes.append(found[..., :4] + offset)
+                    scores.append(torch.where(found[..., 5] >= 0, found[..., 4], -math.inf))
+                    classes.append(found[..., 5].long().clamp(min=0))
+                    masks.append(torch.zeros(len(batch), *batch.shape[-2:], dtype=torch.bool))
+        boxes, scores, classes = torch.cat(boxes), torch.cat(scores), torch.cat(classes)  # (tiles, n, ...)
         keep = scores >= threshold
         boxes, scores, classes = boxes[keep] / fitted.scale, scores[keep].double(), classes[keep]
         kept = nms(boxes, scores, self.iou_threshold)[:self.max_detections]
         mask = stitch(torch.cat(masks), origins, scaled.shape[:2], (height, width))
         return ImageDetections(boxes[kept].double().numpy(), scores[kept].numpy(),
                                [fitted.classes[i] for i in classes[kept].tolist()], mask, fitted.scale)
+
+
+def finds_objects(config: Config) -> bool:
+    """Whether a run's method finds objects on images: a segmentation or a K-shot detection method."""
+    spec = method_of(config)
+    return spec.segmentation or spec.detection
+
+
+def detector_methods() -> str:
+    return " / ".join([*method_names(segmentation=True), *method_names(detection=True)])
 
 
 def _names(names: Sequence[str] | None, count: int, what: str) -> list[str]:
