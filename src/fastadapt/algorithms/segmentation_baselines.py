@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -133,12 +134,10 @@ def bank_ncc(bank: TemplateBank, images: torch.Tensor) -> torch.Tensor:
     return numerator.div_(denominator).masked_fill_(flat, 0.0).add_(bank.outside)
 
 
-def transformed_templates(references: torch.Tensor, frame: int) -> Templates:
-    """Every transform of the grid of each reference's ink (tasks, h, w) bool, thresholded at 0.5 after
-    bilinear resampling about the reference's centre, in the middle of a ``frame`` x ``frame`` frame."""
-    tasks, side = references.shape[0], references.shape[-1]
-    pad = (frame - side) // 2
-    padded = F.pad(references.float()[:, None], (pad, frame - side - pad, pad, frame - side - pad))
+@functools.lru_cache(maxsize=4)
+def template_grid(frame: int, device: str) -> torch.Tensor:
+    """Where each transform of the grid reads the reference, as ``affine_grid`` gives it: (K, frame, frame, 2),
+    the same for every reference, so computed once per frame size and device."""
     maps = []
     for angle in ROTATIONS:
         c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
@@ -147,11 +146,21 @@ def transformed_templates(references: torch.Tensor, frame: int) -> Templates:
                 # Forward map: scale the reference's axes, then rotate; affine_grid wants its inverse.
                 forward = torch.tensor([[c * sx, -s * sy], [s * sx, c * sy]], dtype=torch.float64)
                 maps.append(torch.linalg.inv(forward))
-    inverse = torch.stack(maps).to(references.device, torch.float32)  # (K, 2, 2)
-    theta = torch.cat([inverse, torch.zeros(len(maps), 2, 1, device=references.device)], 2)
-    count = len(maps)
-    grid = F.affine_grid(theta, [count, 1, frame, frame], align_corners=False)
-    drawn = F.grid_sample(padded.repeat_interleave(count, 0), grid.repeat(tasks, 1, 1, 1), mode="bilinear",
+    inverse = torch.stack(maps).to(device, torch.float32)  # (K, 2, 2)
+    theta = torch.cat([inverse, torch.zeros(len(maps), 2, 1, device=device)], 2)
+    return F.affine_grid(theta, [len(maps), 1, frame, frame], align_corners=False)
+
+
+def transformed_templates(references: torch.Tensor, frame: int) -> Templates:
+    """Every transform of the grid of each reference's ink (tasks, h, w) bool, thresholded at 0.5 after
+    bilinear resampling about the reference's centre, in the middle of a ``frame`` x ``frame`` frame."""
+    tasks, side = references.shape[0], references.shape[-1]
+    pad = (frame - side) // 2
+    padded = F.pad(references.float()[:, None], (pad, frame - side - pad, pad, frame - side - pad))
+    grid = template_grid(frame, str(references.device))  # (K, frame, frame, 2)
+    count = len(grid)
+    # Every template's sampling points as one tall grid: each reference is read once, not copied per template.
+    drawn = F.grid_sample(padded, grid.view(1, count * frame, frame, 2).expand(tasks, -1, -1, -1), mode="bilinear",
                           align_corners=False).view(tasks, count, frame, frame) > 0.5
     rows, cols = drawn.any(-1), drawn.any(-2)
     index = torch.arange(frame, device=references.device)
