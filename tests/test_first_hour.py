@@ -98,7 +98,7 @@ def _subcommands(parser):
     return action.choices
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "eval", "plot", "presets", "bench", "segment"])
+@pytest.mark.parametrize("command", ["demo", "train", "eval", "plot", "presets", "bench", "segment", "detect"])
 def test_every_flag_of_every_subcommand_has_a_help_line_with_its_default(command):
     parser = _subcommands(build_parser())[command]
     for action in parser._actions:

@@ -602,9 +602,11 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
     detect.add_argument("run_dir", help="a trained segmentation or K-shot detection run directory (holding best.pt)")
     examples = detect.add_mutually_exclusive_group(required=True)
     examples.add_argument("--support", metavar="DIR", help="example crops, one sub-folder per class "
-                                                           "(DIR/<class>/<images>); one class is enough")
+                                                           "(DIR/<class>/<images>); one class is enough (default: "
+                                                           "none; give this or --boxes)")
     examples.add_argument("--boxes", metavar="FILE", help="examples as boxes on the image itself: one a line, "
-                                                          "LEFT TOP WIDTH HEIGHT [CLASS] in pixels (# comments)")
+                                                          "LEFT TOP WIDTH HEIGHT [CLASS] in pixels, # comments "
+                                                          "(default: none; give this or --support)")
     detect.add_argument("--image", required=True, nargs="+", metavar="PATH",
                         help="images (or folders of images) to search, of any size (required)")
     detect.add_argument("--draw", metavar="OUT.png", help="write the image with its boxes and mask (several "
