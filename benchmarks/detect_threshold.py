@@ -1,4 +1,4 @@
-"""The default score a detection needs (FewShotDetector's MIN_SCORES), chosen on validation canvases: every
+"""The default score a detection needs (a learner's ``min_score``), chosen on validation canvases: every
 method's detections on the first N val-one-shot canvases (job 4, the one `fastadapt eval --split val` scores),
 each searched for its own reference as `fastadapt detect` searches (all peaks, NMS at IoU 0.5); for each
 threshold the precision and recall of the boxes at IoU >= 0.5 with the canvas's one target, and their F1; AP50

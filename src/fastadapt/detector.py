@@ -69,11 +69,6 @@ TILE_OVERLAP = 48
 MIN_IMAGE_SIDE, MIN_OBJECT_SIDE = 8, 2
 #: Matches taken from each tile for each example, before merging.
 PER_TILE = 16
-#: The default score a match needs, per method (the scale of its score): template matching's maximises the F1 of
-#: its boxes on 300 val-one-shot canvases (benchmarks/detect_threshold.py, docs/results.md); otherwise 0.3, the
-#: probability the benchmark's masks are read at (not chosen: no trained run finds more than the ink yet).
-MIN_SCORES = {"template-matching": 0.55, "template-detector": 0.55}
-DEFAULT_MIN_SCORE = 0.3
 #: Tiles searched at once (bounds the memory of one call).
 TILE_BATCH = 32
 
@@ -108,9 +103,9 @@ class FewShotDetector:
     def __init__(self, learner: MetaLearner, config: Config, min_score: float | None = None,
                  iou_threshold: float = 0.5, max_detections: int = 100, scale: float | None = None,
                  device: str = "cpu") -> None:
-        """``min_score``: the score a match needs (None: the method's default, MIN_SCORES); ``iou_threshold``:
-        matches overlapping a better one by more are dropped; ``scale``: the factor images are rescaled by (None:
-        from the examples, see the module's docstring)."""
+        """``min_score``: the score a match needs (None: the method's default, its learner's ``min_score``);
+        ``iou_threshold``: matches overlapping a better one by more are dropped; ``scale``: the factor images are
+        rescaled by (None: from the examples, see the module's docstring)."""
         if not finds_objects(config):
             raise ValueError(f"a {config.method.name} run trained on {config.task.family} finds no objects; a "
                              f"detector needs a run of {detector_methods()}")
@@ -159,7 +154,7 @@ class FewShotDetector:
         """The score a match needs: ``min_score``, or the method's default."""
         if self.min_score is not None:
             return self.min_score
-        return MIN_SCORES.get(self.config.method.name, DEFAULT_MIN_SCORE)
+        return self.learner.min_score
 
     @property
     def classes_(self) -> list[Hashable]:

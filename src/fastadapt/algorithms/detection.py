@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
-from fastadapt.algorithms.segmentation import peaks
+from fastadapt.algorithms.segmentation import SegmentationLearner, peaks
 from fastadapt.tasks.boxes import nms
 from fastadapt.tasks.cluttered_omniglot import CANVAS_SHAPE, REFERENCE_SHAPE
 from fastadapt.tasks.detection import DETECTION_LOSS, DetectionBatch
@@ -27,6 +27,9 @@ NMS_IOU = 0.5
 
 class DetectionLearner(MetaLearner):
     """Base of the detection methods; subclasses implement ``adapt`` and ``detect``."""
+
+    #: the score a match needs by default (``FewShotDetector``), as a segmentation learner's
+    min_score = SegmentationLearner.min_score
 
     def __init__(self) -> None:
         super().__init__(DETECTION_LOSS)

@@ -23,6 +23,8 @@ from fastadapt.algorithms.spec import MethodSpec
 class TemplateDetector(DetectionLearner):
     """Multi-box NCC template matching (see the module's docstring)."""
 
+    min_score = TemplateMatching.min_score
+
     def __init__(self) -> None:
         super().__init__()
         self.matcher = TemplateMatching()

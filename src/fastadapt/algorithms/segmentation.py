@@ -42,6 +42,10 @@ class SegmentationLearner(MetaLearner):
     """Base of the segmentation methods; subclasses implement ``adapt`` and ``predict``, and ``detect`` where
     they find boxes otherwise than as the predicted mask's."""
 
+    #: the score a match needs by default (``FewShotDetector``), on the scale of the method's score: 0.3, the
+    #: probability the benchmark's masks are read at (not chosen: no trained run finds more than the ink yet)
+    min_score = 0.3
+
     def __init__(self) -> None:
         super().__init__(SEGMENTATION_LOSS)
 

@@ -189,6 +189,10 @@ def best_match(scores: torch.Tensor, boxes: torch.Tensor) -> Match:
 class TemplateMatching(SegmentationLearner):
     """NCC template matching over a grid of scales and rotations (see the module's docstring)."""
 
+    #: the NCC a match needs by default: it maximises the F1 of the boxes on 300 val-one-shot canvases
+    #: (benchmarks/detect_threshold.py, docs/results.md)
+    min_score = 0.55
+
     def adapt(self, references: torch.Tensor, support_y: Any = None, steps: int | None = None) -> torch.Tensor:
         return references
 
