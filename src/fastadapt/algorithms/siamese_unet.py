@@ -114,6 +114,18 @@ class SiameseUNetNetwork(nn.Module):
         cells, offset (x, y) of the centre within its cell. ``features``: the canvases' encoder features, when
         they are known already; ``mask`` False: the head's maps only (None for the mask), sparing the decoder's
         two finest levels, the costliest."""
+        x, conditioned = self.decode(reference, canvases, features)
+        maps = self.head(x)
+        if not mask:
+            return None, maps
+        x = self.up1(torch.cat([_up(x), conditioned[0]], 1))
+        inputs = network_input(canvases, x.dtype)
+        return self.out(torch.cat([_up(x), inputs], 1))[:, 0], maps
+
+    def decode(self, reference: Reference, canvases: torch.Tensor, features: list[torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The decoder's features at 1/4 resolution (what the head reads), and the conditioned encoder features
+        (the skips of the finer levels)."""
         features = self.encoder(canvases) if features is None else features
         film = reference.film or [(layer.weight.expand(len(canvases), -1, -1), layer.bias.expand(len(canvases), -1))
                                   for layer in self.film]
@@ -123,13 +135,7 @@ class SiameseUNetNetwork(nn.Module):
             conditioned.append(feature * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
         x = self.bottom(conditioned[3])
         x = self.up3(torch.cat([_up(x), conditioned[2], _correlate(features[2], reference.kernel)], 1))
-        x = self.up2(torch.cat([_up(x), conditioned[1]], 1))
-        maps = self.head(x)
-        if not mask:
-            return None, maps
-        x = self.up1(torch.cat([_up(x), conditioned[0]], 1))
-        inputs = network_input(canvases, x.dtype)
-        return self.out(torch.cat([_up(x), inputs], 1))[:, 0], maps
+        return self.up2(torch.cat([_up(x), conditioned[1]], 1)), conditioned
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -212,31 +218,54 @@ def detection_loss(maps: torch.Tensor, boxes: torch.Tensor, present: torch.Tenso
     least 1), as CenterNet normalises them; a task without objects is all background."""
     if boxes.dim() == 2:
         boxes = boxes[:, None]
-    tasks, _, height, width = maps.shape
     present = torch.ones(boxes.shape[:2], dtype=torch.bool, device=maps.device) if present is None else present
-    boxes = boxes.to(maps.dtype)
-    centre = (boxes[..., :2] + boxes[..., 2:] / 2) / CELL  # (tasks, M, 2): (x, y) in cells
-    cell = torch.minimum(centre.floor().clamp(min=0), torch.tensor([width - 1, height - 1], device=maps.device))
+    target = centre_targets(boxes, maps.shape[-2:], maps.dtype)
+    gaussian = (target.gaussians * present[..., None, None]).amax(1)
+    focal = focal_loss(maps[:, 0], gaussian)
+    width = maps.shape[-1]
+    index = (target.cell[..., 1] * width + target.cell[..., 0]).long()  # (tasks, M)
+    at_centre = at_least_fp32(maps[:, 1:].flatten(2).gather(2, index[:, None, :].expand(-1, 4, -1)))  # (tasks, 4, M)
+    regression = ((at_centre[:, :2] - target.size.transpose(1, 2)).abs().sum(1)
+                  + (at_centre[:, 2:] - (target.centre - target.cell).transpose(1, 2)).abs().sum(1))  # (tasks, M)
+    count = present.sum(1).clamp(min=1)
+    return (focal + (regression * present).sum(1)) / count
+
+
+class CentreTargets(NamedTuple):
+    """What CenterNet's loss compares the maps with, per box (tasks, M): its centre (x, y) in cells, the cell
+    holding it, its size (w, h) in cells, and its Gaussian over the cells (tasks, M, h, w), exactly 1 at the cell."""
+
+    centre: torch.Tensor
+    cell: torch.Tensor
+    size: torch.Tensor
+    gaussians: torch.Tensor
+
+
+def centre_targets(boxes: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype) -> CentreTargets:
+    """The targets of boxes (tasks, M, 4) in pixels (left, top, width, height) on maps of ``shape`` (h, w) cells."""
+    height, width = shape
+    boxes = boxes.to(dtype)
+    centre = (boxes[..., :2] + boxes[..., 2:] / 2) / CELL
+    cell = torch.minimum(centre.floor().clamp(min=0), torch.tensor([width - 1, height - 1], device=boxes.device))
     size = boxes[..., 2:] / CELL
     sigma = (size.amin(-1) / 6).clamp(min=0.5)  # CenterNet: a Gaussian of a third of the object's radius
-    xs = torch.arange(width, device=maps.device, dtype=maps.dtype)
-    ys = torch.arange(height, device=maps.device, dtype=maps.dtype)
+    xs = torch.arange(width, device=boxes.device, dtype=dtype)
+    ys = torch.arange(height, device=boxes.device, dtype=dtype)
     gaussians = torch.exp(-((xs[None, None, None, :] - cell[..., 0, None, None]) ** 2
                             + (ys[None, None, :, None] - cell[..., 1, None, None]) ** 2)
                           / (2 * sigma[..., None, None] ** 2))
-    gaussian = (gaussians * present[..., None, None]).amax(1)
-    peak = gaussian >= 1  # the centres' cells, exactly 1
-    heat = at_least_fp32(maps[:, 0])
+    return CentreTargets(centre, cell, size, gaussians)
+
+
+def focal_loss(heat: torch.Tensor, gaussian: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss of heat logits (tasks, ..., h, w) against the target (same shape),
+    positive where it is exactly 1 (the centres' cells), summed over all but the first dimension: (tasks,)."""
+    peak = gaussian >= 1
+    heat = at_least_fp32(heat)
     p = torch.sigmoid(heat)
     positive = -F.logsigmoid(heat) * (1 - p) ** FOCAL_ALPHA * peak
     negative = -F.logsigmoid(-heat) * p ** FOCAL_ALPHA * (1 - gaussian) ** FOCAL_BETA * ~peak
-    focal = (positive + negative).sum((1, 2))
-    index = (cell[..., 1] * width + cell[..., 0]).long()  # (tasks, M)
-    at_centre = at_least_fp32(maps[:, 1:].flatten(2).gather(2, index[:, None, :].expand(-1, 4, -1)))  # (tasks, 4, M)
-    regression = ((at_centre[:, :2] - size.transpose(1, 2)).abs().sum(1)
-                  + (at_centre[:, 2:] - (centre - cell).transpose(1, 2)).abs().sum(1))  # (tasks, M)
-    count = present.sum(1).clamp(min=1)
-    return (focal + (regression * present).sum(1)) / count
+    return (positive + negative).flatten(1).sum(1)
 
 
 def cell_boxes(maps: torch.Tensor) -> torch.Tensor:
