@@ -291,3 +291,24 @@ def test_bad_input_is_one_line_and_exit_2(tm_run, job, tmp_path, capsys, problem
     assert main(["detect", str(run), *examples, "--image", *images]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fastadapt: error: ") and message in err, err
+
+
+def test_detect_on_a_tiny_siamese_unet_run_prints_what_the_python_api_finds(omniglot_dir, job, tmp_path, capsys):
+    run = tmp_path / "unet"
+    assert main(["train", "--tasks", "cluttered-omniglot", "--algorithm", "siamese-unet", "--conv-channels", "4",
+                 "--meta-batch-size", "2", "--iterations", "2", "--val-every", "2", "--val-tasks", "2",
+                 "--data-root", str(omniglot_dir), "--output-dir", str(run), "--no-eval", "--no-progress",
+                 "--threads", "1"]) == 0
+    scene, _ = _scene(job, [(0, 10, 10), (2, 150, 60)], size=(140, 260))
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    (tmp_path / "support" / "x").mkdir(parents=True)
+    Image.fromarray(job.references[0]).save(tmp_path / "support" / "x" / "ref.png")
+    capsys.readouterr()
+    assert main(["detect", str(run), "--support", str(tmp_path / "support"), "--image", str(tmp_path / "scene.png"),
+                 "--json", "--min-score", "0"]) == 0
+    printed = json.loads(capsys.readouterr().out)["images"][0]
+    with torch.no_grad():
+        found = FewShotDetector.from_run(run, min_score=0.0).fit([job.references[0]], ["x"]).detect([scene])[0]
+    assert len(printed["detections"]) == len(found) > 0 and printed["mask_pixels"] == int(found.mask.sum())
+    assert np.allclose([d["box"] for d in printed["detections"]], found.boxes, atol=1e-4)
+    assert [d["score"] for d in printed["detections"]] == pytest.approx(found.scores.tolist(), abs=1e-6)
