@@ -156,7 +156,7 @@ def test_the_prototype_of_k_copies_of_a_reference_is_that_reference_and_the_orde
         copies = learner.adapt(references[:, :, :1].expand(-1, -1, 3, -1, -1, -1))
         one = learner.adapt(references[:, :, :1])
         assert all(torch.allclose(a, b, atol=1e-6)
-                   for a, b in zip([*copies.pooled, copies.kernel], [*one.pooled, one.kernel]))
+                   for a, b in zip([*copies.pooled, copies.cells], [*one.pooled, one.cells]))
         found = learner.find(references, canvases)
         shuffled = learner.find(references[:, :, [2, 0, 1]], canvases)
     assert torch.allclose(found, shuffled, atol=1e-5)

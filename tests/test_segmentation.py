@@ -12,7 +12,8 @@ from PIL import Image
 from fastadapt.algorithms.metrics import LOCALISATION, MASK_IOU
 from fastadapt.algorithms.segmentation import check_segmentation_inputs, mask_box
 from fastadapt.algorithms.segmentation_baselines import InkFloor, TemplateMatching, ncc
-from fastadapt.algorithms.siamese_unet import CELL, SiameseUNet, decode_boxes, detection_loss, soft_dice_loss
+from fastadapt.algorithms.siamese_unet import (CELL, SiameseUNet, decode_boxes, detection_loss, matching_loss,
+                                              similarities, soft_dice_loss)
 from fastadapt.algorithms.siamese_unet_anil import SiameseUNetANIL, support_canvases
 from fastadapt.cli import main
 from fastadapt.tasks.cluttered_omniglot import (ClutteredOmniglotTasks, SegmentationBatch, localisation_hits,
@@ -124,6 +125,33 @@ def test_the_soft_dice_loss_is_nought_for_the_right_mask_and_nearly_one_for_its_
     assert soft_dice_loss(torch.where(masks, 30.0, -30.0), masks).abs().max() < 1e-4
     assert (soft_dice_loss(torch.where(masks, -30.0, 30.0), masks) > 0.999).all()
     assert soft_dice_loss(torch.full((1, 96, 96), -30.0), torch.zeros(1, 96, 96, dtype=torch.bool)).item() < 1e-4
+
+
+def test_the_similarity_maps_find_the_reference_prototype_and_its_best_cell():
+    generator = torch.Generator().manual_seed(0)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=1)
+    cells = unit(torch.randn(2, 8, 16, generator=generator, dtype=torch.float64))
+    cells[:, :, 5:] = 0  # uninked cells
+    cells[1] = 0  # a blank reference
+    canvas = unit(torch.randn(2, 8, 6, 6, generator=generator, dtype=torch.float64))
+    canvas[0, :, 2, 3] = unit(cells[0].sum(1, keepdim=True).T)[0]  # the prototype
+    canvas[0, :, 4, 1] = cells[0, :, 3]  # one of its cells
+    canvas[0, :, 0, 0] = unit(torch.randn(1, 8, generator=generator, dtype=torch.float64))[0]
+    maps = similarities(canvas, cells)
+    assert maps.shape == (2, 2, 6, 6) and maps[1].abs().max() == 0 and maps[0].abs().max() <= 1 + 1e-12
+    prototype, best = maps[0]
+    assert prototype[2, 3] == pytest.approx(1) and prototype.flatten().argmax() == 2 * 6 + 3
+    assert best[4, 1] == pytest.approx(1) and best.flatten().argmax() == 4 * 6 + 1
+    # The best match is the highest cosine over the inked cells only.
+    assert best[0, 0] == pytest.approx(float((canvas[0, :, 0, 0] @ cells[0, :, :5]).max()))
+
+
+def test_the_matching_loss_is_lowest_on_the_target_cells_and_nought_for_an_empty_mask():
+    masks = _batch(3).masks
+    on_target = torch.where(torch.nn.functional.avg_pool2d(masks[:, None].double(), 4)[:, 0] > 0, 8.0, -8.0)
+    assert (matching_loss(on_target, masks) < matching_loss(on_target.roll(6, dims=2), masks)).all()
+    assert (matching_loss(on_target, masks) < matching_loss(torch.zeros_like(on_target), masks)).all()
+    assert matching_loss(on_target[:1], torch.zeros(1, 96, 96, dtype=torch.bool)).item() == 0
 
 
 def test_centernet_maps_that_mark_a_box_decode_to_it_and_cost_less_than_others():

@@ -1,9 +1,9 @@
 """The meta-learned K-shot detector: the Siamese U-Net's network (``siamese_unet``) conditioned on the prototype
 of each class's K references, with its CenterNet head returning every instance of the class.
 
-Each reference is read by the shared encoder (its pooled features per level and its 1/8 feature map, what the
-one-shot network takes from its one reference); a class's prototype is the mean of its K references' (as
-Prototypical Networks average embeddings), and conditions the network's FiLM layers and correlation exactly as
+Each reference is read by the shared encoder (its pooled features per level and its 1/8 cells' embeddings, what
+the one-shot network takes from its one reference); a class's prototype is the mean of its K references' (as
+Prototypical Networks average embeddings), and conditions the network's FiLM layers and matching exactly as
 one reference does. Each canvas is encoded once and decoded once per class, to the head's heatmap, sizes and
 offsets at 1/4 resolution; the class's detections are the heatmap's local maxima with their boxes, scored by
 the peak's probability (``detection.peak_detections``). Trained episodically on training episodes (the
@@ -48,16 +48,16 @@ class PrototypeDetector(DetectionLearner):
 
     def adapt(self, references: torch.Tensor, support_y: Any = None, steps: int | None = None) -> Reference:
         """Each class's prototype: the mean over its K references of what the network reads from one,
-        pooled features (E, N, C) per level and 1/8 maps (E, N, C, 4, 4)."""
+        pooled features (E, N, C) per level and 1/8 cells' embeddings (E, N, EMBEDDING, 16)."""
         check_no_steps(steps, "prototype-detector")
         episodes, classes, shots = references.shape[:3]
         read = self.network.read_reference(references.flatten(0, 2))
         return Reference([pooled.unflatten(0, (episodes, classes, shots)).mean(2) for pooled in read.pooled],
-                         read.kernel.unflatten(0, (episodes, classes, shots)).mean(2))
+                         read.cells.unflatten(0, (episodes, classes, shots)).mean(2))
 
     def maps(self, prototypes: Reference, canvases: torch.Tensor, mask: bool = False
              ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Mask logits (E, Q, N, H, W) (None without ``mask``) and head maps (E, Q, N, 5, h, w) of every class on
+        """Mask logits (E, Q, N, H, W) (None without ``mask``) and head maps (E, Q, N, 6, h, w) of every class on
         every canvas of its episode."""
         episodes, count = canvases.shape[:2]
         classes = prototypes.pooled[0].shape[1]
@@ -65,7 +65,7 @@ class PrototypeDetector(DetectionLearner):
         features = [f.unflatten(0, (episodes, count))[:, :, None].expand(-1, -1, classes, *f.shape[1:]).flatten(0, 2)
                     for f in self.network.encoder(flat)]
         pairs = Reference([p[:, None].expand(-1, count, -1, -1).flatten(0, 2) for p in prototypes.pooled],
-                          prototypes.kernel[:, None].expand(-1, count, -1, -1, -1, -1).flatten(0, 2))
+                          prototypes.cells[:, None].expand(-1, count, -1, -1, -1).flatten(0, 2))
         paired = flat.unflatten(0, (episodes, count))[:, :, None].expand(-1, -1, classes, -1, -1, -1).flatten(0, 2)
         logits, maps = self.network(pairs, paired, features, mask=mask)
         shape = (episodes, count, classes)

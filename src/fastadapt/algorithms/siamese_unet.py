@@ -1,22 +1,28 @@
 """A Siamese U-Net for one-shot segmentation in clutter (after Michaelis, Bethge & Ecker 2018), with a
 CenterNet-style detection head (Zhou et al. 2019, "Objects as Points") so that it also returns boxes.
 
-One encoder reads both the canvas and the reference (shared weights: the Siamese part). Its input is the
-image's RGB and its ink (drawn or not), since the reference's colour is not the target's. The reference's
-features condition the canvas's at every level of the U-Net: by FiLM (a per-channel scale and shift computed
-from the reference's pooled features) at all four, and at the 1/8 level also by correlation (each channel of
-the canvas's features cross-correlated with the same channel of the reference's 4x4 feature map, so that the
-decoder sees where the canvas looks like the reference). The decoder climbs back to the canvas's resolution
-through the conditioned skip connections and outputs the target's mask logits. From its 1/4-resolution features
-a CenterNet head predicts a heatmap of the target's centre, the box's size and the centre's sub-cell offset: the
+One encoder reads both the canvas and the reference (shared weights: the Siamese part), from their ink alone
+(drawn or not): the reference's colour is not the target's. The reference conditions the canvas in two ways.
+By matching, as prototypical networks compare (Snell et al. 2017): a 1x1 projection of the 1/8-resolution
+features embeds each cell of both images; each canvas cell's cosine similarity with the reference's prototype
+(its inked cells' mean embedding) and with its best-matching inked cell are two maps that enter the decoder at
+1/8, 1/4 and full resolution. And by FiLM (a per-channel scale and shift computed from the reference's pooled
+features) at all four levels. The decoder climbs back to the canvas's resolution through the conditioned skip
+connections and outputs the target's mask logits, its last layer also reading the canvas's RGB (within the
+canvas, colour tells the target's strokes from others' where they cross). From its 1/4-resolution features a
+CenterNet head predicts a heatmap of the target's centre, the box's size and the centre's sub-cell offset: the
 box is read at the heatmap's peak, and the peak's probability is its score.
 
-Training minimises the mask's pixel-wise binary cross-entropy (the paper's loss) plus its soft Dice loss, plus
-0.1 x the detection loss (CenterNet's penalty-reduced focal loss on a Gaussian around the true centre, L1 on
-the offset and on the size in cells at the true centre). The Dice term counters the imbalance (about 1% of a
-canvas's pixels are the target's), which with cross-entropy alone drove the predicted probabilities below the
-0.3 threshold in a first short run (docs/results.md). Nothing is adapted at test time: the reference is read in
-one pass (``adapt``), which is what a feed-forward one-shot learner does.
+Training minimises the mask's pixel-wise binary cross-entropy (the paper's loss) plus its soft Dice loss plus a
+matching loss, plus 0.1 x the detection loss (CenterNet's penalty-reduced focal loss on a Gaussian around the
+true centre, L1 on the offset and on the size in cells at the true centre). The Dice term counters the
+imbalance (about 1% of a canvas's pixels are the target's), which with cross-entropy alone drove the predicted
+probabilities below the 0.3 threshold in a first short run. The matching loss is the mask at 1/4 resolution as
+the prototype would find it: a softmax over the cells of the scaled prototype similarity, against the share of
+the target's mask in each cell. It, and the prototype similarity added to the heat logits, train the
+embedding directly from the first step; without them the network settled on the floor of predicting all the
+ink, the decoder never learning to use the reference (docs/results.md). Nothing is adapted at test time: the
+reference is read in one pass (``adapt``), which is what a feed-forward one-shot learner does.
 """
 from __future__ import annotations
 
@@ -42,6 +48,11 @@ DETECTION_WEIGHT = 0.1
 FOCAL_ALPHA, FOCAL_BETA = 2.0, 4.0
 #: Channels of the last layer, at the canvas's full resolution.
 OUT_WIDTH = 8
+#: Size of the embedding in which canvas cells and the reference are compared, and the similarity maps made
+#: from it (the prototype's and the best-matching cell's).
+EMBEDDING, SIMILARITIES = 32, 2
+#: The prototype similarity's initial weights (learnt) in the CenterNet heat logits and in the matching logits.
+HEAT_SCALE, MATCH_SCALE = 5.0, 10.0
 
 
 def _conv(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:
@@ -51,16 +62,17 @@ def _conv(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:
 
 class Encoder(nn.Module):
     """Four levels, each a stride-2 convolution then a convolution: features at 1/2, 1/4, 1/8 and 1/16 of the
-    input's size, with width, 2, 4 and 8 x width channels."""
+    input's size, with width, 2, 4 and 8 x width channels. It reads the ink alone: a reference's colour is not
+    its target's, so colour could only mislead the comparison."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        widths = (4, width, 2 * width, 4 * width, 8 * width)  # RGB + ink in
+        widths = (1, width, 2 * width, 4 * width, 8 * width)
         self.levels = nn.ModuleList(
             nn.Sequential(_conv(widths[i], widths[i + 1], 2), _conv(widths[i + 1], widths[i + 1])) for i in range(4))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = network_input(images, self.levels[0][0][0].weight.dtype)
+        x = ink(images).to(self.levels[0][0][0].weight.dtype)[:, None]
         features = []
         for level in self.levels:
             x = level(x)
@@ -69,63 +81,74 @@ class Encoder(nn.Module):
 
 
 class Reference(NamedTuple):
-    """What the network takes from a reference: its pooled features per level and its 1/8 feature map; and the
-    FiLM layers' weights per task where they were adapted to it ((weight (tasks, 2C, C), bias (tasks, 2C)) per
-    level; None: the network's own)."""
+    """What the network takes from a reference: its pooled features per level; its embedding's unit vectors at
+    each inked cell of its 1/8 map (tasks, EMBEDDING, 16), zero at the others; and the FiLM layers' weights per
+    task where they were adapted to it ((weight (tasks, 2C, C), bias (tasks, 2C)) per level; None: the
+    network's own)."""
 
     pooled: list[torch.Tensor]
-    kernel: torch.Tensor
+    cells: torch.Tensor
     film: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def network_input(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """RGB images (tasks, 3, H, W) uint8 as the network reads them: RGB in [0, 1] and the ink, 4 channels."""
+    """RGB images (tasks, 3, H, W) uint8 as the last layer reads them: RGB in [0, 1] and the ink, 4 channels."""
     return torch.cat([images.to(dtype) / 255, ink(images).to(dtype)[:, None]], 1)
 
 
 class SiameseUNetNetwork(nn.Module):
-    """The encoder, the FiLM and correlation conditioning, the decoder to mask logits and the CenterNet head."""
+    """The encoder, the matching and FiLM conditioning, the decoder to mask logits and the CenterNet head."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.width = width
         channels = [width * m for m in (1, 2, 4, 8)]
         self.encoder = Encoder(width)
+        self.embed = nn.Conv2d(channels[2], EMBEDDING, 1)
         self.film = nn.ModuleList(nn.Linear(c, 2 * c) for c in channels)
         for film in self.film:  # starts as the identity: scale 1 + 0, shift 0
             nn.init.zeros_(film.weight)
             nn.init.zeros_(film.bias)
         self.bottom = _conv(channels[3], channels[3])
-        self.up3 = _conv(channels[3] + 2 * channels[2], channels[2])  # + skip and its correlation with the reference
-        self.up2 = _conv(channels[2] + channels[1], channels[1])
+        self.up3 = _conv(channels[3] + channels[2] + SIMILARITIES, channels[2])
+        self.up2 = _conv(channels[2] + channels[1] + SIMILARITIES, channels[1])
         self.up1 = _conv(channels[1] + channels[0], channels[0])
         # At the canvas's resolution, a narrow layer: the costliest of the network per channel.
-        self.out = nn.Sequential(_conv(channels[0] + 4, OUT_WIDTH), nn.Conv2d(OUT_WIDTH, 1, 1))
+        self.out = nn.Sequential(_conv(channels[0] + 4 + SIMILARITIES, OUT_WIDTH), nn.Conv2d(OUT_WIDTH, 1, 1))
         self.head = nn.Sequential(_conv(channels[1], channels[1]), nn.Conv2d(channels[1], 5, 1))  # heat, size, offset
         nn.init.constant_(self.head[1].bias[:1], -2.19)  # CenterNet's prior: a peak probability of 0.1
+        # The similarity's weight in the heat logits: its gradient trains the embedding from the first step.
+        self.heat_scale = nn.Parameter(torch.tensor(HEAT_SCALE))
+        # The same similarity scaled as logits of where the target's ink is, for the matching loss.
+        self.match_scale = nn.Parameter(torch.tensor(MATCH_SCALE))
 
     def read_reference(self, references: torch.Tensor) -> Reference:
         features = self.encoder(references)
-        return Reference([f.mean((2, 3)) for f in features], features[2])
+        drawn = F.avg_pool2d(ink(references).to(features[2].dtype)[:, None], 8).flatten(1) > 0  # (tasks, 16)
+        cells = F.normalize(self.embed(features[2]).flatten(2), dim=1) * drawn[:, None]
+        return Reference([f.mean((2, 3)) for f in features], cells)
 
     def forward(self, reference: Reference, canvases: torch.Tensor, features: list[torch.Tensor] | None = None,
                 mask: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Mask logits (tasks, H, W) and the head's maps (tasks, 5, H / 4, W / 4): heat logits, size (w, h) in
-        cells, offset (x, y) of the centre within its cell. ``features``: the canvases' encoder features, when
-        they are known already; ``mask`` False: the head's maps only (None for the mask), sparing the decoder's
-        two finest levels, the costliest."""
-        x, conditioned = self.decode(reference, canvases, features)
+        """Mask logits (tasks, H, W) and the head's maps (tasks, 6, H / 4, W / 4): heat logits, size (w, h) in
+        cells, offset (x, y) of the centre within its cell, and the matching logits (``matching_loss``).
+        ``features``: the canvases' encoder features, when they are known already; ``mask`` False: the head's
+        maps only (None for the mask), sparing the decoder's two finest levels, the costliest."""
+        x, conditioned, similarity = self.decode(reference, canvases, features)
         maps = self.head(x)
+        maps = torch.cat([maps[:, :1] + self.heat_scale * similarity[:, :1], maps[:, 1:],
+                          self.match_scale * similarity[:, :1]], 1)
         if not mask:
             return None, maps
         x = self.up1(torch.cat([_up(x), conditioned[0]], 1))
         inputs = network_input(canvases, x.dtype)
-        return self.out(torch.cat([_up(x), inputs], 1))[:, 0], maps
+        similarity = F.interpolate(similarity, scale_factor=4, mode="bilinear", align_corners=False)
+        return self.out(torch.cat([_up(x), inputs, similarity], 1))[:, 0], maps
 
     def decode(self, reference: Reference, canvases: torch.Tensor, features: list[torch.Tensor] | None = None
-               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The decoder's features at 1/4 resolution (what the head reads), and the conditioned encoder features
-        (the skips of the finer levels)."""
+               ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The decoder's features at 1/4 resolution (what the head reads), the conditioned encoder features
+        (the skips of the finer levels) and the similarity maps at 1/4 resolution (``similarities``)."""
         features = self.encoder(canvases) if features is None else features
         film = reference.film or [(layer.weight.expand(len(canvases), -1, -1), layer.bias.expand(len(canvases), -1))
                                   for layer in self.film]
@@ -133,23 +156,27 @@ class SiameseUNetNetwork(nn.Module):
         for feature, pooled, (weight, bias) in zip(features, reference.pooled, film):
             scale, shift = (torch.einsum("toc,tc->to", weight, pooled) + bias).chunk(2, 1)
             conditioned.append(feature * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+        similarity = similarities(F.normalize(self.embed(features[2]), dim=1), reference.cells)
         x = self.bottom(conditioned[3])
-        x = self.up3(torch.cat([_up(x), conditioned[2], _correlate(features[2], reference.kernel)], 1))
-        return self.up2(torch.cat([_up(x), conditioned[1]], 1)), conditioned
+        x = self.up3(torch.cat([_up(x), conditioned[2], similarity], 1))
+        similarity = _up(similarity)
+        return self.up2(torch.cat([_up(x), conditioned[1], similarity], 1)), conditioned, similarity
+
+
+def similarities(canvas: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """How much each cell of each canvas looks like its reference, as prototypical networks compare (Snell et
+    al. 2017): from the canvases' unit embeddings (tasks, E, h, w) and the reference's inked cells' (tasks, E,
+    16; zero where uninked), the cosine similarity with the reference's prototype (its inked cells' mean,
+    normalised) and with its best-matching cell: (tasks, 2, h, w), each in [-1, 1] (0 for a blank reference)."""
+    prototype = F.normalize(cells.sum(2), dim=1)
+    scores = torch.einsum("tehw,tek->tkhw", canvas, cells)
+    inked = cells.abs().sum(1) > 0  # (tasks, 16)
+    best = scores.masked_fill(~inked[:, :, None, None], -1).amax(1) * inked.any(1)[:, None, None]
+    return torch.stack([torch.einsum("tehw,te->thw", canvas, prototype), best], 1)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-
-
-def _correlate(features: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Each channel of each canvas's features (tasks, C, H, W) cross-correlated with the same channel of its
-    reference's map (tasks, C, k, k), as one grouped convolution; the output is the input's size."""
-    tasks, channels, height, width = features.shape
-    k = kernel.shape[-1]
-    padded = F.pad(features.reshape(1, tasks * channels, height, width), ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2))
-    out = F.conv2d(padded, kernel.reshape(tasks * channels, 1, k, k) / (k * k), groups=tasks * channels)
-    return out.view(tasks, channels, height, width)
 
 
 class SiameseUNet(SegmentationLearner):
@@ -178,10 +205,10 @@ class SiameseUNet(SegmentationLearner):
     def find(self, prepared: Reference, canvases: torch.Tensor, count: int, min_score: float) -> Found:
         """The heatmap's peaks, each decoded as ``decode_boxes`` decodes the highest; each canvas is encoded
         once for all references."""
-        references, tiles = len(prepared.kernel), len(canvases)
+        references, tiles = len(prepared.cells), len(canvases)
         features = [f.repeat(references, 1, 1, 1) for f in self.network.encoder(canvases)]
         reference = Reference([p.repeat_interleave(tiles, 0) for p in prepared.pooled],
-                              prepared.kernel.repeat_interleave(tiles, 0))
+                              prepared.cells.repeat_interleave(tiles, 0))
         logits, maps = self.network(reference, canvases.repeat(references, 1, 1, 1), features)
         values, index = peaks(at_least_fp32(maps[:, 0]), count)
         scores = torch.where(torch.isfinite(values), torch.sigmoid(values), -math.inf)
@@ -194,7 +221,8 @@ class SiameseUNet(SegmentationLearner):
     def meta_loss(self, tasks: SegmentationBatch) -> tuple[torch.Tensor, dict[str, float]]:
         check_segmentation_inputs(tasks.references, tasks.canvases)
         logits, maps = self.network(self.adapt(tasks.references), tasks.canvases)
-        mask_loss = (self.task_losses(logits, tasks.masks) + soft_dice_loss(logits, tasks.masks)).mean()
+        mask_loss = (self.task_losses(logits, tasks.masks) + soft_dice_loss(logits, tasks.masks)
+                     + matching_loss(maps[:, 5], tasks.masks)).mean()
         box_loss = detection_loss(maps, tasks.boxes).mean()
         loss = mask_loss + DETECTION_WEIGHT * box_loss
         metrics = self.metrics(logits, tasks.masks, loss)
@@ -210,8 +238,16 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (p * y).sum(1) + 1) / (p.sum(1) + y.sum(1) + 1)
 
 
+def matching_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the softmax over cells of ``logits`` (tasks, h, w) against the share of the target's mask
+    (tasks, H, W) in each cell: (tasks,), 0 for an empty mask."""
+    share = F.adaptive_avg_pool2d(masks[:, None].to(logits.dtype), logits.shape[-2:]).flatten(1)
+    share = share / share.sum(1, keepdim=True).clamp(min=1e-12)
+    return -(share * F.log_softmax(at_least_fp32(logits).flatten(1), 1)).sum(1)
+
+
 def detection_loss(maps: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-    """CenterNet's loss of each task: maps (tasks, 5, h, w) as ``SiameseUNetNetwork`` outputs them, boxes
+    """CenterNet's loss of each task: maps (tasks, 5 or more, h, w) as ``SiameseUNetNetwork`` outputs them, boxes
     (tasks, 4), or several per task (tasks, M, 4) of which ``present`` (tasks, M) says which are objects, as
     (left, top, width, height) in pixels -> (tasks,). The heatmap's target is the largest of the objects'
     Gaussians; the focal and regression losses are summed over the objects and divided by their number (at
@@ -224,7 +260,7 @@ def detection_loss(maps: torch.Tensor, boxes: torch.Tensor, present: torch.Tenso
     focal = focal_loss(maps[:, 0], gaussian)
     width = maps.shape[-1]
     index = (target.cell[..., 1] * width + target.cell[..., 0]).long()  # (tasks, M)
-    at_centre = at_least_fp32(maps[:, 1:].flatten(2).gather(2, index[:, None, :].expand(-1, 4, -1)))  # (tasks, 4, M)
+    at_centre = at_least_fp32(maps[:, 1:5].flatten(2).gather(2, index[:, None, :].expand(-1, 4, -1)))  # (tasks, 4, M)
     regression = ((at_centre[:, :2] - target.size.transpose(1, 2)).abs().sum(1)
                   + (at_centre[:, 2:] - (target.centre - target.cell).transpose(1, 2)).abs().sum(1))  # (tasks, M)
     count = present.sum(1).clamp(min=1)
@@ -269,12 +305,12 @@ def focal_loss(heat: torch.Tensor, gaussian: torch.Tensor) -> torch.Tensor:
 
 
 def cell_boxes(maps: torch.Tensor) -> torch.Tensor:
-    """The box predicted at every cell of the head's maps (tasks, 5, h, w): (tasks, h, w, 4) as (left, top, width,
-    height) in pixels, centred at the cell plus its offset, of the predicted size."""
+    """The box predicted at every cell of the head's maps (tasks, 5 or more, h, w): (tasks, h, w, 4) as (left, top,
+    width, height) in pixels, centred at the cell plus its offset, of the predicted size."""
     height, width = maps.shape[-2:]
     cells = torch.stack(torch.meshgrid(torch.arange(width, device=maps.device, dtype=maps.dtype),
                                        torch.arange(height, device=maps.device, dtype=maps.dtype), indexing="xy"), -1)
-    centre = (cells + maps[:, 3:].permute(0, 2, 3, 1)) * CELL
+    centre = (cells + maps[:, 3:5].permute(0, 2, 3, 1)) * CELL
     size = maps[:, 1:3].permute(0, 2, 3, 1).clamp(min=0) * CELL
     return torch.cat([centre - size / 2, size], -1)
 
@@ -287,7 +323,8 @@ def decode_boxes(maps: torch.Tensor) -> Detection:
 
 
 def decode_at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The boxes (tasks, count, 4) the maps (tasks, 5, h, w) give at the cells ``index`` (tasks, count), flat."""
+    """The boxes (tasks, count, 4) the maps (tasks, 5 or more, h, w) give at the cells ``index`` (tasks, count),
+    flat."""
     return cell_boxes(maps).flatten(1, 2).gather(1, index[..., None].expand(-1, -1, 4))
 
 
