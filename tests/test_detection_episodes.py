@@ -46,7 +46,7 @@ def test_instances_are_the_classes_drawn_by_other_drawers_and_distractors_are_no
     assert (character == character[:, :, :1]).all()  # K drawings of one character per class...
     assert all(len(set(row.tolist())) == k_shot for row in drawer.flatten(0, 1))  # ...by K drawers
     classes = character[:, :, 0]
-    assert all(len(set(row.tolist())) == n_way for row in classes)
+    assert all(len(set(row.tolist())) == n_way for row in classes) and torch.equal(batch.characters, classes)
     for e in range(40):
         for q in range(4):
             for slot in range(6):

@@ -10,7 +10,10 @@ from fastadapt.algorithms.detection import PEAKS_PER_CLASS, check_detection_inpu
 from fastadapt.algorithms.detection_baselines import TemplateDetector
 from fastadapt.algorithms.metrics import AP50, COCO_AP
 from fastadapt.algorithms.prototype_detector import PrototypeDetector
+from fastadapt.algorithms.segmentation import mask_box
 from fastadapt.algorithms.siamese_unet import CELL, cell_boxes, detection_loss
+from fastadapt.algorithms.siamese_unet_anil import support_canvases
+from fastadapt.algorithms.transfer_detector import PRIOR, TransferDetector
 from fastadapt.cli import main
 from fastadapt.tasks.detection import DetectionBatch, DetectionEpisodes
 from fastadapt.training.builders import build_tasks
@@ -61,7 +64,7 @@ def test_template_matching_finds_pasted_references_exactly_and_scores_ap_one():
                                   [ink_box(references[1, 0], 30, 30), [0] * 4, [0] * 4]])
     classes = torch.tensor([[1, 2, -1], [1, -1, -1]])
     batch = DetectionBatch(references[None], canvases[None], targets_boxes[None], classes[None],
-                           torch.zeros(1, 2, 3, 96, 96, dtype=torch.bool))
+                           torch.zeros(1, 2, 3, 96, 96, dtype=torch.bool), torch.arange(3)[None])
     found = TemplateDetector().find(batch.references, batch.canvases)
     best = found[0, :, 0]
     assert best[0].tolist()[:4] in targets_boxes[0, :2].tolist() and best[0, 4] == pytest.approx(1, abs=1e-5)
@@ -164,22 +167,32 @@ def test_the_prototype_of_k_copies_of_a_reference_is_that_reference_and_the_orde
 
 
 def test_a_few_steps_on_one_batch_lower_the_detectors_loss(one_thread):
-    glyphs = torch.zeros(12, 20, 105, 105, dtype=torch.bool)
-    for c in range(12):  # each character a bar of its own slant and length
-        glyphs[c, :, 20:30 + 5 * c, 40:50] = True
-    batch = DetectionEpisodes(glyphs, 2, 2, canvases=2, characters=4).sample(2, torch.Generator().manual_seed(0))
+    batch = DetectionEpisodes(bar_glyphs(), 2, 2, canvases=2, characters=4).sample(2, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     for mask_loss in (False, True):
-        learner = PrototypeDetector(4, mask_loss)
-        optimiser = torch.optim.Adam(learner.parameters(), 3e-3)
-        losses = []
-        for _ in range(8):
-            loss, logged = learner.meta_loss(batch)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
+        losses, logged = train_steps(PrototypeDetector(4, mask_loss), batch)
         assert losses[-1] < 0.8 * losses[0] and ("mask_loss" in logged) == mask_loss
+
+
+def bar_glyphs():
+    """12 characters, each a bar of its own length (all 20 drawings alike)."""
+    glyphs = torch.zeros(12, 20, 105, 105, dtype=torch.bool)
+    for c in range(12):
+        glyphs[c, :, 20:30 + 5 * c, 40:50] = True
+    return glyphs
+
+
+def train_steps(learner, batch, steps=8):
+    """``steps`` Adam steps (3e-3) of ``learner`` on one batch: the losses, and the last step's logged figures."""
+    optimiser = torch.optim.Adam(learner.parameters(), 3e-3)
+    losses = []
+    for _ in range(steps):
+        loss, logged = learner.meta_loss(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses, logged
 
 
 def test_a_prototype_detector_run_trains_validates_and_evaluates(omniglot_dir, tmp_path, capsys):
@@ -194,3 +207,48 @@ def test_a_prototype_detector_run_trains_validates_and_evaluates(omniglot_dir, t
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "val", "--test-tasks", "2", "--json", "-"]) == 0
     assert set(json.loads(capsys.readouterr().out)["results"]) == {AP50.adapted_row, COCO_AP.adapted_row}
+
+
+# --- the transfer baseline (TFA) ---
+
+def test_base_training_lowers_the_transfer_detectors_loss_on_one_batch(one_thread):
+    batch = DetectionEpisodes(bar_glyphs(), 2, 1, canvases=2, characters=4).sample(2, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    learner = TransferDetector(4, 12, finetune_steps=5, finetune_lr=0.01)
+    losses, logged = train_steps(learner, batch)
+    assert losses[-1] < 0.8 * losses[0] and {"box_loss", "class_loss"} <= set(logged)
+    # only the episode's classes' rows of the base layer learn
+    untouched = torch.ones(12, dtype=torch.bool)
+    untouched[batch.characters.flatten()] = False
+    assert (learner.class_bias[untouched] == PRIOR).all() and (learner.class_bias[~untouched] != PRIOR).all()
+
+
+def test_the_fitted_last_layer_marks_each_reference_on_its_support_canvas_with_its_own_class(one_thread):
+    torch.manual_seed(0)
+    learner = TransferDetector(4, 12, finetune_steps=60, finetune_lr=0.05).eval()
+    references = torch.stack([glyph_reference(seed) for seed in (3, 4)])[None, :, None]  # 2 classes, 1 shot
+    with torch.no_grad():
+        layer = learner.adapt(references)
+        canvases, masks = support_canvases(references.flatten(0, 2))
+        hidden, _ = learner.features(canvases)
+    heat = torch.einsum("nc,schw->snhw", layer.weight[0], hidden) + layer.bias[0][None, :, None, None]
+    for support in range(2):
+        (x, y, w, h), = mask_box(masks[support:support + 1]).tolist()
+        cell = (int((y + h / 2) // CELL), int((x + w / 2) // CELL))
+        assert heat[support, support][cell] > heat[support, 1 - support][cell]
+    untrained = TransferDetector(4, 12, finetune_steps=1, finetune_lr=1e-9).adapt(references)
+    assert torch.allclose(untrained.bias, torch.full_like(untrained.bias, PRIOR), atol=1e-6)
+
+
+def test_a_transfer_detector_run_trains_validates_and_evaluates(omniglot_dir, tmp_path, capsys):
+    run = tmp_path / "transfer"
+    assert main(["train", "--tasks", "cluttered-omniglot-detection", "--algorithm", "transfer-detector",
+                 "--n-way", "2", "--k-shot", "1", "--num-query", "2", "--characters", "4", "--iterations", "2",
+                 "--meta-batch-size", "2", "--conv-channels", "4", "--finetune-steps", "3", "--val-every", "1",
+                 "--val-tasks", "2", "--no-eval", "--no-progress", "--threads", "1", "--data-root", str(omniglot_dir),
+                 "--output-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "val", "--test-tasks", "2", "--json", "-"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["results"]) == {AP50.adapted_row, COCO_AP.adapted_row}
+    _, learner = load_run(run, "best")
+    assert learner.class_weight.shape[0] == 964  # a heatmap per background character

@@ -34,6 +34,7 @@ MODULES = (
     "segmentation_baselines",
     "detection_baselines",
     "prototype_detector",
+    "transfer_detector",
 )
 
 

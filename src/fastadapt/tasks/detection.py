@@ -41,13 +41,15 @@ BLOCK_SEED_STRIDE = 2**20
 class DetectionBatch(TensorBatch):
     """Episodes: references (E, N, K, 3, 32, 32) uint8; canvases (E, Q, 3, 96, 96) uint8; boxes (E, Q, M, 4)
     int64 as (left, top, width, height) and classes (E, Q, M) int64 in 0..N-1 of each canvas's instances, padded
-    with class -1 (M = MAX_TARGETS); masks (E, Q, N, 96, 96) bool, the visible pixels of each class's instances."""
+    with class -1 (M = MAX_TARGETS); masks (E, Q, N, 96, 96) bool, the visible pixels of each class's instances;
+    characters (E, N) int64, which character of the split each class is (what a base-class detector learns)."""
 
     references: torch.Tensor
     canvases: torch.Tensor
     boxes: torch.Tensor
     classes: torch.Tensor
     masks: torch.Tensor
+    characters: torch.Tensor
 
     # each episode is a task (its first dimension E)
 
@@ -93,7 +95,7 @@ class DetectionEpisodes:
         if canvases < 1:
             raise ValueError(f"canvases per episode must be at least 1, got {canvases}")
         self.n_way, self.k_shot, self.num_canvases, self.characters = n_way, k_shot, canvases, characters
-        self.output_size = n_way
+        self.output_size = self.drawings.num_characters  # the classes a detector trained on the split could name
 
     def sample(self, episodes: int, generator: torch.Generator) -> DetectionBatch:
         """``episodes`` episodes from ``generator`` alone."""
@@ -131,7 +133,7 @@ class DetectionEpisodes:
         pixel_class = slot_class.gather(2, torch.where(shown >= 0, shown, MAX_TARGETS).flatten(2)).view_as(shown)
         masks = pixel_class == torch.arange(n).view(1, 1, n, 1, 1)
         return DetectionBatch(references.view(episodes, n, k, *references.shape[1:]),
-                              canvases.view(episodes, q, *canvases.shape[1:]), box, label, masks)
+                              canvases.view(episodes, q, *canvases.shape[1:]), box, label, masks, classes)
 
     def fixed_tasks(self, num_tasks: int, split: str = "test", seed: int = 0) -> DetectionBatch:
         """The same ``num_tasks`` episodes every call for a (split, seed); more episodes extend fewer."""
