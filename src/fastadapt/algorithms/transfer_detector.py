@@ -2,7 +2,7 @@
 Detection"): a detector trained on the base classes, of which only the last layer is fine-tuned on the K shots.
 
 The detector is the Siamese U-Net's network (``siamese_unet``) read without a reference (pooled features and 1/8
-map of zeros: its FiLM layers reduce to learned per-channel affines, its correlation channels to zeros), so the
+cells of zeros: its FiLM layers reduce to learned per-channel affines, its similarity maps to zeros), so the
 same encoder and decoder as the meta-learned detector's, with a CenterNet head: the head's class-agnostic heatmap,
 sizes and offsets, and a last layer, a 1x1 convolution of the head's features, giving one heatmap per base class
 (every character of the training split). Base training: CenterNet's loss of the class-agnostic maps over all the
@@ -29,8 +29,8 @@ from fastadapt.algorithms.base import check_no_steps
 from fastadapt.algorithms.baseline import FinetuneOptions
 from fastadapt.algorithms.detection import DetectionLearner, check_detection_inputs, peak_detections
 from fastadapt.algorithms.segmentation import mask_box
-from fastadapt.algorithms.siamese_unet import (Reference, SiameseUNetNetwork, cell_boxes, centre_targets,
-                                               detection_loss, focal_loss)
+from fastadapt.algorithms.siamese_unet import (EMBEDDING, Reference, SiameseUNetNetwork, cell_boxes,
+                                               centre_targets, detection_loss, focal_loss)
 from fastadapt.algorithms.siamese_unet_anil import support_canvases
 from fastadapt.algorithms.spec import MethodSpec
 from fastadapt.tasks.detection import DetectionBatch
@@ -61,8 +61,8 @@ class TransferDetector(DetectionLearner):
         """The head's features (B, C, h, w) of canvases (B, 3, 96, 96) and its class-agnostic maps (B, 5, h, w)."""
         count, width = len(canvases), self.network.width
         nothing = Reference([canvases.new_zeros(count, width * m, dtype=torch.float32) for m in (1, 2, 4, 8)],
-                            canvases.new_zeros(count, 4 * width, 4, 4, dtype=torch.float32))
-        x, _ = self.network.decode(nothing, canvases)
+                            canvases.new_zeros(count, EMBEDDING, 16, dtype=torch.float32))
+        x, _, _ = self.network.decode(nothing, canvases)
         hidden = self.network.head[0](x)
         return hidden, self.network.head[1](hidden)
 
