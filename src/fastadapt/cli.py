@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastadapt.datasets.download import DownloadError
     from fastadapt.environments.extras import MissingExtraError
     from fastadapt.environments.parallel import RolloutWorkerError
-    from fastadapt.training.allocator import reuse_freed_memory
+    from fastadapt.allocator import reuse_freed_memory
     from fastadapt.training.distributed import WorkerError
     from fastadapt.training.trainer import TrainingInterrupted
 

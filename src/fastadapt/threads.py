@@ -14,7 +14,10 @@ someone else: ``torch.set_num_threads`` called after importing fastadapt, ``OMP_
 (Conv-4, DARTS) puts back torch's default rather than the idle cores the command line counts, so that a
 script's numbers do not depend on the load of the moment.
 
-This module sits below every other (it imports only torch), so networks may call it.
+Building a network also keeps freed memory for reuse (``fastadapt.allocator``), as ``fastadapt train`` does,
+so that a script's training steps cost what the command line's do.
+
+This module sits below every other (it imports only torch and the allocator setting), so networks may call it.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+from fastadapt.allocator import reuse_freed_memory
 
 #: Networks whose operations are too small to gain from more than one thread ("gru": RL²'s policy).
 SMALL_MODELS = frozenset({"mlp", "gru"})
@@ -69,7 +74,9 @@ def chosen_elsewhere() -> bool:
 
 def network_built(model_name: str) -> None:
     """The Python API's choice, called by fastadapt's networks when they are built: one thread for a small
-    network, torch's default for another, unless the count was chosen elsewhere. Says so once on stderr."""
+    network, torch's default for another, unless the count was chosen elsewhere. Says so once on stderr.
+    Freed memory is kept for reuse either way (the process then keeps its peak memory)."""
+    reuse_freed_memory()
     if chosen_elsewhere():
         return
     if model_name in SMALL_MODELS:

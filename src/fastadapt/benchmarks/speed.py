@@ -60,7 +60,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastadapt.datasets import ClassDataset, load_omniglot
 from fastadapt.models import Conv4
 from fastadapt.tasks import EpisodeTasks, TaskBatch
-from fastadapt.training.allocator import reuse_freed_memory
+from fastadapt.allocator import reuse_freed_memory
 from fastadapt.training.builders import build_learner
 from fastadapt.training.config import Config
 from fastadapt.training.precision import PRECISIONS, has_native_bf16

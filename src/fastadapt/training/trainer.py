@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.tasks.base import Batch, TaskDistribution
-from fastadapt.training.allocator import reuse_freed_memory
+from fastadapt.allocator import reuse_freed_memory
 from fastadapt.training.captured import captured_step
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from fastadapt.training.config import Config
