@@ -19,6 +19,7 @@ Two ways to start it (gloo on CPU, NCCL on CUDA with one GPU per local rank):
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import socket
@@ -103,6 +104,7 @@ def process_group(device_name: str, nproc: int | None = None) -> Iterator[Proces
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         yield ProcessGroup(rank, world_size, device)
+        dist.barrier()  # no process tears down its connections while another still exchanges on them
     finally:
         dist.destroy_process_group()
 
@@ -114,6 +116,7 @@ def _free_port() -> int:
 
 
 def _worker(local_rank: int, fn: Callable, nproc: int, port: int, args: tuple, kwargs: dict) -> None:
+    faulthandler.enable()  # a worker killed by a signal (an abort in gloo, say) prints where each thread was
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
