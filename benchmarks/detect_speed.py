@@ -24,12 +24,12 @@ from PIL import Image
 
 from fastadapt.algorithms.segmentation_baselines import TemplateMatching
 from fastadapt.algorithms.siamese_unet import SiameseUNet
+from fastadapt.config.schema import Config
 from fastadapt.datasets.cluttered_omniglot import generate_job, load_glyphs
 from fastadapt.detector import FewShotDetector, cut_tiles, foreground, rescale
 from fastadapt.serve.find import SceneFinder, template_matching_detector
 from fastadapt.serve.model import omniglot_here
 from fastadapt.serve.page import HeldOutCharacters, canvas_drawing
-from fastadapt.training.config import Config
 
 
 def photograph(references: np.ndarray, size: int, object_side: int, seed: int = 0) -> tuple[np.ndarray, list]:

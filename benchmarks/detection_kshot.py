@@ -16,10 +16,10 @@ import json
 import time
 
 from fastadapt.algorithms.metrics import AP50, COCO_AP
+from fastadapt.runs.directory import count_test_look, load_run
 from fastadapt.threads import using_threads
 from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.evaluation import evaluate
-from fastadapt.training.runs import count_test_look, load_run
 
 #: Episodes scored in one call.
 CHUNK = 4

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from fastadapt.config.presets import load_preset
+from fastadapt.runs.directory import train
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import load_preset
-from fastadapt.training.runs import train
 
 
 def main() -> None:

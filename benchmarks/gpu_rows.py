@@ -71,7 +71,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from fastadapt.training.runs import TEST_LOOKS, looks_at_test_set
+from fastadapt.runs.directory import TEST_LOOKS, looks_at_test_set
 
 #: (row, preset, extra train arguments), in priority order; rows whose preset is not shipped are left out.
 ROWS = (
@@ -147,8 +147,9 @@ def speed_probe(data_root: str | None, device: str, steps: int, settings=PROBE_S
                 check_steps: int = 20) -> list[dict]:
     """Milliseconds a meta-iteration of the omniglot-maml preset, eager and captured, on ``device``; then how far
     the captured step's weights are from the eager step's after ``check_steps`` meta-iterations."""
-    from fastadapt.training.builders import build_learner, build_tasks
-    from fastadapt.training.config import load_preset
+    from fastadapt.config.presets import load_preset
+    from fastadapt.runs.directory import build_learner
+    from fastadapt.training.builders import build_tasks
     from fastadapt.training.trainer import Trainer
 
     base = load_preset("omniglot-maml").replace(device=device, output_dir="runs/gpu-rows-probe",
@@ -192,7 +193,8 @@ def speed_probe(data_root: str | None, device: str, steps: int, settings=PROBE_S
 def same_run_check(cfg, device: str, steps: int) -> dict:
     """Largest weight difference between the eager and the captured step after ``steps`` meta-iterations from
     the same seed on the same tasks (the CPU tests check the captured step's path bit for bit, not the graph)."""
-    from fastadapt.training.builders import build_learner, build_tasks
+    from fastadapt.runs.directory import build_learner
+    from fastadapt.training.builders import build_tasks
     from fastadapt.training.trainer import Trainer
 
     label = f"captured against eager: largest weight difference after {steps} meta-iterations of meta-batch 32"
@@ -220,7 +222,7 @@ def same_run_check(cfg, device: str, steps: int) -> dict:
 
 def plan(args: argparse.Namespace, work: Path) -> list[Row]:
     """The rows to run, in priority order, with their train commands (resuming where a run directory exists)."""
-    from fastadapt.training.config import preset_names
+    from fastadapt.config.presets import preset_names
 
     shipped = set(preset_names())
     threads = max(1, (os.cpu_count() or 1) // args.parallel)

@@ -26,11 +26,12 @@ import torch
 import yaml
 
 from fastadapt.algorithms.mann import MANN, accuracy_by_instance, shuffle_sequence
+from fastadapt.config.presets import load_preset
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import evaluate_learner, load_metrics, load_run, train
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.training.builders import build_tasks, fixed_seed
-from fastadapt.training.config import Config, load_preset
 from fastadapt.training.evaluation import format_table
-from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
 
 
 def machine() -> str:
@@ -51,8 +52,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 FIRST_EPISODE = """
 import sys
-from fastadapt.training.builders import build_learner, build_tasks
-from fastadapt.training.config import load_preset
+from fastadapt.config.presets import load_preset
+from fastadapt.runs.directory import build_learner
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.trainer import Trainer
 cfg = load_preset(sys.argv[1]).replace(**({"data_root": sys.argv[2]} if len(sys.argv) > 2 else {}))
 tasks = build_tasks(cfg, "train")

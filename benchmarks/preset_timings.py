@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from fastadapt.training.builders import build_learner, build_tasks
-from fastadapt.training.config import load_preset, preset_names
+from fastadapt.runs.directory import build_learner
+
+from fastadapt.config.presets import load_preset, preset_names
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.networks import resolve_model
 from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.trainer import Trainer
@@ -48,7 +50,7 @@ def main() -> None:
     parser.add_argument("presets", nargs="*", help="presets to time (default: all)")
     parser.add_argument("--data-root", help="folder holding the Omniglot zips (default: $FASTADAPT_DATA or download)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per preset (default: 5)")
-    parser.add_argument("--write", action="store_true", help="update src/fastadapt/configs/timings.json")
+    parser.add_argument("--write", action="store_true", help="update src/fastadapt/config/presets/timings.json")
     args = parser.parse_args()
     machine = f"{os.cpu_count()}-core {platform.machine()} CPU"
     timings = {}
@@ -58,7 +60,7 @@ def main() -> None:
             timings[name] = round(per_iteration, 4)
             print(f"{name:28s} {per_iteration:8.3f} s/iteration", flush=True)
     if args.write:
-        path = Path(str(resources.files("fastadapt.configs").joinpath("timings.json")))
+        path = Path(str(resources.files("fastadapt.config.presets").joinpath("timings.json")))
         old = json.loads(path.read_text()) if path.exists() else {}
         merged = {**old.get("seconds_per_iteration", {}), **timings}
         path.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "measured": time.strftime("%Y-%m-%d"),

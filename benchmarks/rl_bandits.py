@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
-from fastadapt.training.config import load_preset
-from fastadapt.training.evaluation import Estimate, format_table
 from fastadapt.benchmarks.preset_runs import preset_run
-from fastadapt.training.runs import evaluate_learner, load_run, look_at_test_set
+from fastadapt.config.presets import load_preset
+from fastadapt.runs.directory import evaluate_learner, load_run, look_at_test_set
+from fastadapt.training.evaluation import Estimate, format_table
 
 #: (arms k, pulls n) -> the RL^2 rows: (label, preset)
 SETTINGS = {(5, 10): [("RL^2 (ours)", "rl-bandit-rl2-k5-n10")],

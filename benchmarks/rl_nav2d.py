@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from fastadapt.benchmarks.preset_runs import preset_run
-from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.config.presets import load_preset
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import (count_test_look, evaluate_learner, fixed_batches, load_run,
+                                      record_evaluation_settings)
 from fastadapt.training.builders import build_tasks, fixed_seed
-from fastadapt.training.config import Config, load_preset
+from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.evaluation import Estimate, format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import (count_test_look, evaluate_learner, fixed_batches, load_run,
-                                     record_evaluation_settings)
 from fastadapt.training.trainer import BEST, LAST
 
 PRESETS = {"MAML": "rl-nav2d-maml", "pretrained": "rl-nav2d-pretrained", "random init": "rl-nav2d-random",

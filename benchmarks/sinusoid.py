@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from fastadapt.config.presets import load_preset
+from fastadapt.runs.directory import fixed_batches, load_run, train
 from fastadapt.training.builders import build_tasks, fixed_seed
-from fastadapt.training.config import load_preset
 from fastadapt.training.evaluation import format_table, mean_and_ci95, per_task_results, step_label
-from fastadapt.training.runs import fixed_batches, load_run, train
 
 
 def divergence(values: torch.Tensor) -> str | None:

@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from fastadapt.config.schema import WITHIN_ALPHABET
+from fastadapt.runs.directory import fixed_batches, load_run
 from fastadapt.training.builders import build_tasks
-from fastadapt.training.config import WITHIN_ALPHABET
 from fastadapt.training.evaluation import evaluate, format_table
-from fastadapt.training.runs import fixed_batches, load_run
 from fastadapt.training.threads import using_threads
 
 

@@ -75,7 +75,7 @@ def fake_omniglot(monkeypatch, synthetic_omniglot):
     runs the archives of OMNIGLOT_DIR whatever their data_root)."""
     from dataclasses import replace
 
-    from fastadapt.training.families import FAMILIES
+    from fastadapt.config.families import FAMILIES
 
     def load(cfg, split):
         return split_omniglot(synthetic_omniglot, cfg.task.dataset_split, split)

@@ -1,6 +1,6 @@
 """Helpers shared by the tests of whole runs: a small sinusoid MAML run's settings, and the exception a test
 raises from a gradient hook to kill a run mid-training (before resuming it)."""
-from fastadapt.training.config import Config
+from fastadapt.config.schema import Config
 
 
 class Killed(Exception):

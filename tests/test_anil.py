@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from fastadapt.algorithms.anil import ANIL
 from fastadapt.cli import main
+from fastadapt.config.presets import load_preset
 from fastadapt.models import Conv4
-from fastadapt.training.config import load_preset
 from test_maml_images import held_out_accuracy_before_and_after_meta_training  # tests/ is on sys.path
 from test_metric_methods import synthetic_tasks
 

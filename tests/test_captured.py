@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from fastadapt.algorithms import MAML, MetaSGD
+from fastadapt.config.schema import Config, ConfigError
 from fastadapt.datasets import ClassDataset
 from fastadapt.models import Conv4
+from fastadapt.runs.directory import build_learner
 from fastadapt.tasks import EpisodeTasks
-from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.captured import CapturedStep, captured_step
-from fastadapt.training.config import Config, ConfigError
 from fastadapt.training.trainer import NonFiniteLossError, Trainer
 
 

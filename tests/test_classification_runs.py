@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from fastadapt.cli import main
-from fastadapt.training.builders import build_learner, build_tasks, eval_settings
-from fastadapt.training.config import Config, load_preset, preset_names
+from fastadapt.config.presets import load_preset, preset_names
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import build_learner, evaluate_learner, fixed_batches, load_run
+from fastadapt.training.builders import build_tasks, eval_settings
 from fastadapt.training.evaluation import evaluate
 from fastadapt.training.networks import resolve_norm
-from fastadapt.training.runs import evaluate_learner, fixed_batches, load_run
 
 TINY = ["--iterations", "4", "--meta-batch-size", "2", "--log-every", "2", "--val-every", "2",
         "--checkpoint-every", "2", "--val-tasks", "4", "--test-tasks", "6", "--conv-channels", "8",

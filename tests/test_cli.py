@@ -118,7 +118,7 @@ def test_demo_tiny_budget(tmp_path, capsys):
 
 def test_the_demo_tests_the_best_validation_weights_fresh_or_reused(tmp_path, monkeypatch):
     """A fresh demo and a re-run that reuses its runs print the same table: both test best.pt, as the README says."""
-    from fastadapt.training import demo
+    from fastadapt.runs import demo
 
     configs = demo.demo_configs
 

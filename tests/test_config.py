@@ -2,7 +2,8 @@
 import pytest
 import yaml
 
-from fastadapt.training.config import FLAT, SECTIONS, Config, ConfigError, load_preset, preset_names
+from fastadapt.config.presets import load_preset, preset_names
+from fastadapt.config.schema import FLAT, SECTIONS, Config, ConfigError
 
 
 def test_flat_names_and_sections_build_the_same_config():
@@ -71,6 +72,6 @@ def test_unknown_settings_suggest_the_closest_name(tmp_path):
 def test_every_shipped_preset_is_in_the_sectioned_form():
     for name in preset_names():
         from importlib import resources
-        text = resources.files("fastadapt.configs").joinpath(f"{name}.yaml").read_text()
+        text = resources.files("fastadapt.config.presets").joinpath(f"{name}.yaml").read_text()
         assert set(yaml.safe_load(text)) <= set(SECTIONS), name
         assert isinstance(load_preset(name), Config)

@@ -15,9 +15,9 @@ from fastadapt.algorithms.siamese_unet import CELL, cell_boxes, detection_loss
 from fastadapt.algorithms.siamese_unet_anil import support_canvases
 from fastadapt.algorithms.transfer_detector import PRIOR, TransferDetector
 from fastadapt.cli import main
+from fastadapt.runs.directory import load_run
 from fastadapt.tasks.detection import DetectionBatch, DetectionEpisodes
 from fastadapt.training.builders import build_tasks
-from fastadapt.training.runs import load_run
 
 
 def ink_box(image, left, top):

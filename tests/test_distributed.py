@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from fastadapt.cli import main
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import train
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import Config
-from fastadapt.training.runs import train
 from run_helpers import sinusoid_run  # the tests directory is on sys.path under pytest
 
 ARGS = ["--algorithm", "maml", "--tasks", "sinusoid", "--k-shot", "5", "--meta-batch-size", "8",

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from fastadapt.cli import build_parser, main
+from fastadapt.config.schema import Config
 from fastadapt.plots import _iterations
+from fastadapt.runs.directory import train
 from fastadapt.training import threads
-from fastadapt.training.config import Config
-from fastadapt.training.runs import train
 from fastadapt.training.trainer import Trainer
 
 
@@ -74,7 +74,8 @@ def test_sigint_saves_last_checkpoint_exits_130_and_resume_continues_from_there(
 def test_sigterm_during_a_run_saves_at_the_end_of_the_step(tmp_path):
     cfg = Config(tasks="sinusoid", k_shot=5, meta_batch_size=2, iterations=50, val_tasks=2, test_tasks=2,
                  checkpoint_every=1000, output_dir=str(tmp_path / "run"))
-    from fastadapt.training.builders import build_learner, build_tasks
+    from fastadapt.runs.directory import build_learner
+    from fastadapt.training.builders import build_tasks
     from fastadapt.training.trainer import TrainingInterrupted
     tasks = build_tasks(cfg)
     trainer = Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False)
@@ -163,7 +164,8 @@ def test_stalled_validation_with_rising_training_accuracy_is_pointed_out(tmp_pat
     cfg = Config(algorithm="protonet", tasks="folder", data_root=str(glyph_folder), n_way=2, k_shot=1, num_query=2,
                  eval_query=2, iterations=12, log_every=1, val_every=1, val_tasks=2, test_tasks=2, conv_channels=8,
                  output_dir=str(tmp_path / "run"))
-    from fastadapt.training.builders import build_learner, build_tasks
+    from fastadapt.runs.directory import build_learner
+    from fastadapt.training.builders import build_tasks
     tasks = build_tasks(cfg)
     trainer = Trainer(cfg, build_learner(cfg, tasks), tasks, val_batches=lambda: [], progress=False)
     scores = iter([0.6, 0.7] + [0.65] * 20)

@@ -13,10 +13,10 @@ from PIL import Image
 
 from fastadapt import threads
 from fastadapt.cli import _config_from_args, build_parser, main, preset_timings, quick_config
-from fastadapt.training.config import load_preset
-from fastadapt.training.builders import build_learner, build_tasks
-from fastadapt.training.config import Config
-from fastadapt.training.runs import evaluate_learner, train
+from fastadapt.config.presets import load_preset
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import build_learner, evaluate_learner, train
+from fastadapt.training.builders import build_tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +51,7 @@ def test_evaluate_learner_runs_on_the_threads_train_would_choose(tmp_path, monke
                  output_dir=str(tmp_path / "run"))
     _, learner = train(cfg, progress=False)
     seen = []
-    import fastadapt.training.runs as runs
+    import fastadapt.runs.directory as runs
     original = runs.evaluate
 
     def recording(*args, **kwargs):
@@ -124,7 +124,7 @@ def test_eval_shows_a_progress_bar_with_the_time_left(tmp_path, capsys):
 def test_a_finished_run_resumed_shows_its_recorded_test_instead_of_testing_again(tmp_path, capsys, monkeypatch):
     assert main(_tiny_sinusoid(tmp_path, "--no-progress")) == 0
     first = capsys.readouterr().out
-    import fastadapt.training.runs as runs
+    import fastadapt.runs.directory as runs
 
     def no_second_test(*args, **kwargs):
         raise AssertionError("tested again")

@@ -14,11 +14,11 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from PIL import Image
 
+from fastadapt.config.schema import FLAT, Config, ConfigError, base_type
 from fastadapt.datasets import ClassDataset, load_image_folder
+from fastadapt.runs.directory import train
 from fastadapt.tasks import EpisodeTasks
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import FLAT, Config, ConfigError, base_type
-from fastadapt.training.runs import train
 from fastadapt.training.trainer import Trainer
 
 FUZZ_EXAMPLES = {"episodes": 150, "config": 300, "folders": 40, "checkpoints": 40}
@@ -199,6 +199,7 @@ def test_a_damaged_checkpoint_is_a_clear_error_and_the_run_resumes_from_best(fin
 
 
 def _fresh(cfg):
-    from fastadapt.training.builders import build_learner, build_tasks
+    from fastadapt.runs.directory import build_learner
+    from fastadapt.training.builders import build_tasks
     tasks = build_tasks(cfg)
     return build_learner(cfg, tasks), tasks

@@ -18,17 +18,19 @@ pytest.importorskip("mujoco", reason="the MuJoCo tests need the fastadapt[mujoco
 import gymnasium  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
+from fastadapt.config.presets import load_preset  # noqa: E402
+from fastadapt.config.schema import Config  # noqa: E402
 from fastadapt.environments import LOCOMOTION_IDS  # noqa: E402
 from fastadapt.environments.parallel import (RolloutWorkerError, RolloutWorkers,  # noqa: E402
                                              close_rollout_workers, rollout_workers)
 from fastadapt.models import GaussianMLPPolicy  # noqa: E402
 from fastadapt.rl import rollout  # noqa: E402
 from fastadapt.rl.rollout import lockstep_rollout  # noqa: E402
+from fastadapt.runs.directory import build_learner  # noqa: E402
 from fastadapt.tasks import LocomotionTasks  # noqa: E402
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES  # noqa: E402
-from fastadapt.training.builders import build_learner, build_tasks  # noqa: E402
+from fastadapt.training.builders import build_tasks  # noqa: E402
 from fastadapt.training.checkpoint import load_checkpoint  # noqa: E402
-from fastadapt.training.config import Config, load_preset  # noqa: E402
 from fastadapt.training.trainer import Trainer  # noqa: E402
 
 CHEETAH_ID = "fastadapt/HalfCheetahForwardBackward-v0"
@@ -294,7 +296,7 @@ def test_a_run_whose_worker_dies_stops_with_the_error_and_resumes_to_the_uninter
                       checkpoint_every=1, val_tasks=2, test_tasks=2, rollout_workers=workers,
                       output_dir=str(tmp_path / name)).resolved()
 
-    from fastadapt.training.runs import train
+    from fastadapt.runs.directory import train
 
     _, straight = train(cfg("a", 0), progress=False)
     config = cfg("b", 1)

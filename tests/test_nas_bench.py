@@ -30,7 +30,7 @@ def test_a_kept_test_result_is_reused_only_with_the_same_settings_and_code(glyph
     import json
 
     from fastadapt.benchmarks import nas, preset_runs
-    from fastadapt.training.config import Config
+    from fastadapt.config.schema import Config
 
     cfg = Config(algorithm="fomaml", tasks="folder", data_root=str(glyph_folder), n_way=3, k_shot=1, num_query=1,
                  eval_query=2, conv_channels=4, iterations=2, meta_batch_size=2, log_every=1, val_every=1,

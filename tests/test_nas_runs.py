@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from fastadapt.cli import main
+from fastadapt.config.schema import Config
 from fastadapt.models.darts import Genotype
-from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.runs.directory import build_learner, train
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import Config
-from fastadapt.training.runs import train
 from fastadapt.training.threads import using_threads
 from fastadapt.training.trainer import Trainer, build_optimizer
 from run_helpers import Killed  # the tests directory is on sys.path under pytest

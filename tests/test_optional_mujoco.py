@@ -8,7 +8,7 @@ from fastadapt.cli import main
 
 
 def test_the_core_never_imports_mujoco():
-    code = ("import sys, fastadapt.cli, fastadapt.training.runs, fastadapt.tasks, fastadapt.environments, "
+    code = ("import sys, fastadapt.cli, fastadapt.runs.directory, fastadapt.tasks, fastadapt.environments, "
             "fastadapt.benchmarks.rollout_speed; sys.exit('mujoco' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -9,14 +9,13 @@ import torch
 from fastadapt.algorithms import MAML
 from fastadapt.algorithms.registry import method_names, method_spec
 from fastadapt.benchmarks.speed import omniglot_like
+from fastadapt.config.schema import Config
 from fastadapt.models import MLP, Conv4
+from fastadapt.runs.directory import build_learner, evaluate_learner, load_run, train
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks, SinusoidTasks
-from fastadapt.training.builders import build_learner
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.checks import check_config
-from fastadapt.training.config import Config
 from fastadapt.training.precision import autocast, has_native_bf16
-from fastadapt.training.runs import evaluate_learner, load_run, train
 from fastadapt.training.trainer import Trainer
 from test_metric_methods import synthetic_tasks  # the tests directory is on sys.path under pytest
 from run_helpers import Killed  # the tests directory is on sys.path under pytest

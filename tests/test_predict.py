@@ -190,8 +190,8 @@ def test_cross_domain_eval_on_digits_matches_the_polarity(protonet_run, capsys):
 def test_predict_on_omniglot_files_matches_eval_on_the_same_episode(omniglot_dir, tmp_path, capsys):
     """The original PNGs of a fixed test episode, through `fastadapt predict`, give eval's predictions."""
     from fastadapt.datasets.omniglot import _list_archive
+    from fastadapt.runs.directory import load_run
     from fastadapt.training.builders import build_tasks
-    from fastadapt.training.runs import load_run
 
     run = tmp_path / "run"
     assert main(["train", "--algorithm", "protonet", "--tasks", "omniglot", "--data-root", str(omniglot_dir),
@@ -259,8 +259,8 @@ def test_checkpoints_are_loaded_weights_only_so_a_foreign_pickle_runs_nothing(tm
 
 def test_digits_are_for_evaluation_only_and_come_light_on_dark():
     pytest.importorskip("sklearn")
+    from fastadapt.config.schema import Config
     from fastadapt.training.builders import build_tasks
-    from fastadapt.training.config import Config
 
     with pytest.raises(ValueError, match="for evaluation only"):
         build_tasks(Config(algorithm="protonet", tasks="digits"), "train")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fastadapt.cli import build_parser, main
-from fastadapt.training.config import preset_names
+from fastadapt.config.presets import preset_names
 from episode_helpers import write_glyph_folder  # the tests directory is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]

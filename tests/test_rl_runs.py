@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastadapt.cli import main
-from fastadapt.training.builders import build_learner, build_tasks
-from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import Config, load_preset, preset_names
-from fastadapt.training.evaluation import Estimate, mean_and_ci95
-from fastadapt.training.inspection import navigation_paths
 from fastadapt.benchmarks.preset_runs import preset_run
-from fastadapt.training.runs import evaluate_learner, load_run, train, trained_run
+from fastadapt.cli import main
+from fastadapt.config.presets import load_preset, preset_names
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import build_learner, evaluate_learner, load_run, train, trained_run
+from fastadapt.runs.inspection import navigation_paths
+from fastadapt.training.builders import build_tasks
+from fastadapt.training.checkpoint import load_checkpoint
+from fastadapt.training.evaluation import Estimate, mean_and_ci95
 from fastadapt.training.trainer import Trainer
 from run_helpers import Killed  # the tests directory is on sys.path under pytest
 
@@ -269,7 +270,7 @@ def test_a_nan_return_stops_the_run_with_a_one_line_error(tmp_path, capsys, monk
 def test_fastadapt_eval_tests_a_baseline_with_the_step_size_its_benchmark_chose(tmp_path, capsys):
     """The benchmarks choose a baseline's test-time step size on validation goals and record it in config.yaml:
     fastadapt eval of that run then measures what the benchmark reported, not the preset's step size."""
-    from fastadapt.training.runs import record_evaluation_settings
+    from fastadapt.runs.directory import record_evaluation_settings
 
     cfg = load_preset("rl-nav2d-pretrained").replace(horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
                                                      iterations=1, val_tasks=3, test_tasks=5, eval_steps=[0, 1],

@@ -16,12 +16,12 @@ from fastadapt.algorithms.siamese_unet import (CELL, SiameseUNet, decode_boxes, 
                                               similarities, soft_dice_loss)
 from fastadapt.algorithms.siamese_unet_anil import SiameseUNetANIL, support_canvases
 from fastadapt.cli import main
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import build_learner, load_run
 from fastadapt.tasks.cluttered_omniglot import (ClutteredOmniglotTasks, SegmentationBatch, localisation_hits,
                                                 mask_iou)
-from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import Config
-from fastadapt.training.runs import load_run
 from fastadapt.training.trainer import Trainer
 
 

@@ -19,11 +19,11 @@ pytest.importorskip("uvicorn", reason="the serve extra (pip install -e '.[serve]
 
 from fastadapt.cli import main  # noqa: E402
 from fastadapt.datasets.drawing import render_strokes  # noqa: E402
+from fastadapt.runs.directory import TEST_RESULTS, read_test_results  # noqa: E402
 from fastadapt.serve import app as web  # noqa: E402
 from fastadapt.serve.model import ServedModel, choose_model, image_runs, serve_pixels, serve_run  # noqa: E402
-from fastadapt.training.runs import TEST_RESULTS, read_test_results  # noqa: E402
-from fastadapt.training.threads import using_threads  # noqa: E402
 from fastadapt.serve.page import HeldOutCharacters, canvas_drawing, png_base64  # noqa: E402
+from fastadapt.training.threads import using_threads  # noqa: E402
 
 # five shapes anyone can tell apart, as strokes on a 210-pixel canvas
 SHAPES = {

@@ -73,9 +73,9 @@ def test_the_sinusoid_benchmark_says_how_many_tasks_diverged_and_their_median(tm
     import importlib.util
     from pathlib import Path
 
-    from fastadapt.training.config import load_preset
+    from fastadapt.config.presets import load_preset
+    from fastadapt.runs.directory import evaluate_learner, load_run, train
     from fastadapt.training.evaluation import mean_and_ci95
-    from fastadapt.training.runs import evaluate_learner, load_run, train
 
     spec = importlib.util.spec_from_file_location("sinusoid_bench",
                                                   Path(__file__).resolve().parents[1] / "benchmarks" / "sinusoid.py")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fastadapt.cli import main
+from fastadapt.config.schema import Config, ConfigError
 from fastadapt.tasks import Navigation2DTasks, SinusoidTasks
 from fastadapt.tasks.base import MAX_TEST_SET, SPLIT_SEED_OFFSETS, TRAINING_SEEDS, seed_of_test_set
-from fastadapt.training.config import Config, ConfigError
 
 TINY = ["--iterations", "4", "--meta-batch-size", "4", "--log-every", "2", "--val-every", "2",
         "--checkpoint-every", "2", "--val-tasks", "10", "--test-tasks", "20", "--no-progress"]
@@ -81,7 +81,7 @@ def test_every_test_look_is_counted_and_recorded(tmp_path, capsys):
 
 
 def test_looks_counted_before_versions_are_test_set_1s(tmp_path):
-    from fastadapt.training.runs import count_test_look, looks_at_test_set
+    from fastadapt.runs.directory import count_test_look, looks_at_test_set
 
     (tmp_path / "test_looks.json").write_text(json.dumps({"looks": 2}))
     assert (looks_at_test_set(tmp_path, 1), looks_at_test_set(tmp_path, 2)) == (2, 0)

@@ -4,10 +4,13 @@ import json
 import pytest
 import torch
 
-from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.runs.directory import build_learner
+
+from fastadapt.config.presets import load_preset
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import train
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint, save_checkpoint
-from fastadapt.training.config import Config, load_preset
-from fastadapt.training.runs import train
 from fastadapt.training.trainer import NonFiniteLossError, Trainer
 from run_helpers import Killed, sinusoid_run  # the tests directory is on sys.path under pytest
 

@@ -7,15 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadapt.algorithms import Baseline, BaselinePlusPlus, EmbeddingLogisticRegression
+from fastadapt.config.schema import Config
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.models import Conv4
+from fastadapt.runs.directory import build_learner, load_run, train
 from fastadapt.tasks import ClassMiniBatches, TaskBatch
-from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
-from fastadapt.training.config import Config
-from fastadapt.training.runs import load_run, train
-from fastadapt.training.trainer import Trainer
 from fastadapt.training.threads import using_threads
+from fastadapt.training.trainer import Trainer
 from episode_helpers import write_glyph_folder  # the tests directory is on sys.path under pytest
 from run_helpers import Killed  # the tests directory is on sys.path under pytest
 

@@ -9,14 +9,15 @@ import torch
 from fastadapt.algorithms.base import RLMetaLearner
 from fastadapt.algorithms.mann import MANN
 from fastadapt.cli import main
+from fastadapt.config.presets import load_preset, preset_names
+from fastadapt.config.schema import Config, ConfigError
 from fastadapt.datasets import ClassDataset
+from fastadapt.runs.directory import build_learner, evaluate_learner, fixed_batches, load_run, train
 from fastadapt.tasks import EpisodeTasks
-from fastadapt.training.builders import build_learner, build_tasks
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.checks import check_config
-from fastadapt.training.config import Config, ConfigError, load_preset, preset_names
 from fastadapt.training.evaluation import evaluate
-from fastadapt.training.runs import evaluate_learner, fixed_batches, load_run, train
 from fastadapt.training.trainer import build_optimizer
 
 

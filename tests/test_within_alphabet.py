@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from fastadapt.cli import main
+from fastadapt.config.schema import Config
 from fastadapt.datasets import ClassDataset
 from fastadapt.datasets.omniglot import DRAWERS, alphabet_of, drawers_of
 from fastadapt.tasks import EpisodeTasks, WithinAlphabetEpisodes
 from fastadapt.tasks.episodes import SHIFT, random_affine
 from fastadapt.training.builders import build_tasks
-from fastadapt.training.config import Config
 from episode_helpers import indices_of, traceable_dataset  # the tests directory is on sys.path under pytest
 
 

@@ -27,12 +27,12 @@ import torch
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_of
+from fastadapt.config.schema import Config
 from fastadapt.datasets.folder import IMAGE_SUFFIXES, list_class_folders
 from fastadapt.datasets.preparation import ImageLike, ImagePreparation
-from fastadapt.training.config import Config
+from fastadapt.runs.directory import load_run
+from fastadapt.runs.inputs import read_run_inputs
 from fastadapt.training.device import resolve_device
-from fastadapt.training.run_inputs import read_run_inputs
-from fastadapt.training.runs import load_run
 from fastadapt.training.trainer import BEST, LAST
 
 

@@ -9,7 +9,8 @@ import typing
 import warnings
 from pathlib import Path
 
-from fastadapt.training.config import EPISODES, SECTIONS, Config, base_type, load_preset, preset_names, settings
+from fastadapt.config.presets import load_preset, preset_names
+from fastadapt.config.schema import EPISODES, SECTIONS, Config, base_type, settings
 
 COMMANDS_HELP = """examples:
   fastadapt demo                                   # MAML on sinusoid, table + figure, a few minutes on CPU
@@ -100,7 +101,7 @@ def quick_label(cfg: Config, preset: str | None) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from fastadapt.training.demo import run_demo
+    from fastadapt.runs.demo import run_demo
 
     summary = run_demo(args.output_dir, iterations=args.iterations, seed=args.seed, progress=not args.no_progress,
                        overwrite=args.overwrite)
@@ -111,11 +112,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from fastadapt.plots import plot_learning_curves
+    from fastadapt.runs.directory import (TEST_RESULTS, curves_subtitle, load_metrics, load_run, look_at_test_set,
+                                          recorded_results, record_test_results, results_payload, train)
     from fastadapt.training.distributed import is_main_process
     from fastadapt.training.evaluation import format_table
     from fastadapt.training.trainer import add_image_to_tensorboard
-    from fastadapt.training.runs import (TEST_RESULTS, curves_subtitle, load_metrics, load_run, look_at_test_set,
-                                         recorded_results, record_test_results, results_payload, train)
 
     cfg = _config_from_args(args)
     label = quick_label(cfg, args.preset) if args.quick else None
@@ -155,8 +156,8 @@ def _print_architecture(cfg: Config, run_dir: Path) -> None:
     """For a search: the meta-architecture it found; for model darts: the architecture trained. With the size of
     the discrete network."""
     from fastadapt.algorithms.registry import method_of
+    from fastadapt.runs.inspection import architecture_size
     from fastadapt.training.networks import ARCHITECTURE_FILE, load_architecture
-    from fastadapt.training.inspection import architecture_size
 
     if method_of(cfg).searches_architecture:
         source = run_dir / ARCHITECTURE_FILE
@@ -175,8 +176,8 @@ def _print_architecture(cfg: Config, run_dir: Path) -> None:
 
 
 def _eval_title(cfg: Config, split: str = "test") -> str:
-    from fastadapt.training.config import WITHIN_ALPHABET
-    from fastadapt.training.families import family_of
+    from fastadapt.config.families import family_of
+    from fastadapt.config.schema import WITHIN_ALPHABET
     from fastadapt.training.networks import resolve_norm
 
     family = family_of(cfg)
@@ -196,9 +197,9 @@ def _eval_title(cfg: Config, split: str = "test") -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from fastadapt.runs.directory import (evaluate_learner, load_run, look_at_test_set, read_test_results,
+                                          results_payload)
     from fastadapt.training.evaluation import format_table
-    from fastadapt.training.runs import (evaluate_learner, load_run, look_at_test_set, read_test_results,
-                                         results_payload)
 
     if args.split == "val" and args.test_set:
         raise ValueError("--test-set chooses a draw of the test episodes; --split val scores validation episodes")
@@ -207,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                   "test_set": args.test_set, "episodes": args.episodes}
     cfg = cfg.replace(**{name: value for name, value in evaluation.items() if value})
     if args.tasks:
-        from fastadapt.training.crossdomain import evaluate_cross_domain
+        from fastadapt.runs.crossdomain import evaluate_cross_domain
 
         if args.split != "test" or args.episodes:
             raise ValueError("--split and --episodes are for the run's own task family, not with --tasks")
@@ -262,7 +263,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from fastadapt.algorithms.metrics import MASK_LOGIT_THRESHOLD
     from fastadapt.algorithms.registry import method_names, method_of
     from fastadapt.datasets.cluttered_omniglot import CANVAS_SIZE, REFERENCE_SIZE, read_rgb
-    from fastadapt.training.runs import load_run
+    from fastadapt.runs.directory import load_run
 
     reference = read_rgb(args.reference, REFERENCE_SIZE, "reference")
     canvases = torch.stack([read_rgb(path, CANVAS_SIZE, "canvas") for path in args.canvas])
@@ -371,13 +372,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    from fastadapt.algorithms.registry import method_of
+    from fastadapt.config.families import family_of
     from fastadapt.plots import (plot_cells, plot_frame_strip, plot_learning_curves, plot_navigation_trajectories,
                                  plot_task_architectures)
-    from fastadapt.algorithms.registry import method_of
-    from fastadapt.training.families import family_of
+    from fastadapt.runs.directory import curves_subtitle, load_metrics, load_run, write_architecture
+    from fastadapt.runs.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
     from fastadapt.training.networks import load_architecture
-    from fastadapt.training.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
-    from fastadapt.training.runs import curves_subtitle, load_metrics, load_run, write_architecture
 
     run_dir = Path(args.run_dir)
     records = load_metrics(run_dir)
@@ -424,7 +425,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
-    from fastadapt.training.families import FAMILIES
+    from fastadapt.config.families import FAMILIES
 
     timings = preset_timings()
     rows = [["preset", "method", "tasks", "episodes", "iterations",
@@ -451,7 +452,7 @@ def preset_timings() -> dict:
     docs/results.md), which ``fastadapt presets`` shows instead where there is one."""
     from importlib import resources
 
-    path = resources.files("fastadapt.configs").joinpath("timings.json")
+    path = resources.files("fastadapt.config.presets").joinpath("timings.json")
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

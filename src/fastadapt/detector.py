@@ -49,10 +49,10 @@ from PIL import Image
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_names, method_of
 from fastadapt.classifier import load_trained_run
+from fastadapt.config.schema import Config
 from fastadapt.datasets.cluttered_omniglot import CANVAS_SIZE, REFERENCE_SIZE
 from fastadapt.datasets.preparation import ImageLike, to_pil
 from fastadapt.tasks.boxes import nms
-from fastadapt.training.config import Config
 from fastadapt.training.device import resolve_device
 
 #: A pixel differing from the background by more than this (of 255) in some channel is foreground.

@@ -1,7 +1,7 @@
 """Declared settings: each with its default, its help line and what its values must be, in one place.
 
 A method's options are a frozen dataclass of ``setting`` fields next to its learner (``MethodSpec.options``);
-the run configuration (``training.config``) gathers them into its ``method`` section, so that a YAML file, a
+the run configuration (``config.schema``) gathers them into its ``method`` section, so that a YAML file, a
 command-line flag and the learner's own constructor are all checked by the same declaration. An options
 dataclass checks its values when it is built; ``check_option`` checks one value, for a constructor that
 takes it as an argument.

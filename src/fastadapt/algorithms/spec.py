@@ -5,7 +5,7 @@ Each method file ends with the specifications of the methods it implements (``SP
 the run directories, the classifier, the server) asks the specification what a method can do instead of
 keeping its own list of names.
 
-``build`` receives the run's building context (``training.builders.BuildContext``): ``cfg`` (the run's
+``build`` receives the run's building context (``runs.directory.BuildContext``): ``cfg`` (the run's
 settings, ``cfg.method`` its method's options), ``tasks`` (the training task distribution), and
 ``model(head=True)``, ``encoder()`` (an embedding network and its width) and ``trained_learner(run_dir)``,
 so that a method file needs nothing from the training package.
@@ -13,7 +13,7 @@ so that a method file needs nothing from the training package.
 ``options`` are the method's options dataclasses (``fastadapt.options``: each setting with its default, help
 and rule), declared next to the learner that reads them; a dataclass that several methods read (MAML's inner
 loop) is declared once, by the file of the method that owns it, and listed by each. The run configuration's
-``method`` section is made of them (``training.config``).
+``method`` section is made of them (``config.schema``).
 """
 from __future__ import annotations
 

@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from fastadapt.training.crossdomain import evaluate_cross_domain
-from fastadapt.training.families import family_of
-from fastadapt.training.runs import evaluate_learner, load_run
+from fastadapt.config.families import family_of
+from fastadapt.runs.crossdomain import evaluate_cross_domain
+from fastadapt.runs.directory import evaluate_learner, load_run
 
 
 def evaluate_run(run_dir: str, domain: str, settings: list[tuple[int, int]], test_tasks: int) -> dict:

@@ -32,11 +32,13 @@ from pathlib import Path
 import yaml
 
 from fastadapt.benchmarks.preset_runs import results_key
+from fastadapt.config.presets import load_preset
+from fastadapt.config.schema import Config
 from fastadapt.models import Conv4
 from fastadapt.models.darts import count_flops, count_parameters
-from fastadapt.training.builders import build_learner, build_tasks
-from fastadapt.training.config import Config, load_preset
-from fastadapt.training.runs import EVALUATION_CHANGES, load_run, look_at_test_set, looks_at_test_set, train
+from fastadapt.runs.directory import build_learner
+from fastadapt.runs.directory import EVALUATION_CHANGES, load_run, look_at_test_set, looks_at_test_set, train
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.trainer import LAST
 
 SEARCH_PRESET = "omniglot-metanas-cpu"

@@ -7,8 +7,8 @@ from functools import cache
 from pathlib import Path
 
 import fastadapt
-from fastadapt.training.config import Config
-from fastadapt.training.runs import trained_run
+from fastadapt.config.schema import Config
+from fastadapt.runs.directory import trained_run
 
 #: Settings that change where or how fast a run is computed, not what it computes.
 BOOKKEEPING = ("output_dir", "threads", "rollout_workers", "log_every", "tensorboard")

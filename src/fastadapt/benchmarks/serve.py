@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastadapt.config.presets import load_preset
+from fastadapt.runs.directory import train
 from fastadapt.serve.model import omniglot_here
 from fastadapt.serve.page import HeldOutCharacters, canvas_drawing, png_base64
-from fastadapt.training.config import load_preset
-from fastadapt.training.runs import train
 
 #: Where the Omniglot archives are beside a checkout (the project's shared data), when nothing else says.
 SHARED = Path("../shared/data/omniglot")

@@ -57,12 +57,12 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from fastadapt.allocator import reuse_freed_memory
+from fastadapt.config.schema import Config
 from fastadapt.datasets import ClassDataset, load_omniglot
 from fastadapt.models import Conv4
+from fastadapt.runs.directory import build_learner
 from fastadapt.tasks import EpisodeTasks, TaskBatch
-from fastadapt.allocator import reuse_freed_memory
-from fastadapt.training.builders import build_learner
-from fastadapt.training.config import Config
 from fastadapt.training.precision import PRECISIONS, has_native_bf16
 from fastadapt.training.trainer import Trainer
 

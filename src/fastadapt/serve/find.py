@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 
 from fastadapt.algorithms.segmentation_baselines import TemplateMatching
+from fastadapt.config.schema import Config
 from fastadapt.datasets.cluttered_omniglot import SPLITS, load_glyphs, scene_with
 from fastadapt.datasets.drawing import as_omniglot_drawing
 from fastadapt.detector import FewShotDetector, ImageDetections
 from fastadapt.serve.model import png_url
-from fastadapt.training.config import Config
 
 #: The split whose characters fill a drawn scene.
 SCENE_SPLIT = "test-one-shot"

@@ -27,13 +27,14 @@ from PIL import Image
 from fastadapt.algorithms import NearestNeighbours
 from fastadapt.algorithms.registry import method_of
 from fastadapt.classifier import Classification, FewShotClassifier
+from fastadapt.config.families import family_of
+from fastadapt.config.presets import load_preset
+from fastadapt.config.schema import Config
 from fastadapt.datasets.drawing import as_omniglot_drawing
 from fastadapt.datasets.omniglot import find_omniglot_archives
 from fastadapt.datasets.preparation import ImagePreparation
-from fastadapt.training.config import Config, load_preset
-from fastadapt.training.families import family_of
-from fastadapt.training.runs import (episode_shapes, load_metrics, load_run, look_at_test_set, read_test_results,
-                                     record_test_results, results_payload, train)
+from fastadapt.runs.directory import (episode_shapes, load_metrics, load_run, look_at_test_set, read_test_results,
+                                      record_test_results, results_payload, train)
 from fastadapt.training.trainer import BEST
 
 #: Where the quick ProtoNet is trained when there is no run to serve, and how long.

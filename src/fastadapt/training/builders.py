@@ -1,23 +1,19 @@
-"""Turn a ``Config`` into the objects of a run: its task distributions and its learner.
+"""Turn a ``Config`` into the task distributions of a run.
 
 What a method is and what a task family is come from their specifications (``algorithms.registry``,
-``training.families``); this module puts a run together from them, so the CLI and the Python API accept the
-same names and build the same objects. The network comes from ``training.networks``.
+``config.families``); this module draws a run's tasks from them, so the CLI and the Python API accept the same
+names and build the same tasks. The learner is built beside the run directories (``runs.directory``), since it
+may start from another run.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_of
+from fastadapt.config.families import WITHIN_ALPHABET_WAY, alphabet_episodes, family_of, within_alphabet_episodes
+from fastadapt.config.provenance import evaluation_alphabets_seen
+from fastadapt.config.schema import WITHIN_ALPHABET, Config
 from fastadapt.datasets import ClassDataset
 from fastadapt.tasks import ClassMiniBatches, EpisodeTasks
 from fastadapt.tasks.base import TaskDistribution, seed_of_test_set
-from fastadapt.training.config import WITHIN_ALPHABET, Config
-from fastadapt.training.families import (WITHIN_ALPHABET_WAY, alphabet_episodes, family_of,
-                                         within_alphabet_episodes)
-from fastadapt.training.networks import build_encoder, build_model
 
 #: Queries per class in training episodes when the config leaves num_query unset.
 DEFAULT_TRAIN_QUERY = 15
@@ -76,35 +72,17 @@ def episodes(cfg: Config, split: str, way: int, shot: int) -> EpisodeTasks:
 
 def within_alphabet_tasks(cfg: Config, split: str) -> EpisodeTasks:
     """Lake et al.'s within-alphabet 20-way 1-shot trials of ``split`` (``families.within_alphabet_episodes``),
-    for a method that can classify them."""
+    for a method that can classify them. Refused (a ValueError, one line) for a run whose training may have seen
+    an evaluation-set alphabet: Lake's rule is background set only."""
     method = method_of(cfg)
     if (not method.any_way and cfg.task.n_way != WITHIN_ALPHABET_WAY) or (method.fixed_shot and cfg.task.k_shot != 1):
         raise ValueError(f"within-alphabet trials are {WITHIN_ALPHABET_WAY}-way 1-shot, and {cfg.method.name} is "
                          f"built for {cfg.task.n_way}-way {cfg.task.k_shot}-shot episodes")
+    why = evaluation_alphabets_seen(cfg)
+    if why:
+        raise ValueError(f"within-alphabet episodes (--episodes within-alphabet) are for runs trained on Omniglot's "
+                         f"background set only, and {why}")
     return within_alphabet_episodes(cfg, split)
-
-
-class BuildContext:
-    """What a method's ``build`` (its ``MethodSpec``) is given: the run's settings, its training tasks, and the
-    networks those settings describe."""
-
-    def __init__(self, cfg: Config, tasks: TaskDistribution) -> None:
-        self.cfg, self.tasks = cfg, tasks
-
-    def model(self, head: bool = True) -> nn.Module:
-        """The network (an RL family's policy); with ``head`` it outputs what the tasks need."""
-        return build_model(self.cfg, self.tasks, head)
-
-    def encoder(self) -> tuple[nn.Module, int]:
-        """The model without a head and the width of its features."""
-        return build_encoder(self.cfg, self.tasks)
-
-    @staticmethod
-    def trained_learner(run_dir: str) -> nn.Module:
-        """The best learner of the run in ``run_dir`` (k-NN borrows its encoder)."""
-        from fastadapt.training.runs import load_run  # runs builds on this module; import when needed
-
-        return load_run(run_dir)[1]
 
 
 def fixed_seed(cfg: Config, split: str) -> int:
@@ -125,12 +103,3 @@ def eval_settings(cfg: Config) -> list[tuple[int, int]]:
                          f"eval_ways {evaluation.eval_ways} / eval_shots {evaluation.eval_shots} "
                          "leave nothing to evaluate")
     return [(w, s) for w in ways for s in shots]
-
-
-def build_learner(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
-    method = method_of(cfg)
-    if method.images_only and getattr(tasks, "input_shape", None) is None:
-        raise ValueError(f"algorithm {cfg.method.name!r} classifies images: use tasks 'omniglot' or 'folder', "
-                         f"not {cfg.task.family!r}")
-    torch.manual_seed(cfg.training.seed)
-    return method.build(BuildContext(cfg, tasks))

@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.config.schema import CUDA_GRAPH_SETTINGS
 from fastadapt.tasks.base import IndexedTasks
-from fastadapt.training.config import CUDA_GRAPH_SETTINGS
 from fastadapt.training.precision import autocast
 
 #: Eager steps on a side stream before capture (PyTorch's documentation uses a few; one can leave lazy

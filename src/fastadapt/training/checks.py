@@ -3,11 +3,11 @@ combinations, then sizes against the data."""
 from __future__ import annotations
 
 from fastadapt.algorithms.registry import method_names, method_of, methods
+from fastadapt.config.families import FAMILIES, check_name, family_names, family_of
+from fastadapt.config.schema import WITHIN_ALPHABET, Config
 from fastadapt.models.conv4 import NORMS
 from fastadapt.training.builders import build_tasks, class_dataset, episodes, eval_settings, within_alphabet_tasks
-from fastadapt.training.config import WITHIN_ALPHABET, Config
 from fastadapt.training.device import resolve_device
-from fastadapt.training.families import FAMILIES, check_name, family_names, family_of
 from fastadapt.training.networks import MODELS, POLICIES, build_policy, resolve_model, resolve_norm, resolve_policy
 from fastadapt.training.precision import PRECISIONS
 

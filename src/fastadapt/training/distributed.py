@@ -13,7 +13,7 @@ rank 0 alone writes the run directory, and all processes resume from the same
 
 Two ways to start it (gloo on CPU, NCCL on CUDA with one GPU per local rank):
 
-* ``fastadapt train ... --nproc N`` or ``runs.train(cfg, nproc=N)``: N local processes, spawned here;
+* ``fastadapt train ... --nproc N`` or ``runs.directory.train(cfg, nproc=N)``: N local processes, spawned here;
 * ``torchrun --nproc-per-node N -m fastadapt train ...``: any torchrun setup, several machines included;
   each process reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from its environment.
 """
@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.config.schema import Config
 from fastadapt.tasks.base import Batch, TaskDistribution
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state
-from fastadapt.training.config import Config
 from fastadapt.training.device import resolve_device
 from fastadapt.training.trainer import StopRequest, Trainer, TrainingInterrupted, TrainResult
 

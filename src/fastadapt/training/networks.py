@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms.registry import method_names, method_of
+from fastadapt.config.families import family_of
+from fastadapt.config.schema import Config
 from fastadapt.models import MLP, CategoricalMLPPolicy, Conv4, GaussianMLPPolicy, RecurrentPolicy
 from fastadapt.models.darts import DiscreteNetwork, Genotype, SearchNetwork, SearchSpace
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.mdp import MDPTaskDistribution
-from fastadapt.training.config import Config
-from fastadapt.training.families import family_of
 
 #: The file in a metanas / tnas run directory that holds its meta-architecture (of the best checkpoint).
 ARCHITECTURE_FILE = "architecture.json"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from fastadapt.threads import available_cores, busy_cores, threads_for, using_threads
 
 if TYPE_CHECKING:
-    from fastadapt.training.config import Config
+    from fastadapt.config.schema import Config
 
 __all__ = ["available_cores", "busy_cores", "choose_threads", "using_threads"]
 

@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.config.schema import Config
 from fastadapt.tasks.base import Batch, TaskDistribution
 from fastadapt.allocator import reuse_freed_memory
 from fastadapt.training.captured import captured_step
 from fastadapt.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from fastadapt.training.config import Config
 from fastadapt.training.evaluation import evaluate
 from fastadapt.training.precision import autocast, has_native_bf16
 

@@ -14,13 +14,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastadapt.config.families import family_of
+from fastadapt.config.schema import Config
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.preparation import ImagePreparation, dataset_polarity
 from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.signature import TaskSignature
 from fastadapt.training.builders import build_tasks
-from fastadapt.training.config import Config
-from fastadapt.training.families import family_of
 
 INPUTS = "inputs.json"
 _FORMAT = 1

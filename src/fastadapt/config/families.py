@@ -11,14 +11,14 @@ import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from fastadapt.datasets import ClassDataset, load_image_folder, load_omniglot
-from fastadapt.datasets.digits import load_digits_dataset
 from fastadapt.datasets.cluttered_omniglot import SPLITS as CLUTTERED_OMNIGLOT
 from fastadapt.datasets.cluttered_omniglot import glyph_tensor, load_glyphs
+from fastadapt.datasets.digits import load_digits_dataset
 from fastadapt.datasets.omniglot import SPLITS as OMNIGLOT_SPLITS
 from fastadapt.datasets.omniglot import alphabet_of, drawers_of
 from fastadapt.tasks import (BanditTasks, LocomotionTasks, Navigation2DTasks, SinusoidTasks, TabularMDPTasks,
@@ -27,8 +27,10 @@ from fastadapt.tasks.base import TaskDistribution
 from fastadapt.tasks.cluttered_omniglot import ClutteredOmniglotTasks, OfficialCanvases
 from fastadapt.tasks.detection import DetectionEpisodes
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, MDPTaskDistribution
-from fastadapt.training.config import Config
-from fastadapt.training.threads import available_cores
+from fastadapt.threads import available_cores
+
+if TYPE_CHECKING:
+    from fastadapt.config.schema import Config
 
 #: Share of a folder's classes that go to train and val when it has no train/val/test sub-folders.
 FOLDER_SPLIT = {"train": 0.6, "val": 0.2}
@@ -115,13 +117,8 @@ WITHIN_ALPHABET_WAY = 20
 def within_alphabet_episodes(cfg: Config, split: str) -> WithinAlphabetEpisodes:
     """Lake et al.'s (2015) within-alphabet 20-way 1-shot trials, one query per class, on ``split``'s classes
     of the background split: test on the evaluation set's 20 alphabets (all have at least 20 characters),
-    validation on ``datasets.omniglot.VAL_ALPHABETS``, which that split holds out of training. Refused (a
-    ValueError, one line) for a run whose training may have seen an evaluation-set alphabet: Lake's rule is
-    background set only."""
-    why = evaluation_alphabets_seen(cfg)
-    if why:
-        raise ValueError(f"within-alphabet episodes (--episodes within-alphabet) are for runs trained on Omniglot's "
-                         f"background set only, and {why}")
+    validation on ``datasets.omniglot.VAL_ALPHABETS``, which that split holds out of training (for runs whose
+    training saw no evaluation-set alphabet: ``config.provenance.evaluation_alphabets_seen``)."""
     return alphabet_episodes(FAMILIES[cfg.task.family].build(cfg, split), WITHIN_ALPHABET_WAY, 1, 1)
 
 
@@ -131,30 +128,6 @@ def alphabet_episodes(dataset: ClassDataset, n_way: int, k_shot: int, num_query:
     alphabet is an alphabet of its own), support and query by different drawers (``drawers_of``)."""
     return WithinAlphabetEpisodes(dataset, [alphabet_of(name) for name in dataset.class_names], drawers_of(dataset),
                                   n_way, k_shot, num_query, augment)
-
-
-def evaluation_alphabets_seen(cfg: Config, checked: frozenset[Path] = frozenset()) -> str | None:
-    """Why a run's training may have seen Omniglot's evaluation-set alphabets (its classes, or weights it started
-    from: init_from, encoder_from), in words; None when it has not (``--dataset-split background``, whose
-    training classes are the background set less the validation alphabets). ``checked``: the runs already
-    looked at on the way here (a loop of init_from is not followed twice)."""
-    if not family_of(cfg).alphabets:
-        return f"this run was trained on {cfg.task.family!r} tasks, not on Omniglot's background set"
-    if cfg.task.dataset_split != "background":
-        return (f"this run's training classes (--dataset-split {cfg.task.dataset_split}) include evaluation-set "
-                "alphabets; train with --dataset-split background")
-    for flag, source in (("init_from", cfg.training.init_from), ("encoder_from", cfg.method.encoder_from)):
-        if source is None:
-            continue
-        saved = (Path(source).expanduser() / "config.yaml").resolve()
-        if saved in checked:
-            continue
-        if not saved.is_file():
-            return f"its weights come from {source} ({flag}), whose config.yaml is not there to check"
-        why = evaluation_alphabets_seen(Config.load(saved), checked | {saved})
-        if why:
-            return f"its weights come from {source} ({flag}), and there {why}"
-    return None
 
 
 @lru_cache(maxsize=4)

@@ -1,6 +1,7 @@
 """A run is a directory: config.yaml, metrics.jsonl, last.pt and best.pt (and test_results.json once evaluated).
 
-These functions are the Python API behind ``fastadapt train`` and ``fastadapt eval``.
+These functions are the Python API behind ``fastadapt train`` and ``fastadapt eval``: build a run's learner
+(which may start from another run's weights), train it into its directory, load it, evaluate it.
 """
 from __future__ import annotations
 
@@ -11,26 +12,27 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_of
+from fastadapt.config.families import WITHIN_ALPHABET_WAY, family_of
+from fastadapt.config.schema import FLAT, WITHIN_ALPHABET, Config
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.download import atomic_file
+from fastadapt.runs.inputs import inputs_of, read_run_inputs, record_run_inputs
 from fastadapt.tasks import EpisodeTasks, WithinAlphabetEpisodes
 from fastadapt.tasks.base import Batch, TaskDistribution
 from fastadapt.training import distributed
-from fastadapt.training.builders import build_learner, build_tasks, eval_settings, fixed_seed
+from fastadapt.training.builders import build_tasks, eval_settings, fixed_seed
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.checks import check_config
-from fastadapt.training.config import FLAT, WITHIN_ALPHABET, Config
 from fastadapt.training.device import resolve_device
 from fastadapt.training.evaluation import FEW_TEST_CLASSES, Estimate, evaluate, row_label, step_label
-from fastadapt.training.families import WITHIN_ALPHABET_WAY, family_of
-from fastadapt.training.networks import ARCHITECTURE_FILE, resolve_model
+from fastadapt.training.networks import ARCHITECTURE_FILE, build_encoder, build_model, resolve_model
 from fastadapt.training.precision import check_precision
-from fastadapt.training.run_inputs import inputs_of, read_run_inputs, record_run_inputs
 from fastadapt.training.threads import choose_threads, using_threads
 from fastadapt.training.trainer import BEST, LAST, Trainer, TrainResult
 
@@ -201,6 +203,38 @@ def threads_started_with(run_dir: Path) -> int | None:
         return load_checkpoint(run_dir / LAST).get("threads")
     except (ValueError, FileNotFoundError):
         return None
+
+
+class BuildContext:
+    """What a method's ``build`` (its ``MethodSpec``) is given: the run's settings, its training tasks, and the
+    networks those settings describe."""
+
+    def __init__(self, cfg: Config, tasks: TaskDistribution) -> None:
+        self.cfg, self.tasks = cfg, tasks
+
+    def model(self, head: bool = True) -> nn.Module:
+        """The network (an RL family's policy); with ``head`` it outputs what the tasks need."""
+        return build_model(self.cfg, self.tasks, head)
+
+    def encoder(self) -> tuple[nn.Module, int]:
+        """The model without a head and the width of its features."""
+        return build_encoder(self.cfg, self.tasks)
+
+    @staticmethod
+    def trained_learner(run_dir: str) -> nn.Module:
+        """The best learner of the run in ``run_dir`` (k-NN borrows its encoder)."""
+        return load_run(run_dir)[1]
+
+
+def build_learner(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
+    """The run's learner, as its method's ``MethodSpec`` builds it (seeded by the run's seed); here, beside
+    ``load_run``, because a learner may be built from another run's (k-NN's ``encoder_from``)."""
+    method = method_of(cfg)
+    if method.images_only and getattr(tasks, "input_shape", None) is None:
+        raise ValueError(f"algorithm {cfg.method.name!r} classifies images: use tasks 'omniglot' or 'folder', "
+                         f"not {cfg.task.family!r}")
+    torch.manual_seed(cfg.training.seed)
+    return method.build(BuildContext(cfg, tasks))
 
 
 def initialise_from(learner: MetaLearner, run_dir: str | Path) -> None:

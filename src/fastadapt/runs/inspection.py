@@ -13,16 +13,16 @@ import torch
 
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import RLMetaLearner
+from fastadapt.config.families import family_of
+from fastadapt.config.schema import Config
 from fastadapt.environments.noise import derive_seeds
 from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
 from fastadapt.rl.rollout import ENV_STREAM
+from fastadapt.runs.directory import fixed_batches
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.training.builders import build_tasks, fixed_seed
-from fastadapt.training.config import Config
 from fastadapt.training.evaluation import step_label
-from fastadapt.training.families import family_of
 from fastadapt.training.networks import search_space
-from fastadapt.training.runs import fixed_batches
 
 #: how a figure names the fixed tasks it shows
 SPLIT_NAMES = {"test": "test", "val": "validation"}

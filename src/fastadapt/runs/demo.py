@@ -17,12 +17,12 @@ from typing import Callable
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.config.schema import Config
 from fastadapt.plots import plot_learning_curves, plot_sinusoid_adaptation
+from fastadapt.runs.directory import evaluate_learner, load_metrics, load_run, train
 from fastadapt.tasks import SinusoidTasks
-from fastadapt.training.config import Config
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.evaluation import format_table, step_label
-from fastadapt.training.runs import evaluate_learner, load_metrics, load_run, train
 from fastadapt.training.trainer import LAST
 
 FIGURE_STEPS = (0, 1, 10)

@@ -13,12 +13,13 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
+from fastadapt.algorithms.registry import option_groups
+from fastadapt.config.families import FAMILIES
 from fastadapt.options import (NON_NEGATIVE, POSITIVE_INT, POSITIVE_INTS, POSITIVE_LR, OptionError, Rule,
                                check_options, options_of, setting)
 from fastadapt.tasks.base import MAX_TEST_SET, TRAINING_SEEDS, fixed_stream_seeds
@@ -135,8 +136,6 @@ def _method_settings() -> type:
     """The ``method`` section: the method's name, then the settings of every method's options dataclasses
     (``MethodSpec.options``, declared next to each learner), flat as YAML files and flags have always held them.
     Its ``validate`` builds each options dataclass from them, which checks them by their declared rules."""
-    from fastadapt.algorithms.registry import option_groups  # the methods build on nothing of training/
-
     groups = option_groups()
     declared = [("name", str, setting("maml", "meta-learning method (see `fastadapt presets` and the README)",
                                       flat="algorithm"))]
@@ -465,8 +464,6 @@ class Config:
 
 def _default_meta_batch(family: str) -> int:
     """The family's meta-batch size (its ``FamilySpec``; 4 for a name no family has, refused later)."""
-    from fastadapt.training.families import FAMILIES  # the families build on this module
-
     return FAMILIES[family].meta_batch if family in FAMILIES else 4
 
 
@@ -479,22 +476,3 @@ def _is_section(key: str, value: Any) -> bool:
 
 _by_field: dict[tuple[str, str], Setting] = {(s.section, s.name): s for s in FLAT.values()}
 
-
-def preset_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("fastadapt.configs").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def load_preset(name_or_path: str) -> Config:
-    """A shipped preset by name (see ``preset_names()``) or any YAML file by path."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        return Config.load(path)
-    if name_or_path not in preset_names():
-        close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
-        raise ConfigError(f"unknown preset {name_or_path!r}" + (f": did you mean {close[0]!r}?" if close else "")
-                          + " (`fastadapt presets` lists them; or give a .yaml path)")
-    with resources.as_file(resources.files("fastadapt.configs").joinpath(f"{name_or_path}.yaml")) as preset:
-        return Config.load(preset)

@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.config.families import FAMILIES, family_names
+from fastadapt.config.schema import Config
 from fastadapt.datasets.base import ClassDataset
 from fastadapt.datasets.preparation import ImagePreparation, dataset_polarity, describe_polarity, opposite
+from fastadapt.runs.directory import evaluate_learner
+from fastadapt.runs.inputs import read_run_inputs
 from fastadapt.training.builders import eval_settings
-from fastadapt.training.families import FAMILIES, family_names
-from fastadapt.training.config import Config
 from fastadapt.training.evaluation import Estimate
-from fastadapt.training.run_inputs import read_run_inputs
-from fastadapt.training.runs import evaluate_learner
 
 
 def domain_dataset(cfg: Config, preparation: ImagePreparation, family: str, data_root: str | None = None
