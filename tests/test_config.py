@@ -75,3 +75,14 @@ def test_every_shipped_preset_is_in_the_sectioned_form():
         text = resources.files("fastadapt.config.presets").joinpath(f"{name}.yaml").read_text()
         assert set(yaml.safe_load(text)) <= set(SECTIONS), name
         assert isinstance(load_preset(name), Config)
+
+
+@pytest.mark.parametrize("algorithm, tasks, default", [("maml-rl", "nav2d", 1.0), ("metasgd-rl", "nav2d", 1.0),
+                                                       ("pretrained-rl", "nav2d", 1.0), ("rl2", "bandit", 0.3)])
+def test_a_setting_left_unset_takes_the_methods_default_when_the_config_is_resolved(algorithm, tasks, default):
+    """gae_lambda: the method's (``MethodSpec.defaults``), filled in by ``Config.resolved()``, so that its builder
+    reads a number; a value that is set is kept, and a method without such a default leaves it unset."""
+    cfg = Config(algorithm=algorithm, tasks=tasks)
+    assert cfg.method.gae_lambda is None and cfg.resolved().method.gae_lambda == default
+    assert cfg.replace(gae_lambda=0.5).resolved().method.gae_lambda == 0.5
+    assert cfg.replace(algorithm="maml", tasks="sinusoid").resolved().method.gae_lambda is None

@@ -222,6 +222,25 @@ def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, overrides)
     assert [r["iteration"] for r in log] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_whose_config_yaml_leaves_gae_lambda_unset_loads_and_resumes_with_the_methods_default(tmp_path):
+    """Runs written before the method's default was filled in by ``Config.resolved()`` hold gae_lambda null in
+    config.yaml and their checkpoints: they load, and resume, with the default they were trained with."""
+    run = tmp_path / "r"
+    cfg = Config(algorithm="rl2", tasks="bandit", arms=3, horizon=5, trajectories=2, meta_batch_size=4,
+                 recurrent_size=8, ppo_epochs=1, ppo_minibatches=1, iterations=1, val_tasks=2, test_tasks=2,
+                 output_dir=str(run))
+    train(cfg, progress=False)
+    assert Config.load(run / "config.yaml").method.gae_lambda == 0.3
+    Config.load(run / "config.yaml").replace(gae_lambda=None).save(run / "config.yaml")
+    for name in ("best.pt", "last.pt"):
+        payload = load_checkpoint(run / name)
+        payload["config"] = Config.from_dict(payload["config"]).replace(gae_lambda=None).to_dict()
+        torch.save(payload, run / name)
+    assert load_run(run)[1].gae_lambda == 0.3
+    _, learner = train(cfg.replace(iterations=2), resume=True, progress=False)
+    assert learner.gae_lambda == 0.3 and load_checkpoint(run / "last.pt")["iteration"] == 2
+
+
 def test_rl_evaluation_is_reproducible_and_reads_validation_tasks_on_request(tmp_path):
     train(Config(algorithm="maml-rl", tasks="nav2d", horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
                  iterations=1, val_tasks=2, test_tasks=3, eval_steps=[0, 1], output_dir=str(tmp_path / "r")),

@@ -207,10 +207,8 @@ def build_policy_gradient(cls: type[MAMLRL]):
     def build(context) -> MAMLRL:
         method = context.cfg.method
         options = dict(inner_lr=method.inner_lr, trajectories=context.cfg.task.trajectories,
-                       first_order=method.first_order, gamma=method.gamma,
-                       gae_lambda=1.0 if method.gae_lambda is None else method.gae_lambda,
-                       trpo=options_of(TRPOSettings, method),
-                       eval_inner_lrs=method.eval_inner_lrs or None)
+                       first_order=method.first_order, gamma=method.gamma, gae_lambda=method.gae_lambda,
+                       trpo=options_of(TRPOSettings, method), eval_inner_lrs=method.eval_inner_lrs or None)
         if cls.min_inner_steps > 0:
             options["inner_steps"] = method.inner_steps
         return cls(context.model(), **options)
@@ -218,5 +216,11 @@ def build_policy_gradient(cls: type[MAMLRL]):
     return build
 
 
-SPECS = (MethodSpec("maml-rl", MAMLRL, build_policy_gradient(MAMLRL), POLICY_GRADIENT_OPTIONS, rl=True,
-                    policy="feedforward"),)
+def policy_gradient_spec(name: str, cls: type[MAMLRL]) -> MethodSpec:
+    """The specification of MAML-RL, Meta-SGD-RL or the pretrained policy: a feed-forward policy adapted by
+    policy-gradient steps, GAE with lambda 1.0 unless set (the MAML paper's code)."""
+    return MethodSpec(name, cls, build_policy_gradient(cls), POLICY_GRADIENT_OPTIONS, rl=True, policy="feedforward",
+                      defaults={"gae_lambda": 1.0})
+
+
+SPECS = (policy_gradient_spec("maml-rl", MAMLRL),)

@@ -11,9 +11,7 @@ alpha, then alpha / 2, keeps its meaning: the learned step, then half of it).
 """
 from __future__ import annotations
 
-from fastadapt.algorithms.maml_rl import MAMLRL, Params
-from fastadapt.algorithms.maml_rl import POLICY_GRADIENT_OPTIONS, build_policy_gradient
-from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.algorithms.maml_rl import MAMLRL, Params, policy_gradient_spec
 from fastadapt.algorithms.step_sizes import StepSizes
 from fastadapt.models.policies import MLPPolicy
 
@@ -27,5 +25,4 @@ class MetaSGDRL(MAMLRL):
         return {name: rate * (lr / self.inner_lr) for name, rate in self.inner_rates.by_weight().items()}
 
 
-SPECS = (MethodSpec("metasgd-rl", MetaSGDRL, build_policy_gradient(MetaSGDRL), POLICY_GRADIENT_OPTIONS, rl=True,
-                    policy="feedforward"),)
+SPECS = (policy_gradient_spec("metasgd-rl", MetaSGDRL),)

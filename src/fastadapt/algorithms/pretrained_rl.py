@@ -11,9 +11,7 @@ The step size of the test-time steps is chosen on validation tasks (the paper: "
 """
 from __future__ import annotations
 
-from fastadapt.algorithms.maml_rl import MAMLRL
-from fastadapt.algorithms.maml_rl import POLICY_GRADIENT_OPTIONS, build_policy_gradient
-from fastadapt.algorithms.spec import MethodSpec
+from fastadapt.algorithms.maml_rl import MAMLRL, policy_gradient_spec
 
 
 class PretrainedPolicy(MAMLRL):
@@ -25,5 +23,4 @@ class PretrainedPolicy(MAMLRL):
         super().__init__(policy, inner_steps=0, **options)
 
 
-SPECS = (MethodSpec("pretrained-rl", PretrainedPolicy, build_policy_gradient(PretrainedPolicy), POLICY_GRADIENT_OPTIONS, rl=True,
-                    policy="feedforward"),)
+SPECS = (policy_gradient_spec("pretrained-rl", PretrainedPolicy),)

@@ -117,10 +117,10 @@ class RL2(RLMetaLearner):
 def _build(context) -> RL2:
     method = context.cfg.method
     return RL2(context.model(), trials=context.cfg.task.trajectories, gamma=method.gamma,
-               gae_lambda=0.3 if method.gae_lambda is None else method.gae_lambda, clip=method.ppo_clip,
+               gae_lambda=method.gae_lambda, clip=method.ppo_clip,
                epochs=method.ppo_epochs, minibatches=method.ppo_minibatches, value_coef=method.value_coef,
                entropy_coef=method.entropy_coef, max_grad_norm=method.max_grad_norm)
 
 
 SPECS = (MethodSpec("rl2", RL2, _build, (ReturnOptions, PPOOptions), rl=True, policy="gru",
-                    splits_over_processes=False),)
+                    splits_over_processes=False, defaults={"gae_lambda": 0.3}),)

@@ -33,6 +33,9 @@ class MethodSpec:
     build: Callable[[Any], nn.Module]
     #: the options dataclasses whose settings (``cfg.method`` fields) it reads (``fastadapt.options``)
     options: tuple[type, ...] = field(default=())
+    #: its values of settings of those options that a config may leave unset (None, whose value then depends on
+    #: the method): {name: value}, filled in by ``Config.resolved()``, so that ``build`` reads a value
+    defaults: dict[str, Any] = field(default_factory=dict, hash=False)
     #: adapts a network by gradient steps on the support set (MAML's family): per-task batch statistics by default
     gradient_based: bool = False
     #: compares queries with the support set, so one trained model serves any number of ways (and shots)
@@ -69,6 +72,9 @@ class MethodSpec:
         if not all(dataclasses.is_dataclass(group) and isinstance(group, type) for group in self.options):
             raise TypeError(f"method {self.name}: options are options dataclasses (fastadapt.options), "
                             f"got {self.options}")
+        unknown = sorted(set(self.defaults) - set(self.option_names))
+        if unknown:
+            raise ValueError(f"method {self.name}: defaults {unknown} are not settings of its options")
 
     @property
     def option_names(self) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from fastadapt.algorithms.registry import option_groups
+from fastadapt.algorithms.registry import methods, option_groups
 from fastadapt.config.families import FAMILIES
 from fastadapt.options import (NON_NEGATIVE, POSITIVE_INT, POSITIVE_INTS, POSITIVE_LR, OptionError, Rule,
                                check_options, options_of, setting)
@@ -401,14 +401,23 @@ class Config:
         raise AttributeError("Config is read-only: use cfg.replace(name=value) for a changed copy")
 
     def resolved(self) -> "Config":
-        """This config with every setting left to its default ('None: ...' above) given its value for this run."""
+        """This config with every setting left to its default ('None: ...' above) given its value for this run:
+        the task family's and the method's (``FamilySpec.meta_batch``, ``MethodSpec.defaults``) among them."""
         training = self.training
         iterations = training.iterations
         return self.replace(
             meta_batch_size=training.meta_batch_size or _default_meta_batch(self.task.family),
             log_every=training.log_every or min(100, max(1, iterations // 100)),
             val_every=training.val_every or min(1000, max(1, iterations // 20)),
+            method=self._method_defaults(),
         )
+
+    def _method_defaults(self) -> dict[str, Any]:
+        """The method's values of its settings this config leaves unset (none for a name no method has, refused
+        later)."""
+        spec = methods().get(self.method.name)
+        defaults = spec.defaults if spec is not None else {}
+        return {name: value for name, value in defaults.items() if getattr(self.method, name) is None}
 
     # --- views and copies ---
     def to_dict(self) -> dict[str, dict[str, Any]]:

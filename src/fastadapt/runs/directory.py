@@ -72,8 +72,10 @@ def fixed_batches(tasks: TaskDistribution, num_tasks: int, split: str, chunk: in
 
 
 def check_resumable(cfg: Config, run_dir: Path) -> None:
-    """Refuse to resume with settings that would change the weights or the validation episodes."""
-    saved = Config.load(run_dir / "config.yaml").flat()
+    """Refuse to resume with settings that would change the weights or the validation episodes (``cfg`` resolved;
+    the saved settings resolved too, as a config.yaml written before a default moved into the resolution holds
+    it unset)."""
+    saved = Config.load(run_dir / "config.yaml").resolved().flat()
     allowed = RESUMABLE_CHANGES | ({"data_root"} if family_of(cfg).data_root_may_move else set())
     changed = sorted(k for k, v in cfg.flat().items() if k not in allowed and saved[k] != v)
     if changed:
@@ -227,14 +229,15 @@ class BuildContext:
 
 
 def build_learner(cfg: Config, tasks: TaskDistribution) -> MetaLearner:
-    """The run's learner, as its method's ``MethodSpec`` builds it (seeded by the run's seed); here, beside
-    ``load_run``, because a learner may be built from another run's (k-NN's ``encoder_from``)."""
+    """The run's learner, as its method's ``MethodSpec`` builds it from the resolved settings (seeded by the
+    run's seed); here, beside ``load_run``, because a learner may be built from another run's (k-NN's
+    ``encoder_from``)."""
     method = method_of(cfg)
     if method.images_only and getattr(tasks, "input_shape", None) is None:
         raise ValueError(f"algorithm {cfg.method.name!r} classifies images: use tasks 'omniglot' or 'folder', "
                          f"not {cfg.task.family!r}")
     torch.manual_seed(cfg.training.seed)
-    return method.build(BuildContext(cfg, tasks))
+    return method.build(BuildContext(cfg.resolved(), tasks))
 
 
 def initialise_from(learner: MetaLearner, run_dir: str | Path) -> None:
