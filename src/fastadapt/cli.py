@@ -653,8 +653,8 @@ def _add_plot(commands: argparse._SubParsersAction) -> None:
     plot.add_argument("--tasks", type=int, default=100,
                       help="metanas / tnas: validation tasks whose adapted architectures are drawn (default: 100)")
     plot.add_argument("--split", choices=("test", "val"), default="test",
-                      help="RL: the fixed tasks whose trajectories or frames are drawn: test (default) or val, for a run "
-                           "still being judged on validation")
+                      help="RL: the fixed tasks whose trajectories or frames are drawn: test (default) or val, for a "
+                           "run still being judged on validation")
     plot.set_defaults(func=cmd_plot)
 
 

@@ -128,7 +128,8 @@ class FewShotDetector:
         config, learner = load_trained_run(run_dir, checkpoint)
         if not finds_objects(config):
             raise ValueError(f"{run_dir} is a {config.method.name} run, which finds no objects; a detector needs a "
-                             f"run of {detector_methods()} (--tasks cluttered-omniglot or cluttered-omniglot-detection)")
+                             f"run of {detector_methods()} (--tasks cluttered-omniglot or "
+                             "cluttered-omniglot-detection)")
         return cls(learner, config, **options)
 
     # --- scikit-learn's estimator conventions ---
@@ -436,7 +437,8 @@ def parse_boxes(text: str, name: str = "boxes") -> tuple[list[tuple[float, float
             raise ValueError(f"{name} line {number}: LEFT TOP WIDTH HEIGHT must be numbers, got "
                              f"{' '.join(fields[:4])!r}") from None
         if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"{name} line {number}: LEFT TOP WIDTH HEIGHT must be finite, got {' '.join(fields[:4])!r}")
+            raise ValueError(f"{name} line {number}: LEFT TOP WIDTH HEIGHT must be finite, "
+                             f"got {' '.join(fields[:4])!r}")
         boxes.append(values)
         labels.append(fields[4] if len(fields) == 5 else None)
     if not boxes:

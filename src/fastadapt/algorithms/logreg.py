@@ -40,7 +40,8 @@ class EmbeddingLogisticRegression(Baseline):
         one_hot = support_one_hot(support_x, support_y, type(self).__name__)
         with torch.no_grad():
             features = embed_images(self.encoder, support_x, type(self).__name__)
-        return FittedHead(*self.solve(F.normalize(features, dim=-1), one_hot, self.solver_steps if steps is None else steps))
+        steps = self.solver_steps if steps is None else steps
+        return FittedHead(*self.solve(F.normalize(features, dim=-1), one_hot, steps))
 
     def solve(self, z: torch.Tensor, one_hot: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The penalised maximum-likelihood weights (tasks, N, D) and intercepts (tasks, N) for unit-length

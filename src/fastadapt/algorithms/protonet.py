@@ -47,7 +47,8 @@ SUPPORT_VIEWS_SEED = 0
 
 
 class EmbeddedSupport(NamedTuple):
-    """A support set as metric learners keep it: embeddings (tasks, examples, D), one-hot labels (tasks, examples, N)."""
+    """A support set as metric learners keep it: embeddings (tasks, examples, D), one-hot labels
+    (tasks, examples, N)."""
 
     features: torch.Tensor
     one_hot: torch.Tensor
@@ -102,7 +103,8 @@ def cosine_similarities(queries: torch.Tensor, support: torch.Tensor) -> torch.T
 
 @in_fp32
 def prototypes(support: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
-    """Mean embedding of each class: support (tasks, examples, D), one-hot labels (tasks, examples, N) -> (tasks, N, D)."""
+    """Mean embedding of each class: support (tasks, examples, D), one-hot labels (tasks, examples, N) ->
+    (tasks, N, D)."""
     return (one_hot.transpose(1, 2) @ support) / one_hot.sum(1).unsqueeze(-1)
 
 

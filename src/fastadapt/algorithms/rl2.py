@@ -60,14 +60,16 @@ class RL2(RLMetaLearner):
         self.policy = policy
         self.trials, self.epochs, self.minibatches = trials, epochs, minibatches
         self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
-        self.clip, self.value_coef, self.entropy_coef, self.max_grad_norm = clip, value_coef, entropy_coef, max_grad_norm
+        self.clip, self.value_coef, self.entropy_coef = clip, value_coef, entropy_coef
+        self.max_grad_norm = max_grad_norm
 
     def sample(self, tasks: MDPBatch, trials: int) -> Episodes:
         episodes = rollout(tasks.env, self.policy, tasks.trajectory_seeds(trials, 0))
         check_rewards(episodes)
         return episodes
 
-    def ppo_loss(self, episodes: Episodes, advantages: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def ppo_loss(self, episodes: Episodes, advantages: torch.Tensor,
+                 targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Clipped surrogate + value regression - entropy bonus, each averaged over the trials' valid steps."""
         dist, values = replay(self.policy, episodes)
         log_probs = self.policy.actions.log_prob(dist, episodes.actions)

@@ -76,7 +76,7 @@ class SegmentationLearner(MetaLearner):
     def find(self, prepared: Any, canvases: torch.Tensor, count: int, min_score: float) -> Found:
         """Up to ``count`` objects of each prepared reference on each canvas (every pair). Here one: the box of
         the predicted mask, scored as ``detect`` scores it; methods with a map of scores return its peaks."""
-        references, tasks = prepared, len(prepared) * len(canvases)
+        references = prepared
         pairs = (references.repeat_interleave(len(canvases), 0), canvases.repeat(len(references), 1, 1, 1))
         logits = self.segment(*pairs)
         masks = at_least_fp32(logits) > MASK_LOGIT_THRESHOLD

@@ -52,7 +52,8 @@ def table(runs: dict[str, dict], settings: list[tuple[int, int]]) -> str:
             own, other = run["results"][run["own"]].get(row), run["results"][run["other"]].get(row)
             if own and other:
                 lines.append(f"{name}, {row}: {100 * own['mean']:.2f} on its own test classes, "
-                             f"{100 * other['mean']:.2f} on {run['other']}: {100 * (other['mean'] - own['mean']):+.2f} points")
+                             f"{100 * other['mean']:.2f} on {run['other']}: "
+                             f"{100 * (other['mean'] - own['mean']):+.2f} points")
     return "\n".join(lines)
 
 

@@ -62,7 +62,8 @@ def batched_steps_per_second(tasks: MDPBatch, trajectories: int, actions: torch.
 def gymnasium_steps_per_second(tasks: MDPBatch, trajectories: int, actions: torch.Tensor, repeats: int,
                                horizon: int) -> float:
     goals = tasks.env.goals.double().numpy()
-    makers = [lambda goal=goal: Navigation2DEnv(goal=goal, horizon=horizon) for goal in goals for _ in range(trajectories)]
+    makers = [lambda goal=goal: Navigation2DEnv(goal=goal, horizon=horizon)
+              for goal in goals for _ in range(trajectories)]
     vector = gymnasium.vector.SyncVectorEnv(makers)
     flat = actions.flatten(0, 1).numpy()  # (envs, steps, 2)
 

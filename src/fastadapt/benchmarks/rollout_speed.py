@@ -71,7 +71,8 @@ def steps_per_second(family: str, worker_counts: list[int], tasks: int, trajecto
                 rates[workers].append(steps / (time.perf_counter() - start))
                 busiest = None if before is None else max(
                     [process_seconds(pid) - b for pid, b in zip(pids[workers], before)] or [0.0])
-                allowed[workers].append(None if busiest is None else steps / (time.process_time() - main_start + busiest))
+                allowed[workers].append(None if busiest is None
+                                        else steps / (time.process_time() - main_start + busiest))
     finally:
         close_rollout_workers()
     return rates, allowed

@@ -129,15 +129,17 @@ def measure(port: int, bodies: list[bytes], requests: int, clients: int, server_
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    return {"requests": requests, "median_ms": float(np.median(latencies)), "p95_ms": float(np.percentile(latencies, 95)),
-            "mean_ms": float(np.mean(latencies)), "server_median_ms": float(np.median(server_ms)),
+    return {"requests": requests, "median_ms": float(np.median(latencies)),
+            "p95_ms": float(np.percentile(latencies, 95)), "mean_ms": float(np.mean(latencies)),
+            "server_median_ms": float(np.median(server_ms)),
             "server_cpu_ms_per_request": server_cpu_ms,
             "clients": clients, "concurrent_requests": len(done), "throughput_per_s": len(done) / wall,
             "concurrent_median_ms": float(np.median(done)), "concurrent_p95_ms": float(np.percentile(done, 95))}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", nargs="?", help="the run to serve (default: an untrained Conv-4 ProtoNet)")
     parser.add_argument("--data-root", help="Omniglot's archives (default: $FASTADAPT_DATA, the cache, or "
                                             "../shared/data/omniglot)")
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     print(f"fastadapt serve, POST /api/classify, 5-way 1-shot drawn Omniglot test characters (6 canvas PNGs, "
           f"{np.mean([len(b) for b in bodies]) / 1024:.0f} KiB a request); {figures['run_dir']}; "
           f"{figures['cores']} cores, load average {load_before:.1f} before, {figures['load_average_after']:.1f} after")
-    print(f"  one client, {args.requests} requests: median {figures['median_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms "
+    print(f"  one client, {args.requests} requests: median {figures['median_ms']:.1f} ms, "
+          f"p95 {figures['p95_ms']:.1f} ms "
           f"(in the server: median {figures['server_median_ms']:.1f} ms; it used "
           f"{figures['server_cpu_ms_per_request']:.1f} ms of CPU per request)")
     print(f"  {args.clients} clients at once, {figures['concurrent_requests']} requests: "

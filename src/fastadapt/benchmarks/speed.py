@@ -815,7 +815,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     rates = ceilings(args.device, args.threads, list(convolutions.values()), matmul_size, isolate=not args.no_isolate)
     print(_ceilings_line(rates, convolutions, args.threads, device, matmul_size), flush=True)
     specs = plan(args.meta_batch_sizes, args.layout_control, args.precisions, args.tasks_per_pass or None,
-                 args.pooling, captured=device.type == "cuda", device=args.device, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                 args.pooling, captured=device.type == "cuda", device=args.device, threads=args.threads,
+                 repeats=args.repeats, warmup=args.warmup,
                  hidden=args.hidden, data_root=args.data_root)
     measurements = run(specs, isolate=not args.no_isolate, log=lambda line: print(line, flush=True))
     gradients = None

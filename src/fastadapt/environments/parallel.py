@@ -73,7 +73,8 @@ class EnvSlice(gymnasium.Env):
         self.envs = [self._make()]  # the others at the first reset: gymnasium builds one slice just for its spaces
         single = self.envs[0]
         self.task_option = single.task_option
-        observation_size, low, high = single.observation_space.shape[0], single.action_space.low, single.action_space.high
+        observation_size = single.observation_space.shape[0]
+        low, high = single.action_space.low, single.action_space.high
         self.observation_space = spaces.Box(-np.inf, np.inf, (size, observation_size), np.float64)
         self.action_space = spaces.Box(np.tile(low, (size, 1)), np.tile(high, (size, 1)), dtype=np.float32)
         self.active = 0
@@ -88,7 +89,8 @@ class EnvSlice(gymnasium.Env):
         if not options or not {"tasks", "seeds", "per_slice"} <= set(options):
             raise ValueError("EnvSlice.reset needs options with 'tasks', 'seeds' and 'per_slice'")
         start = self.index * options["per_slice"]
-        tasks, seeds = options["tasks"][start : start + options["per_slice"]], options["seeds"][start : start + options["per_slice"]]
+        end = start + options["per_slice"]
+        tasks, seeds = options["tasks"][start:end], options["seeds"][start:end]
         if len(seeds) > self.size:
             raise ValueError(f"a slice of {len(seeds)} environments does not fit {self.size} slots")
         self.envs += [self._make() for _ in range(len(seeds) - len(self.envs))]
@@ -328,7 +330,8 @@ class BatchedGymnasium(BatchedEnv):
         return self._tensor(self._pool.reset(tasks, seeds))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.tasks.device, self.tasks.dtype).reshape(*self._shape, *array.shape[1:])
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.tasks.device, self.tasks.dtype)
+        return tensor.reshape(*self._shape, *array.shape[1:])
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self._count_step()

@@ -164,7 +164,8 @@ class Conv4(nn.Module):
         if len(image_shape) == 3:
             if image_shape[0] != self.in_channels:
                 raise ValueError(
-                    f"Conv4 has {self.in_channels} input channels, image shape {tuple(image_shape)} has {image_shape[0]}"
+                    f"Conv4 has {self.in_channels} input channels, image shape {tuple(image_shape)} has "
+                    f"{image_shape[0]}"
                 )
             image_shape = image_shape[1:]
         if len(image_shape) != 2:

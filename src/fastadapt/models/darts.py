@@ -63,7 +63,8 @@ class SearchSpace:
         if self.reduction_cells is None:
             object.__setattr__(self, "reduction_cells", tuple(sorted({self.cells // 3, 2 * self.cells // 3})))
         reductions = tuple(self.reduction_cells)
-        if any(not isinstance(i, int) or not 0 <= i < self.cells for i in reductions) or len(set(reductions)) != len(reductions):
+        if (any(not isinstance(i, int) or not 0 <= i < self.cells for i in reductions)
+                or len(set(reductions)) != len(reductions)):
             raise ValueError(f"search space: reduction_cells must be distinct cell indices in 0..{self.cells - 1}, "
                              f"got {list(reductions)}")
         object.__setattr__(self, "reduction_cells", tuple(sorted(reductions)))
@@ -217,7 +218,8 @@ class _CellNetwork(nn.Module):
         super().__init__()
         network_built("darts")  # torch's thread count for this network (fastadapt.threads)
         if in_channels < 1 or (num_classes is not None and num_classes < 1):
-            raise ValueError(f"network sizes must be positive, got in_channels={in_channels}, num_classes={num_classes}")
+            raise ValueError(f"network sizes must be positive, got in_channels={in_channels}, "
+                             f"num_classes={num_classes}")
         self.space, self.in_channels, self.norm = space, in_channels, norm
         stem_channels = space.stem_multiplier * space.channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=norm == "layer"),

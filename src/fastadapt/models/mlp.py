@@ -23,5 +23,6 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"MLP expects inputs whose last dimension is {self.input_size}, got shape {tuple(x.shape)}")
+            raise ValueError(f"MLP expects inputs whose last dimension is {self.input_size}, "
+                             f"got shape {tuple(x.shape)}")
         return super().forward(x)

@@ -79,8 +79,8 @@ def locomotion_frames(cfg: Config, learner: RLMetaLearner, steps: tuple[int, ...
     EGL backend unless MUJOCO_GL says otherwise."""
     distribution = build_tasks(cfg, split)
     if not isinstance(distribution, LocomotionTasks) or not learner.uses_adaptation_steps:
-        raise ValueError(f"frames are for MuJoCo runs of maml-rl / metasgd-rl / pretrained-rl, not {cfg.method.name} on "
-                         f"{cfg.task.family}")
+        raise ValueError(f"frames are for MuJoCo runs of maml-rl / metasgd-rl / pretrained-rl, not "
+                         f"{cfg.method.name} on {cfg.task.family}")
     tasks = distribution.fixed_tasks(cfg.evaluation.test_tasks if split == "test" else cfg.training.val_tasks,
                                      split=split, seed=fixed_seed(cfg, split))
     goals = tasks.env.tasks

@@ -5,8 +5,8 @@ from fastadapt.tasks.episodes import EpisodeTasks, WithinAlphabetEpisodes
 from fastadapt.tasks.minibatches import ClassMiniBatches
 from fastadapt.tasks.signature import TaskSignature
 
-__all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks", "WithinAlphabetEpisodes", "ClassMiniBatches",
-           "TaskSignature"]
+__all__ = ["TaskBatch", "TaskDistribution", "SinusoidTasks", "EpisodeTasks", "WithinAlphabetEpisodes",
+           "ClassMiniBatches", "TaskSignature"]
 
 from fastadapt.tasks.mdp import (BanditTasks, LocomotionTasks, MDPBatch, Navigation2DTasks,  # noqa: E402
                                  TabularMDPTasks)

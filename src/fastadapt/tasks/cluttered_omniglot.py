@@ -281,7 +281,8 @@ def paint(winner: torch.Tensor, side: int, image: torch.Tensor, slot: torch.Tens
     keep_x = (x >= 0) & (x < side) & (index >= crop[:, 0, None]) & (index < crop[:, 0, None] + crop[:, 2, None])
     keep_y = (y >= 0) & (y < side) & (index >= crop[:, 1, None]) & (index < crop[:, 1, None] + crop[:, 3, None])
     keep = (ink > 0) & keep_y[:, :, None] & keep_x[:, None, :]
-    pixel = ((image[:, None, None] * side + y[:, :, None]) * side + x[:, None, :]).masked_fill_(~keep, winner.numel() - 1)
+    pixel = (image[:, None, None] * side + y[:, :, None]) * side + x[:, None, :]
+    pixel.masked_fill_(~keep, winner.numel() - 1)
     winner.scatter_reduce_(0, pixel.view(-1), slot[:, None, None].expand_as(keep).reshape(-1), "amax")
 
 
