@@ -121,7 +121,8 @@ def main() -> None:
         if isinstance(learner, MANN):
             by_instance = mann_instance_accuracy(cfg, learner, cfg.evaluation.test_tasks)
             records.append({"preset": preset, "accuracy_by_instance": by_instance})
-            print(f"{name}: accuracy by instance on {cfg.evaluation.test_tasks} test sequences of {cfg.task.n_way} classes x 10: "
+            print(f"{name}: accuracy by instance on {cfg.evaluation.test_tasks} test sequences of "
+                  f"{cfg.task.n_way} classes x 10: "
                   + ", ".join(f"{k}: {v:.4f}" for k, v in by_instance.items()), flush=True)
         records.append({"preset": preset, "train_seconds": train_seconds, "config": cfg.to_dict(),
                         "results": {row: e.to_dict() for row, e in results.items()}})
@@ -130,8 +131,8 @@ def main() -> None:
               f"{time.perf_counter() - start:.0f} s; "
               + ", ".join(f"{row} {e}" for row, e in results.items()), flush=True)
     if columns:
-        print(format_table(columns, f"Omniglot test accuracy, {cfg.evaluation.test_tasks} fixed episodes with {cfg.evaluation.eval_query} "
-                                    f"queries per class (mean ± 95% CI); {machine()}"))
+        print(format_table(columns, f"Omniglot test accuracy, {cfg.evaluation.test_tasks} fixed episodes with "
+                                    f"{cfg.evaluation.eval_query} queries per class (mean ± 95% CI); {machine()}"))
         Path(args.output_dir, "results.json").write_text(json.dumps({"machine": machine(), "runs": records}, indent=2))
 
 

@@ -63,7 +63,8 @@ def main() -> None:
         path = Path(str(resources.files("fastadapt.config.presets").joinpath("timings.json")))
         old = json.loads(path.read_text()) if path.exists() else {}
         merged = {**old.get("seconds_per_iteration", {}), **timings}
-        path.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "measured": time.strftime("%Y-%m-%d"),
+        path.write_text(json.dumps({"machine": machine, "torch": torch.__version__,
+                                    "measured": time.strftime("%Y-%m-%d"),
                                     "seconds_per_iteration": dict(sorted(merged.items())),
                                     "full_runs": old.get("full_runs", {})}, indent=2) + "\n")
         print(f"wrote {path}")

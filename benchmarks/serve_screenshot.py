@@ -41,7 +41,8 @@ def main() -> int:
             for canvas, (name, support, _) in zip(browser.find_elements("css selector", "#classes canvas"), episode):
                 mouse_strokes(browser, canvas, canvas_strokes(characters.image(name, support)))
             name, _, query = episode[asked]
-            mouse_strokes(browser, browser.find_element("id", "query-canvas"), canvas_strokes(characters.image(name, query)))
+            mouse_strokes(browser, browser.find_element("id", "query-canvas"),
+                          canvas_strokes(characters.image(name, query)))
             shown = wait_for(browser, SHOWN)
             png = Path(tempfile.mkdtemp()) / "page.png"
             browser.save_screenshot(str(png))

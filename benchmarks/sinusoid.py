@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--algorithms", nargs="+", default=["maml", "metasgd"])
     parser.add_argument("--output-dir", default="runs/bench-sinusoid")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the 1-40-40-1 MLP gains nothing from more)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (the 1-40-40-1 MLP gains nothing from more)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -55,7 +55,8 @@ def test_knn_in_pixels_and_in_a_learned_embedding(glyph_folder, tmp_path, capsys
     out = capsys.readouterr().out
     assert "nothing trained" in out and "3-way 1-shot" in out and "raw pixels" in out and "norm:" not in out
 
-    assert main(["train", "--algorithm", "protonet", *common, "--output-dir", str(tmp_path / "proto"), "--no-eval"]) == 0
+    assert main(["train", "--algorithm", "protonet", *common, "--output-dir", str(tmp_path / "proto"),
+                 "--no-eval"]) == 0
     assert main(["train", "--algorithm", "knn", "--encoder-from", str(tmp_path / "proto"), *common,
                  "--iterations", "0", "--output-dir", str(tmp_path / "embedded")]) == 0
     assert f"encoder from {tmp_path / 'proto'}" in capsys.readouterr().out
@@ -96,7 +97,8 @@ def test_a_folder_with_split_subfolders_uses_them(glyph_folder, tmp_path, capsys
 def test_bad_image_task_settings_give_one_clear_error(glyph_folder, tmp_path, argv, message, capsys):
     if "--data-root" not in argv and "folder" in argv and message != "needs data_root":
         argv = [*argv, "--data-root", str(glyph_folder)]
-    assert main(["train", "--k-shot", "1", "--num-query", "2", *argv, "--iterations", "1", "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert main(["train", "--k-shot", "1", "--num-query", "2", *argv, "--iterations", "1",
+                 "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -134,7 +136,8 @@ def test_every_omniglot_preset_builds_and_states_its_protocol():
             "omniglot-metanet", "omniglot-knn-pixels"} <= set(names)
     for name in names:
         cfg = load_preset(name)
-        assert cfg.task.family == "omniglot" and cfg.evaluation.test_tasks >= 600 and cfg.evaluation.eval_query == 15, name
+        assert (cfg.task.family == "omniglot" and cfg.evaluation.test_tasks >= 600
+                and cfg.evaluation.eval_query == 15), name
         assert eval_settings(cfg)[0][0] in (5, 20), name
 
 

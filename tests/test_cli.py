@@ -128,7 +128,8 @@ def test_the_demo_tests_the_best_validation_weights_fresh_or_reused(tmp_path, mo
 
     monkeypatch.setattr(demo, "demo_configs", validating_often)
     fresh = demo.run_demo(tmp_path, iterations=12, progress=False)
-    best, last = (torch.load(tmp_path / "maml" / name, weights_only=False)["iteration"] for name in ("best.pt", "last.pt"))
+    best, last = (torch.load(tmp_path / "maml" / name, weights_only=False)["iteration"]
+                  for name in ("best.pt", "last.pt"))
     assert best != last  # else this test could not tell the two apart
     reused = demo.run_demo(tmp_path, iterations=12, progress=False)
     assert fresh["table"] == reused["table"]

@@ -122,9 +122,9 @@ def test_two_classes_each_found_where_it_is(tm_run, job):
 
 def test_a_k_shot_detection_run_finds_each_class_too_with_unequal_examples(omniglot_dir, tmp_path, job):
     run = tmp_path / "template-detector"
-    assert main(["train", "--tasks", "cluttered-omniglot-detection", "--algorithm", "template-detector", "--k-shot", "1",
-                 "--iterations", "0", "--data-root", str(omniglot_dir), "--output-dir", str(run), "--no-eval",
-                 "--no-progress", "--threads", "1"]) == 0
+    assert main(["train", "--tasks", "cluttered-omniglot-detection", "--algorithm", "template-detector",
+                 "--k-shot", "1", "--iterations", "0", "--data-root", str(omniglot_dir), "--output-dir", str(run),
+                 "--no-eval", "--no-progress", "--threads", "1"]) == 0
     scene, truth = _scene(job, [(0, 10, 10), (1, 120, 80), (0, 160, 20)])
     detector = FewShotDetector.from_run(run).fit([job.references[0], job.references[0], job.references[1]],
                                                  ["first", "first", "second"])  # 2 examples and 1: repeated

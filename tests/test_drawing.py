@@ -29,7 +29,8 @@ def _guo_hall_by_the_book(mask: np.ndarray) -> np.ndarray:
                     p6, p7, p8, p9 = image[y + 1, x], image[y + 1, x - 1], image[y, x - 1], image[y - 1, x - 1]
                     c = ((not p2 and (p3 or p4)) + (not p4 and (p5 or p6)) + (not p6 and (p7 or p8))
                          + (not p8 and (p9 or p2)))
-                    n = min((p9 | p2) + (p3 | p4) + (p5 | p6) + (p7 | p8), (p2 | p3) + (p4 | p5) + (p6 | p7) + (p8 | p9))
+                    n = min((p9 | p2) + (p3 | p4) + (p5 | p6) + (p7 | p8),
+                            (p2 | p3) + (p4 | p5) + (p6 | p7) + (p8 | p9))
                     m = ((p6 | p7 | (1 - p9)) & p8) if step == 0 else ((p2 | p3 | (1 - p5)) & p4)
                     if c == 1 and 2 <= n <= 3 and m == 0:
                         removed.append((y, x))

@@ -366,7 +366,8 @@ def test_the_classifier_follows_scikit_learns_estimator_conventions(tmp_path, gl
     base = pytest.importorskip("sklearn.base")
     from fastadapt import FewShotClassifier
     clf = FewShotClassifier.from_run(_folder_run(tmp_path, glyph_folder))
-    assert repr(clf).startswith("FewShotClassifier(protonet, trained 4-way 2-shot on folder") and "unfitted" in repr(clf)
+    assert (repr(clf).startswith("FewShotClassifier(protonet, trained 4-way 2-shot on folder")
+            and "unfitted" in repr(clf))
     classes = sorted(p for p in glyph_folder.iterdir() if p.is_dir())[:3]
     files = {c.name: sorted(c.glob("*.png")) for c in classes}
     clf.fit([f for c in files for f in files[c][:2]], [c for c in files for _ in range(2)])

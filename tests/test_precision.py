@@ -74,7 +74,8 @@ def _image_config(algorithm, tmp_path, **overrides):
     return Config(**values)
 
 
-@pytest.mark.parametrize("algorithm", sorted(set(method_names(rl=False, segmentation=False, detection=False)) - {"knn"}))
+@pytest.mark.parametrize("algorithm",
+                         sorted(set(method_names(rl=False, segmentation=False, detection=False)) - {"knn"}))
 def test_every_method_trains_in_bf16_with_fp32_master_weights(algorithm, tmp_path):
     dataset = omniglot_like(num_classes=12, images_per_class=6)
     tasks = ClassMiniBatches(dataset) if method_spec(algorithm).minibatch_trained else EpisodeTasks(dataset, 3, 2, 2)

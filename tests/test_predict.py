@@ -55,7 +55,8 @@ def test_sizes_and_channels_are_converted_and_bad_arrays_refused():
     assert out.shape == (2, 3, 20, 24)
     for bad, message in [(np.zeros((8, 8, 2), np.uint8), "C = 1, 3 or 4"), (torch.zeros(5, 8, 8), "(C, H, W)"),
                          (np.full((8, 8), 1.5), r"in \[0, 1\]"), (np.full((8, 8), 300), "0..255"),
-                         ("not/here.png", "does not exist"), (b"not an image", "cannot decode"), (3.0, "expected a file")]:
+                         ("not/here.png", "does not exist"), (b"not an image", "cannot decode"),
+                         (3.0, "expected a file")]:
         with pytest.raises((ValueError, FileNotFoundError, TypeError), match=message):
             rgb.prepare([bad])
 
@@ -65,7 +66,8 @@ def test_polarity_is_detected_and_a_mismatch_refused_unless_told():
     assert image_polarity(torch.from_numpy(np.stack([ink, 255 - ink, np.full_like(ink, 128)]))[:, None]) == \
         ["dark-on-light", "light-on-dark", None]
     OMNIGLOT_LIKE.prepare([ink])  # black on white, like Omniglot's files: inverted as they were
-    with pytest.raises(ValueError, match="image 1: after inversion .* light strokes on a dark background.*invert=False"):
+    with pytest.raises(ValueError,
+                       match="image 1: after inversion .* light strokes on a dark background.*invert=False"):
         OMNIGLOT_LIKE.prepare([ink, 255 - ink])
     kept = OMNIGLOT_LIKE.prepare([255 - ink], invert=False)
     auto = OMNIGLOT_LIKE.prepare([ink, 255 - ink], invert="auto")
@@ -88,8 +90,8 @@ def protonet_run(tmp_path_factory):
     run = root / "run"
     assert main(["train", "--algorithm", "protonet", "--tasks", "folder", "--data-root", str(data), "--image-size",
                  "16", "--conv-channels", "8", "--n-way", "2", "--k-shot", "1", "--num-query", "2", "--iterations",
-                 "2", "--meta-batch-size", "2", "--val-tasks", "2", "--val-every", "2", "--eval-query", "2", "--no-eval",
-                 "--no-progress",
+                 "2", "--meta-batch-size", "2", "--val-tasks", "2", "--val-every", "2", "--eval-query", "2",
+                 "--no-eval", "--no-progress",
                  "--output-dir", str(run)]) == 0
     return run
 
@@ -227,7 +229,8 @@ def test_predict_on_omniglot_files_matches_eval_on_the_same_episode(omniglot_dir
     assert main(["predict", str(run), "--support", str(tmp_path / "support"), "--query", *queries, "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)["predictions"]
     assert [int(p["class"]) for p in predicted] == expected.argmax(-1).tolist()
-    probabilities = torch.tensor([[p["probabilities"][str(k)] for k in range(5)] for p in predicted], dtype=torch.float64)
+    probabilities = torch.tensor([[p["probabilities"][str(k)] for k in range(5)] for p in predicted],
+                                 dtype=torch.float64)
     torch.testing.assert_close(probabilities, torch.softmax(expected, -1).double(), atol=1e-5, rtol=0)
 
 
@@ -236,7 +239,8 @@ def test_the_cross_domain_benchmark_prints_its_table(protonet_run, tmp_path, cap
     from fastadapt.benchmarks.crossdomain import main as benchmark
 
     saved = tmp_path / "proto.json"
-    assert benchmark([f"ProtoNet={protonet_run}", "--test-tasks", "3", "--ways", "2", "--shots", "1", "--json", str(saved)]) == 0
+    assert benchmark([f"ProtoNet={protonet_run}", "--test-tasks", "3", "--ways", "2", "--shots", "1",
+                      "--json", str(saved)]) == 0
     first = capsys.readouterr().out
     assert "| ProtoNet (folder test) | " in first and "ProtoNet, 2-way 1-shot: " in first
     assert benchmark(["--combine", str(saved), "--ways", "2", "--shots", "1"]) == 0
@@ -264,6 +268,7 @@ def test_digits_are_for_evaluation_only_and_come_light_on_dark():
 
     with pytest.raises(ValueError, match="for evaluation only"):
         build_tasks(Config(algorithm="protonet", tasks="digits"), "train")
-    tasks = build_tasks(Config(algorithm="protonet", tasks="digits", image_size=20, channels=3, n_way=5, k_shot=5), "test")
+    tasks = build_tasks(Config(algorithm="protonet", tasks="digits", image_size=20, channels=3, n_way=5, k_shot=5),
+                        "test")
     assert tasks.dataset.num_classes == 10 and tasks.dataset.image_shape == (3, 20, 20)
     assert dataset_polarity(tasks.dataset.images) == "light-on-dark"

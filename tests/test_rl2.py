@@ -72,7 +72,8 @@ def test_bandit_baselines_on_bandits_with_a_known_best_arm():
     for algorithm in (UCB1(), ThompsonSampling()):
         total = algorithm.evaluate_returns(tasks)[None].mean().item()
         assert total > 0.8 * 100 * 0.9, (type(algorithm).__name__, total)  # mostly the 0.9 arm
-    assert torch.equal(ThompsonSampling().evaluate_returns(tasks)[None], ThompsonSampling().evaluate_returns(tasks)[None])
+    assert torch.equal(ThompsonSampling().evaluate_returns(tasks)[None],
+                       ThompsonSampling().evaluate_returns(tasks)[None])
     with pytest.raises(ValueError, match="nothing to train"):
         UCB1().meta_update(tasks)
     with pytest.raises(ValueError, match="plays Bernoulli bandits"):

@@ -163,7 +163,8 @@ def test_conjugate_gradient_solves_a_positive_definite_system():
     a = torch.randn(6, 6, generator=generator, dtype=torch.float64)
     matrix = a @ a.T + 0.5 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, generator=generator, dtype=torch.float64)
-    torch.testing.assert_close(conjugate_gradient(lambda v: matrix @ v, b, iterations=12), torch.linalg.solve(matrix, b))
+    torch.testing.assert_close(conjugate_gradient(lambda v: matrix @ v, b, iterations=12),
+                               torch.linalg.solve(matrix, b))
 
 
 def _trpo_problem(max_kl):

@@ -32,7 +32,8 @@ def _gym_trajectories(make_env, seeds, actions, options, episodes):
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed, options=options(index)) if episode == 0 else env.reset()
             for t in range(actions.shape[1] // episodes):
-                obs, reward, terminated, truncated, _ = env.step(actions[index, episode * (actions.shape[1] // episodes) + t])
+                step = episode * (actions.shape[1] // episodes) + t
+                obs, reward, terminated, truncated, _ = env.step(actions[index, step])
                 rows.append((obs, reward, terminated))
         out.append(rows)
     return out

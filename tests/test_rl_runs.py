@@ -78,7 +78,8 @@ def test_the_rl2_second_phase_preset_is_the_first_with_only_the_losses_and_the_s
     first, second = load_preset("rl-bandit-rl2").flat(), load_preset("rl-bandit-rl2-finetune").flat()
     changed = {key for key in first if first[key] != second[key]}
     assert changed == {"value_coef", "entropy_coef", "iterations", "init_from", "output_dir"}
-    assert (second["value_coef"], second["entropy_coef"], second["init_from"]) == (0.05, 0.03, "runs/rl-bandit-rl2-1000")
+    assert (second["value_coef"], second["entropy_coef"], second["init_from"]) == \
+        (0.05, 0.03, "runs/rl-bandit-rl2-1000")
 
 
 TINY_RL2 = dict(arms=3, horizon=5, recurrent_size=8, meta_batch_size=8, ppo_epochs=1, val_tasks=4, test_tasks=5,

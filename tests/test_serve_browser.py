@@ -32,7 +32,8 @@ def browser(tmp_path):
     driver.quit()
 
 
-CANVASES = "return [...document.querySelectorAll('#classes canvas, #query-canvas')].map((c) => c.toDataURL('image/png'))"
+CANVASES = ("return [...document.querySelectorAll('#classes canvas, #query-canvas')]"
+            ".map((c) => c.toDataURL('image/png'))")
 
 
 def test_drawing_on_the_page_classifies_test_characters(browser, omniglot_dir, quick_protonet_run):

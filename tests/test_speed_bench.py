@@ -48,7 +48,8 @@ def test_bench_speed_prints_every_setting_ratio_ceiling_and_target(capsys):
     assert len(re.findall(r"^  ours, 2nd order, bf16\s+\d", out, re.M)) == 1  # at the first meta-batch size only
     assert len(re.findall(r"^  ours, 2nd order, memory-saving: 1 task a pass\s+\d", out, re.M)) == 1  # the largest
     for ratio in ("-> ours, 2nd order: speed-up", "-> ours, 1st order: speed-up", "-> ours: speed-up",
-                  "-> ours, 2nd order, bf16: ", "-> ours, bf16: ", "-> ours, 2nd order, memory-saving: 1 task a pass: "):
+                  "-> ours, 2nd order, bf16: ", "-> ours, bf16: ",
+                  "-> ours, 2nd order, memory-saving: 1 task a pass: "):
         assert ratio in out, ratio
     assert out.count("over the channels-last reference") == 4
     for target in ("target maml meta-batch 2: speed-up >= 1.3", "target fomaml meta-batch 3: floor <= 1.3",

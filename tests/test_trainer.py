@@ -63,7 +63,8 @@ def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path):
     train(cfg, progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, progress=False)
-    with pytest.raises(ValueError, match=r"cannot resume .* with other inner_lr than it was started with \(inner_lr=0.01\)"):
+    with pytest.raises(ValueError,
+                       match=r"cannot resume .* with other inner_lr than it was started with \(inner_lr=0.01\)"):
         train(cfg.replace(inner_lr=0.5), resume=True, progress=False)
     result, _ = train(cfg.replace(iterations=15), resume=True, progress=False)
     assert result.iterations == 15

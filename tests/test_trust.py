@@ -34,7 +34,8 @@ def _records(run_dir):
 # --- 1. MANN is evaluated on support orders like the ones it trains on ---
 def _episodes(classes=6, per_class=6):
     images = torch.arange(classes * per_class, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
-    dataset = ClassDataset(images, torch.arange(classes).repeat_interleave(per_class), [f"c{i}" for i in range(classes)])
+    dataset = ClassDataset(images, torch.arange(classes).repeat_interleave(per_class),
+                           [f"c{i}" for i in range(classes)])
     return EpisodeTasks(dataset, n_way=3, k_shot=2, num_query=1)
 
 
