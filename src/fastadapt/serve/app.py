@@ -206,47 +206,59 @@ def create_app(served: ServedModel, allowed_hosts: Sequence[str] = ("*",), finde
 
     @app.post("/api/classify")
     def classify(request: ClassifyIn) -> dict[str, Any]:
-        start = time.perf_counter()
-        check_classes([item.label for item in request.support])
-        images = decode_images([(item.image, f"support image {i + 1} ({item.label})")
-                                for i, item in enumerate(request.support)]
-                               + [(item.image, f"query {i + 1}") for i, item in enumerate(request.queries)])
-        support, queries = images[:len(request.support)], images[len(request.support):]
-        try:
-            result, inputs = served.classify(support, [item.label for item in request.support], queries,
-                                             [item.drawn for item in request.support],
-                                             [item.drawn for item in request.queries], request.invert)
-        except (ValueError, TypeError) as error:
-            raise RequestError(422, str(error)) from None
-        reply: dict[str, Any] = {
-            "classes": result.classes,
-            "predictions": [{"class": label, "probabilities": [round(float(p), 6) for p in row]}
-                            for label, row in zip(result.predictions, result.probabilities)]}
-        if request.return_inputs:
-            urls = [png_data_url(image) for image in inputs]
-            reply["inputs"] = {"support": urls[:len(support)], "queries": urls[len(support):]}
-        reply["milliseconds"] = round(1000 * (time.perf_counter() - start), 2)
-        return reply
+        return _classify(served, request)
 
     @app.post("/api/find")
     def find(request: FindIn) -> dict[str, Any]:
-        start = time.perf_counter()
-        if request.scene is None and request.copies > request.characters:
-            raise RequestError(422, f"copies: {request.copies} copies do not fit in a scene of {request.characters} "
-                                    "characters")
-        items = [(request.symbol.image, "the symbol")] + ([] if request.scene is None else [(request.scene.image,
-                                                                                              "the scene")])
-        images = decode_images(items)
-        try:
-            reply = finder.find(images[0], images[1] if request.scene else None, request.characters, request.copies,
-                                request.seed)
-        except (ValueError, TypeError) as error:
-            raise RequestError(422, str(error)) from None
-        reply["milliseconds"] = round(1000 * (time.perf_counter() - start), 2)
-        return reply
+        return _find(finder, request)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _classify(served: ServedModel, request: ClassifyIn) -> dict[str, Any]:
+    """POST /api/classify: each query's class among the support images' labels, with its probabilities."""
+    start = time.perf_counter()
+    check_classes([item.label for item in request.support])
+    images = decode_images([(item.image, f"support image {i + 1} ({item.label})")
+                            for i, item in enumerate(request.support)]
+                           + [(item.image, f"query {i + 1}") for i, item in enumerate(request.queries)])
+    support, queries = images[:len(request.support)], images[len(request.support):]
+    try:
+        result, inputs = served.classify(support, [item.label for item in request.support], queries,
+                                         [item.drawn for item in request.support],
+                                         [item.drawn for item in request.queries], request.invert)
+    except (ValueError, TypeError) as error:
+        raise RequestError(422, str(error)) from None
+    reply: dict[str, Any] = {
+        "classes": result.classes,
+        "predictions": [{"class": label, "probabilities": [round(float(p), 6) for p in row]}
+                        for label, row in zip(result.predictions, result.probabilities)]}
+    if request.return_inputs:
+        urls = [png_data_url(image) for image in inputs]
+        reply["inputs"] = {"support": urls[:len(support)], "queries": urls[len(support):]}
+    reply["milliseconds"] = round(1000 * (time.perf_counter() - start), 2)
+    return reply
+
+
+def _find(finder: SceneFinder, request: FindIn) -> dict[str, Any]:
+    """POST /api/find: the boxes, scores and mask of the symbol in the scene (the client's, or one made of Omniglot
+    characters with ``copies`` of the symbol among them)."""
+    start = time.perf_counter()
+    if request.scene is None and request.copies > request.characters:
+        raise RequestError(422, f"copies: {request.copies} copies do not fit in a scene of {request.characters} "
+                                "characters")
+    items = [(request.symbol.image, "the symbol")]
+    if request.scene is not None:
+        items.append((request.scene.image, "the scene"))
+    images = decode_images(items)
+    try:
+        reply = finder.find(images[0], images[1] if request.scene else None, request.characters, request.copies,
+                            request.seed)
+    except (ValueError, TypeError) as error:
+        raise RequestError(422, str(error)) from None
+    reply["milliseconds"] = round(1000 * (time.perf_counter() - start), 2)
+    return reply
 
 
 def _error(status: int, message: str) -> JSONResponse:
