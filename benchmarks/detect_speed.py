@@ -8,7 +8,8 @@ photograph holds 16 val-one-shot characters drawn as dark strokes on light paper
 longer side (--object), the example a box around the first: the image is rescaled so that its characters come
 out at a reference's size (19 pixels), then tiled. The methods: template-matching (nothing to train) and an
 untrained siamese-unet of the preset's width (cluttered-omniglot-4-cpu: 16), whose time does not depend on its
-weights. Prints the median and the 10% / 90% quantiles of the time per image (fit excluded: done once). Then
+weights. Prints the median and the 10% / 90% quantiles of the time per image (fit excluded: done once), and the
+median CPU time of the process (on a shared machine, what the call itself costs). Then
 the server's work for the web page's "find it" mode (SceneFinder.find, what POST /api/find runs after decoding:
 redrawing the symbol, drawing a scene of 8 characters with 2 copies, fitting, detecting, encoding the PNGs) for
 an Omniglot test character drawn as the page's canvas holds it, template matching.
@@ -53,14 +54,23 @@ def photograph(references: np.ndarray, size: int, object_side: int, seed: int = 
     return paper, boxes
 
 
-def timed(detector: FewShotDetector, image: np.ndarray, repeats: int) -> list[float]:
-    detector.detect([image])  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        detector.detect([image])
-        times.append(time.perf_counter() - start)
-    return times
+def timed(work, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    """The wall-clock and the process's CPU milliseconds of each of ``repeats`` calls of ``work(i)``, after one
+    call to warm up. On a shared machine the CPU time is the steadier: it leaves out the time other jobs take."""
+    work(0)
+    wall, cpu = [], []
+    for i in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        work(i)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return np.array(wall) * 1000, np.array(cpu) * 1000
+
+
+def row(method: str, image: str, times: tuple[np.ndarray, np.ndarray]) -> str:
+    wall, cpu = times
+    return (f"{method:<18} {image:<22} {np.median(wall):9.1f} {np.quantile(wall, 0.1):7.1f} "
+            f"{np.quantile(wall, 0.9):7.1f} {np.median(cpu):8.1f}")
 
 
 def main() -> None:
@@ -80,28 +90,22 @@ def main() -> None:
     tiles = len(cut_tiles(rescale(foreground(paper), scale))[0])
     print(f"{args.threads} thread(s); photograph {args.size}x{args.size}, {len(boxes)} characters of {args.object} "
           f"px, searched at {scale:.3f}x in {tiles} tiles")
-    print(f"{'method':<18} {'image':<22} {'median ms':>9} {'10%':>7} {'90%':>7}")
+    print(f"{'method':<18} {'image':<22} {'median ms':>9} {'10%':>7} {'90%':>7} {'CPU ms':>8}")
     for name, learner in learners.items():
         config = Config(tasks="cluttered-omniglot", algorithm=name)
         canvas = FewShotDetector(learner, config).fit([job.references[0]])
         photo = FewShotDetector(learner, config).fit_boxes(paper, [boxes[0]])
         for label, detector, image in (("96x96 canvas", canvas, job.canvases[0]),
                                        (f"{args.size}x{args.size} photograph", photo, paper)):
-            ms = np.array(timed(detector, image, args.repeats)) * 1000
-            print(f"{name:<18} {label:<22} {np.median(ms):9.1f} {np.quantile(ms, 0.1):7.1f} "
-                  f"{np.quantile(ms, 0.9):7.1f}", flush=True)
+            times = timed(lambda i, detector=detector, image=image: detector.detect([image]), args.repeats)
+            print(row(name, label, times), flush=True)
     omniglot = omniglot_here(args.data_root)
     characters = HeldOutCharacters(omniglot)
     symbol = canvas_drawing(characters.image(characters.names[7], 0)).convert("RGB")
     finder = SceneFinder(template_matching_detector(), omniglot)
     finder.find(symbol, None, 8, 2, 0)  # warm-up: reads the test characters
-    ms = []
-    for seed in range(args.repeats):
-        start = time.perf_counter()
-        finder.find(symbol, None, 8, 2, seed)
-        ms.append(1000 * (time.perf_counter() - start))
-    print(f"{'template-matching':<18} {'find it (page)':<22} {np.median(ms):9.1f} {np.quantile(ms, 0.1):7.1f} "
-          f"{np.quantile(ms, 0.9):7.1f}")
+    print(row("template-matching", "find it (page)", timed(lambda seed: finder.find(symbol, None, 8, 2, seed),
+                                                           args.repeats)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from PIL import Image
 
 from fastadapt.algorithms.metrics import LOCALISATION, MASK_IOU
 from fastadapt.algorithms.segmentation import check_segmentation_inputs, mask_box
-from fastadapt.algorithms.segmentation_baselines import InkFloor, TemplateMatching, ncc
+from fastadapt.algorithms.segmentation_baselines import (InkFloor, TemplateMatching, bank_ncc, ncc, template_bank,
+                                                         template_grid, transformed_templates, window_sums)
 from fastadapt.algorithms.siamese_unet import (CELL, SiameseUNet, decode_boxes, detection_loss, matching_loss,
                                               similarities, soft_dice_loss)
 from fastadapt.algorithms.siamese_unet_anil import SiameseUNetANIL, support_canvases
@@ -44,6 +45,63 @@ def test_ncc_is_scikit_images_match_template_at_every_valid_position(binary):
         ours = scores[task, frame].roll((top, left), (0, 1))
         assert np.abs(ours[:40 - h + 1, :50 - w + 1].numpy() - expected).max() < 1e-9
         assert torch.isinf(ours).sum() == 40 * 50 - expected.size  # exactly the windows that leave the image
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_sums_are_each_windows_sum_cut_at_the_bottom_and_right_edges(dtype):
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 11, 13, generator=generator, dtype=torch.float64)
+    images[0] = images[0].round()  # 0/1: exact in float32 too
+    images = images.to(dtype)
+    boxes = torch.tensor([[[0, 0, 3, 4], [5, 9, 11, 13], [2, 12, 1, 1], [0, 0, 0, 0], [2, 12, 5, 1]],
+                          [[10, 3, 4, 2], [4, 4, 7, 9], [0, 0, 11, 13], [1, 2, 0, 5], [10, 3, 4, 2]]])
+    sums = window_sums(images, boxes)
+    assert sums.shape == (2, 5, 11, 13) and sums.dtype == dtype
+    for task, frame, (top, left, h, w) in ((t, k, boxes[t, k].tolist()) for t in range(2) for k in range(5)):
+        for y, x in ((y, x) for y in range(11) for x in range(13)):
+            row, col = (y + top) % 11, (x + left) % 13
+            expected = images[task, row:row + h, col:col + w].double().sum()
+            if task == 0:
+                assert sums[task, frame, y, x] == expected
+            else:
+                assert float(sums[task, frame, y, x]) == pytest.approx(float(expected), abs=1e-5)
+    # one image against several references' boxes broadcasts
+    assert torch.equal(window_sums(images[:1], boxes), torch.stack([sums[0], window_sums(images[0], boxes[1])]))
+
+
+def test_templates_sampled_only_where_the_ink_reaches_are_the_whole_frames():
+    generator = torch.Generator().manual_seed(5)
+    references = torch.zeros(5, 32, 32, dtype=torch.bool)
+    references[0, 0, 0] = references[1, 31, 31] = True  # ink in the corners: the frame's reach is widest
+    references[2, 10:20, 12:15] = True
+    references[3] = torch.rand(32, 32, generator=generator) > 0.7
+    # reference 4 has no ink
+    for chosen in ([0], [1], [2, 4], [3], [4], [0, 1, 2, 3, 4]):
+        templates = transformed_templates(references[chosen], 96)
+        padded = torch.nn.functional.pad(references[chosen].float()[:, None], (32, 32, 32, 32))
+        grid = template_grid(96, "cpu")
+        whole = torch.nn.functional.grid_sample(padded, grid.view(1, -1, 96, 2).expand(len(chosen), -1, -1, -1),
+                                                mode="bilinear", align_corners=False).view(len(chosen), -1, 96, 96)
+        assert torch.equal(templates.ink, (whole > 0.5).float())
+
+
+def test_the_ncc_of_ink_maps_is_the_general_formulas_in_float64_to_float32_rounding():
+    generator = torch.Generator().manual_seed(7)
+    references = torch.rand(2, 32, 32, generator=generator) > 0.8
+    templates = transformed_templates(references, 96)
+    bank = template_bank(templates.ink, templates.box)
+    assert bank.binary
+    images = (torch.rand(2, 96, 96, generator=generator) > 0.85).float()
+    images[1, :40, :40] = 1  # windows all ink: the NCC is 0 there, as on empty windows
+    general = bank_ncc(template_bank(templates.ink.double(), templates.box)._replace(binary=False), images.double())
+    exact = bank_ncc(bank, images)
+    finite = torch.isfinite(general)
+    assert torch.equal(exact == -math.inf, ~finite) and finite.float().mean() > 0.3
+    assert (exact[finite] - general[finite]).abs().max() < 1e-5
+    # windows with no ink or all ink (0 / 0 in the formula) score exactly 0
+    sums = window_sums(images, templates.box)
+    flat = finite & ((sums == 0) | (sums == bank.area))
+    assert flat[1].any() and (exact[flat] == 0).all()
 
 
 def _pasted(reference_ink, canvas_size=96, at=(40, 30), colour=(200, 50, 10)):
