@@ -1,6 +1,6 @@
 """Run configuration, grouped by concern: what a task is, the model, the method, the training loop, the
-evaluation. Shipped presets are YAML files with one mapping per section; the command line sets any
-setting with a flat flag (``--k-shot 5`` is ``task.k_shot``), as does ``Config(k_shot=5)`` in Python.
+evaluation. Shipped presets (``config.presets``) are YAML files with one mapping per section; the command line
+sets any setting with a flat flag (``--k-shot 5`` is ``task.k_shot``), as does ``Config(k_shot=5)`` in Python.
 
 Everything a run needs to be rebuilt (and resumed) is in this object, and it is saved as
 ``config.yaml`` next to the run's checkpoints. Every value is type-checked when a config is built,
