@@ -7,7 +7,8 @@ COCO AP, mean ± 95% CI over the same fixed episodes, for each run at each numbe
 
 Every run is scored on the same episodes (their ways, canvases per episode and drawings per canvas must agree),
 rebuilt at each number of shots from the run's settings: validation episodes by default, the run's test set
-with ``--split test``, each (run, shots) row then counted as one look in the run's test_looks.json.
+with ``--split test``, each (run, shots) row then counted as one look in the run's test_looks.json (and its test set and
+looks so far written in the row of ``--json``).
 """
 from __future__ import annotations
 
@@ -45,8 +46,7 @@ def main() -> None:
         for shots in args.shots:
             for run, cfg, learner in loaded:
                 tasks = build_tasks(cfg.replace(k_shot=shots), args.split)
-                if args.split == "test":
-                    count_test_look(run, cfg.evaluation.test_set)
+                looks = count_test_look(run, cfg.evaluation.test_set) if args.split == "test" else 0
                 start = time.perf_counter()
                 episodes = tasks.fixed_tasks(args.episodes, args.split, seed=fixed_seed(cfg, args.split))
                 results = evaluate(learner, episodes.split(CHUNK))
@@ -58,7 +58,8 @@ def main() -> None:
                 rows.append({"method": cfg.method.name, "run": run, "trained_shots": cfg.task.k_shot,
                              "iterations": cfg.training.iterations, "shots": shots, "split": args.split,
                              "episodes": args.episodes, AP50.name: ap50.to_dict(), COCO_AP.name: coco.to_dict(),
-                             "seconds": seconds})
+                             "seconds": seconds,
+                             **({"test_set": cfg.evaluation.test_set, "test_looks": looks} if looks else {})})
     if args.json:
         with open(args.json, "w") as out:
             json.dump(rows, out, indent=1)

@@ -10,8 +10,9 @@ from fastadapt.algorithms.detection import PEAKS_PER_CLASS, check_detection_inpu
 from fastadapt.algorithms.detection_baselines import TemplateDetector
 from fastadapt.algorithms.metrics import AP50, COCO_AP
 from fastadapt.algorithms.prototype_detector import PrototypeDetector
+from fastadapt.algorithms.prototype_detector_anil import PrototypeDetectorANIL
 from fastadapt.algorithms.segmentation import mask_box
-from fastadapt.algorithms.siamese_unet import CELL, cell_boxes, detection_loss
+from fastadapt.algorithms.siamese_unet import CELL, Reference, cell_boxes, detection_loss
 from fastadapt.algorithms.siamese_unet_anil import support_canvases
 from fastadapt.algorithms.transfer_detector import PRIOR, TransferDetector
 from fastadapt.cli import main
@@ -252,3 +253,83 @@ def test_a_transfer_detector_run_trains_validates_and_evaluates(omniglot_dir, tm
     assert set(json.loads(capsys.readouterr().out)["results"]) == {AP50.adapted_row, COCO_AP.adapted_row}
     _, learner = load_run(run, "best")
     assert learner.class_weight.shape[0] == 964  # a heatmap per background character
+
+
+# --- the ANIL variant: the head's last layer adapted to each class ---
+
+def _anil_detector(first_order=False, steps=2, inner_lr=0.05):
+    torch.manual_seed(0)
+    return PrototypeDetectorANIL(4, inner_lr=inner_lr, inner_steps=steps, first_order=first_order).double()
+
+
+def test_the_anil_detectors_meta_gradient_is_the_mean_of_its_episodes_and_each_class_adapts_alone_in_float64(
+        one_thread):
+    batch = DetectionEpisodes(bar_glyphs(), 2, 2, canvases=2, characters=4).sample(3, torch.Generator().manual_seed(1))
+    learner = _anil_detector()
+    learner.meta_loss(batch)[0].backward()
+    # (the mask decoder's finest levels are not used: no mask loss)
+    together = {name: p.grad.clone() for name, p in learner.named_parameters() if p.grad is not None}
+    assert "network.head.1.weight" in together and "network.encoder.levels.0.0.0.weight" in together
+    learner.zero_grad()
+    for episode in range(3):
+        (learner.meta_loss(batch[episode:episode + 1])[0] / 3).backward()
+    for name, p in learner.named_parameters():
+        assert (p.grad is None) == (name not in together), name
+        assert p.grad is None or torch.allclose(together[name], p.grad, rtol=1e-9, atol=1e-12), name
+    first_order = _anil_detector(first_order=True)
+    first_order.meta_loss(batch)[0].backward()  # the second-order terms are there, and not negligible
+    assert max((together[n] - p.grad).abs().max() for n, p in first_order.named_parameters() if n in together) > 1e-6
+    # the batched inner loop adapts each (episode, class) as if it were alone
+    learner.eval()
+    with torch.no_grad():
+        weight, bias = learner.adapt(batch.references).head
+        for episode in range(3):
+            for cls in range(2):
+                alone_weight, alone_bias = learner.adapt(batch.references[episode:episode + 1, cls:cls + 1]).head
+                assert torch.allclose(weight[episode, cls], alone_weight[0, 0], rtol=1e-9, atol=1e-12)
+                assert torch.allclose(bias[episode, cls], alone_bias[0, 0], rtol=1e-9, atol=1e-12)
+    adapted = weight[0, 0] - learner.network.head[1].weight.flatten(1)
+    assert adapted.abs().max() > 1e-6 and not torch.allclose(weight[0, 0], weight[0, 1])
+
+
+def support_loss(learner, references, head):
+    """The inner loss of one episode's classes (references (1, N, K, 3, 32, 32)) with the last layer ``head``."""
+    shots = references.shape[2]
+    support, masks = support_canvases(references.flatten(0, 2))
+    prototypes = learner.adapt(references, steps=0)
+    pairs = Reference([p.flatten(0, 1).repeat_interleave(shots, 0) for p in prototypes.pooled],
+                      prototypes.cells.flatten(0, 1).repeat_interleave(shots, 0))
+    x, _, similarity = learner.network.decode(pairs, support)
+    maps = learner.network.head_maps(learner.network.head[0](x), similarity,
+                                     tuple(t.flatten(0, 1).repeat_interleave(shots, 0) for t in head))
+    return detection_loss(maps, mask_box(masks)).view(-1, shots).mean(1)
+
+
+def test_adapting_the_anil_detector_fits_the_references_pasted_into_clutter(one_thread):
+    learner = _anil_detector(inner_lr=0.01).float().eval()
+    references = torch.stack([glyph_reference(seed) for seed in range(4)]).view(1, 2, 2, 3, 32, 32)
+    with torch.no_grad():
+        unadapted = learner.adapt(references, steps=0)
+        adapted = learner.adapt(references, steps=5)
+        assert (support_loss(learner, references, adapted.head) < support_loss(learner, references, unadapted.head)).all()
+        # with no steps it is the prototype detector: the network's own last layer
+        canvases = torch.randint(0, 2, (1, 2, 3, 96, 96), dtype=torch.uint8) * 200
+        _, plain = learner.maps(PrototypeDetector.adapt(learner, references), canvases)
+        assert torch.allclose(learner.maps(unadapted, canvases)[1], plain, atol=1e-6)
+        assert not torch.allclose(learner.maps(adapted, canvases)[1], plain, atol=1e-3)
+
+
+def test_an_anil_detector_run_trains_validates_and_evaluates(omniglot_dir, tmp_path, capsys):
+    run = tmp_path / "anil"
+    assert main(["train", "--tasks", "cluttered-omniglot-detection", "--algorithm", "prototype-detector-anil",
+                 "--n-way", "2", "--k-shot", "2", "--num-query", "2", "--characters", "4", "--iterations", "2",
+                 "--meta-batch-size", "2", "--conv-channels", "4", "--inner-steps", "1", "--eval-inner-steps", "2",
+                 "--val-every", "1", "--val-tasks", "2", "--no-eval", "--no-progress", "--threads", "1",
+                 "--data-root", str(omniglot_dir), "--output-dir", str(run)]) == 0
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in logged if "val_ap50" in r] == [1, 2]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "val", "--test-tasks", "2", "--json", "-"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["results"]) == {AP50.adapted_row, COCO_AP.adapted_row}
+    _, learner = load_run(run, "best")
+    assert isinstance(learner, PrototypeDetectorANIL) and learner.eval_inner_steps == 2

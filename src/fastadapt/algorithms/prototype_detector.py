@@ -58,14 +58,19 @@ class PrototypeDetector(DetectionLearner):
     def maps(self, prototypes: Reference, canvases: torch.Tensor, mask: bool = False
              ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Mask logits (E, Q, N, H, W) (None without ``mask``) and head maps (E, Q, N, 6, h, w) of every class on
-        every canvas of its episode."""
+        every canvas of its episode; ``prototypes`` per (episode, class), with its own head's last layer where
+        it has one (``Reference.head``: (E, N, 5, C) and (E, N, 5))."""
         episodes, count = canvases.shape[:2]
         classes = prototypes.pooled[0].shape[1]
         flat = canvases.flatten(0, 1)
         features = [f.unflatten(0, (episodes, count))[:, :, None].expand(-1, -1, classes, *f.shape[1:]).flatten(0, 2)
                     for f in self.network.encoder(flat)]
-        pairs = Reference([p[:, None].expand(-1, count, -1, -1).flatten(0, 2) for p in prototypes.pooled],
-                          prototypes.cells[:, None].expand(-1, count, -1, -1, -1).flatten(0, 2))
+
+        def per_canvas(t: torch.Tensor) -> torch.Tensor:  # (E, N, ...) -> (E Q N, ...), as the pairs are
+            return t[:, None].expand(-1, count, *t.shape[1:]).flatten(0, 2)
+
+        pairs = Reference([per_canvas(p) for p in prototypes.pooled], per_canvas(prototypes.cells),
+                          head=None if prototypes.head is None else tuple(per_canvas(t) for t in prototypes.head))
         paired = flat.unflatten(0, (episodes, count))[:, :, None].expand(-1, -1, classes, -1, -1, -1).flatten(0, 2)
         logits, maps = self.network(pairs, paired, features, mask=mask)
         shape = (episodes, count, classes)

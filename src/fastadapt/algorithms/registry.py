@@ -35,6 +35,7 @@ MODULES = (
     "detection_baselines",
     "prototype_detector",
     "transfer_detector",
+    "prototype_detector_anil",
 )
 
 

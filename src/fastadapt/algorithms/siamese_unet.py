@@ -82,13 +82,14 @@ class Encoder(nn.Module):
 
 class Reference(NamedTuple):
     """What the network takes from a reference: its pooled features per level; its embedding's unit vectors at
-    each inked cell of its 1/8 map (tasks, EMBEDDING, 16), zero at the others; and the FiLM layers' weights per
+    each inked cell of its 1/8 map (tasks, EMBEDDING, 16), zero at the others; the FiLM layers' weights per
     task where they were adapted to it ((weight (tasks, 2C, C), bias (tasks, 2C)) per level; None: the
-    network's own)."""
+    network's own); and likewise the head's last layer (weight (tasks, 5, C), bias (tasks, 5); ``head_maps``)."""
 
     pooled: list[torch.Tensor]
     cells: torch.Tensor
     film: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    head: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def network_input(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -135,15 +136,26 @@ class SiameseUNetNetwork(nn.Module):
         ``features``: the canvases' encoder features, when they are known already; ``mask`` False: the head's
         maps only (None for the mask), sparing the decoder's two finest levels, the costliest."""
         x, conditioned, similarity = self.decode(reference, canvases, features)
-        maps = self.head(x)
-        maps = torch.cat([maps[:, :1] + self.heat_scale * similarity[:, :1], maps[:, 1:],
-                          self.match_scale * similarity[:, :1]], 1)
+        maps = self.head_maps(self.head[0](x), similarity, reference.head)
         if not mask:
             return None, maps
         x = self.up1(torch.cat([_up(x), conditioned[0]], 1))
         inputs = network_input(canvases, x.dtype)
         similarity = F.interpolate(similarity, scale_factor=4, mode="bilinear", align_corners=False)
         return self.out(torch.cat([_up(x), inputs, similarity], 1))[:, 0], maps
+
+    def head_maps(self, hidden: torch.Tensor, similarity: torch.Tensor,
+                  last: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The head's maps (tasks, 6, h, w) (``forward``) from its hidden features (tasks, C, h, w), what its
+        first layer makes of the decoder's, and the similarity maps: its last layer, a 1x1 convolution, is the
+        network's own or, per task, ``last`` (weight (tasks, 5, C), bias (tasks, 5)), as a learner adapts it."""
+        if last is None:
+            maps = self.head[1](hidden)
+        else:
+            weight, bias = last
+            maps = torch.einsum("toc,tchw->tohw", weight, hidden) + bias[:, :, None, None]
+        return torch.cat([maps[:, :1] + self.heat_scale * similarity[:, :1], maps[:, 1:],
+                          self.match_scale * similarity[:, :1]], 1)
 
     def decode(self, reference: Reference, canvases: torch.Tensor, features: list[torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
