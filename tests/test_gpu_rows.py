@@ -35,8 +35,9 @@ def test_a_stopped_row_is_archived_tested_cut_short_and_resumed_to_its_end(gpu_r
     first, second = tmp_path / "out1", tmp_path / "out2"
     common = ["--device", "cpu", "--rows", "maml", "--min-row-minutes", "0.02", "--test-cut-short",
               "--archive-seconds", "1"]
-    # far more iterations than 14 seconds hold: the time limit stops the run
-    gpu_rows.main(["--minutes", "0.5", "--out", str(first), "--work", str(tmp_path / "a"), "--test-seconds", "15",
+    # far more iterations than the ~20 seconds of training hold: the time limit stops the run (25 s left for the
+    # test: on a loaded machine the evaluation's start alone took 12 s)
+    gpu_rows.main(["--minutes", "0.75", "--out", str(first), "--work", str(tmp_path / "a"), "--test-seconds", "25",
                    "--train-args", _tiny(folder, 100_000), *common])
     row, = json.loads((first / "gpu_rows.json").read_text())["rows"]
     assert 0 < row["iteration"] < row["iterations"] == 100_000 and not row["finished"]
