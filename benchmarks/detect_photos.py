@@ -76,7 +76,7 @@ def scene(seed: int) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, nargs="+", help="segmentation run directories")
+    parser.add_argument("--run", required=True, nargs="+", help="segmentation or K-shot detection run directories")
     parser.add_argument("--scenes", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", metavar="DIR", help="also write the scenes and their labels there")

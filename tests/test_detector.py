@@ -252,6 +252,12 @@ def test_detect_prints_boxes_classes_and_scores_draws_and_writes_json(tm_run, jo
     assert payload["method"] == "template-matching" and {d["class"] for d in detections} == {"zero"}
     found = torch.tensor([d["box"] for d in detections], dtype=torch.float64)
     assert (box_iou(truth[:2], found).amax(1) > 0.8).all()
+    # without a run: template matching, nothing trained, the same boxes
+    assert main(["detect", "--boxes", str(tmp_path / "boxes.txt"), "--image", str(tmp_path / "scene.png"),
+                 "--json"]) == 0
+    no_run = json.loads(capsys.readouterr().out)
+    assert no_run["run_dir"] is None and no_run["method"] == "template-matching"
+    assert no_run["images"] == payload["images"]
 
 
 @pytest.mark.parametrize("problem, message", [

@@ -292,7 +292,9 @@ def cmd_detect(args: argparse.Namespace) -> None:
     from fastadapt.detector import FewShotDetector, draw, parse_boxes
 
     images = query_files(args.image)
-    detector = FewShotDetector.from_run(args.run_dir, args.checkpoint, min_score=args.min_score, scale=args.scale)
+    options = {"min_score": args.min_score, "scale": args.scale}
+    detector = (FewShotDetector.from_run(args.run_dir, args.checkpoint, **options) if args.run_dir
+                else FewShotDetector.template_matching(**options))
     if args.boxes:
         if len(images) != 1:
             raise ValueError(f"--boxes marks examples on one image; got {len(images)} images")
@@ -317,7 +319,8 @@ def cmd_detect(args: argparse.Namespace) -> None:
                 raise ValueError(f"cannot write {target}: {error}") from None
             print(f"wrote {target}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"run_dir": str(args.run_dir), "method": detector.config.method.name,
+        run_dir = None if args.run_dir is None else str(args.run_dir)
+        print(json.dumps({"run_dir": run_dir, "method": detector.config.method.name,
                           "min_score": detector.threshold, "images": [
                               {"image": name, "scale": found.scale, "mask_pixels": int(found.mask.sum()),
                                "detections": [{"class": label, "score": float(score), "box": [float(v) for v in box]}
@@ -600,7 +603,9 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
     """``fastadapt detect`` and its options."""
     detect = commands.add_parser("detect", help="find every object like a few examples on your own images with a "
                                                 "trained cluttered-omniglot run: boxes, classes, scores")
-    detect.add_argument("run_dir", help="a trained segmentation or K-shot detection run directory (holding best.pt)")
+    detect.add_argument("run_dir", nargs="?", default=None,
+                        help="a trained segmentation or K-shot detection run directory (holding best.pt) (default: "
+                             "none: template matching, nothing trained, the method that carries over to photographs)")
     examples = detect.add_mutually_exclusive_group(required=True)
     examples.add_argument("--support", metavar="DIR", help="example crops, one sub-folder per class "
                                                            "(DIR/<class>/<images>); one class is enough (default: "

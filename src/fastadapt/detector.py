@@ -132,6 +132,16 @@ class FewShotDetector:
                              "cluttered-omniglot-detection)")
         return cls(learner, config, **options)
 
+    @classmethod
+    def template_matching(cls, **options: Any) -> "FewShotDetector":
+        """Template matching, which needs no run (nothing is trained): the method that carries over to
+        photographs of printed symbols, where the trained detectors do not (docs/results.md); ``options`` are the
+        constructor's."""
+        from fastadapt.algorithms.segmentation_baselines import TemplateMatching
+
+        return cls(TemplateMatching(), Config().replace(tasks="cluttered-omniglot", algorithm="template-matching"),
+                   **options)
+
     # --- scikit-learn's estimator conventions ---
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in PARAMETERS}

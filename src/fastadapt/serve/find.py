@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fastadapt.algorithms.segmentation_baselines import TemplateMatching
-from fastadapt.config.schema import Config
 from fastadapt.datasets.cluttered_omniglot import SPLITS, load_glyphs, scene_with
 from fastadapt.datasets.drawing import as_omniglot_drawing
 from fastadapt.detector import FewShotDetector, ImageDetections
@@ -31,8 +29,7 @@ MASK_RGBA = (255, 200, 0, 150)
 
 def template_matching_detector() -> FewShotDetector:
     """Template matching as a detector: nothing to train, no run needed."""
-    return FewShotDetector(TemplateMatching(), Config().replace(tasks="cluttered-omniglot",
-                                                                algorithm="template-matching"))
+    return FewShotDetector.template_matching()
 
 
 class SceneFinder:
