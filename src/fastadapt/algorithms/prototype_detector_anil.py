@@ -24,24 +24,22 @@ from fastadapt.algorithms.maml import GRADIENT_OPTIONS
 from fastadapt.algorithms.prototype_detector import PrototypeDetector
 from fastadapt.algorithms.segmentation import mask_box
 from fastadapt.algorithms.siamese_unet import Reference, detection_loss
-from fastadapt.algorithms.siamese_unet_anil import support_canvases
+from fastadapt.algorithms.siamese_unet_anil import AdaptsToReferences, support_canvases
 from fastadapt.algorithms.spec import MethodSpec
 
 
-class PrototypeDetectorANIL(PrototypeDetector):
+class PrototypeDetectorANIL(AdaptsToReferences, PrototypeDetector):
     """The prototype detector whose head's last layer adapts to each class (see the module's docstring)."""
 
     def __init__(self, width: int, inner_lr: float, inner_steps: int, eval_inner_steps: int | None = None,
                  first_order: bool = False) -> None:
         super().__init__(width)
-        self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
-        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.set_inner_loop(inner_lr, inner_steps, eval_inner_steps, first_order)
 
     def adapt(self, references: torch.Tensor, support_y: Any = None, steps: int | None = None) -> Reference:
         """Each class's prototype (``PrototypeDetector.adapt``) with the head's last layer adapted to its support,
         weight (E, N, 5, C) and bias (E, N, 5)."""
-        if steps is None:
-            steps = self.inner_steps if self.training else self.eval_inner_steps
+        steps = self.steps_to_take(steps)
         episodes, classes, shots = references.shape[:3]
         support, masks = support_canvases(references.flatten(0, 2))  # (E N K, 3, 96, 96), (E N K, 96, 96)
         boxes = mask_box(masks)

@@ -46,19 +46,36 @@ def support_canvases(references: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return canvases, masks
 
 
-class SiameseUNetANIL(SiameseUNet):
+class AdaptsToReferences:
+    """The inner-loop settings of a learner that adapts some weights to each reference pasted into clutter:
+    ``inner_lr``, ``inner_steps`` while training, ``eval_inner_steps`` when evaluating (default: ``inner_steps``),
+    and ``first_order`` (no second-order meta-gradient)."""
+
+    training: bool
+
+    def set_inner_loop(self, inner_lr: float, inner_steps: int, eval_inner_steps: int | None,
+                       first_order: bool) -> None:
+        self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+
+    def steps_to_take(self, steps: int | None) -> int:
+        """``steps`` if given, else the training or the evaluation count, as the module's mode says."""
+        if steps is not None:
+            return steps
+        return self.inner_steps if self.training else self.eval_inner_steps
+
+
+class SiameseUNetANIL(AdaptsToReferences, SiameseUNet):
     """The Siamese U-Net whose FiLM conditioning adapts to each reference (see the module's docstring)."""
 
     def __init__(self, width: int, inner_lr: float, inner_steps: int, eval_inner_steps: int | None = None,
                  first_order: bool = False) -> None:
         super().__init__(width)
-        self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
-        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.set_inner_loop(inner_lr, inner_steps, eval_inner_steps, first_order)
 
     def adapt(self, references: torch.Tensor, support_y: Any = None, steps: int | None = None) -> Reference:
         """The reference's features and the FiLM weights adapted to its support canvas, per task."""
-        if steps is None:
-            steps = self.inner_steps if self.training else self.eval_inner_steps
+        steps = self.steps_to_take(steps)
         support, masks = support_canvases(references)
         with torch.enable_grad():  # evaluation runs under no_grad; the conditioning adapts by gradient steps
             reference = self.network.read_reference(references)
