@@ -491,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_checkpoint_option(command: argparse.ArgumentParser) -> None:
+    """``--checkpoint best|last``: which of a run's checkpoints a command reads."""
+    command.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                         help="best: the best validation score; last: the last saved (default: best)")
+
+
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     """``fastadapt demo`` and its options."""
     demo = commands.add_parser("demo", help="MAML vs pretrained on sinusoid regression (no download)")
@@ -532,8 +538,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     """``fastadapt eval`` and its options."""
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on the fixed test tasks")
     evaluate.add_argument("run_dir", help="a run directory (holding config.yaml and best.pt)")
-    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                          help="best: the best validation score; last: the last saved (default: best)")
+    _add_checkpoint_option(evaluate)
     evaluate.add_argument("--tasks", metavar="FAMILY",
                           help="evaluate on another task family's test classes (cross-domain): digits (scikit-learn's "
                                "handwritten digits), folder (with --data-root) or omniglot (default: the run's own)")
@@ -577,8 +582,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
                          help="invert every image (yes), none (no), or each one whose strokes are the other way "
                               "round from the training images' (auto); default: as the training files were, and "
                               "refuse images that then look inverted")
-    predict.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                         help="best: the best validation score; last: the last saved (default: best)")
+    _add_checkpoint_option(predict)
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     predict.set_defaults(func=cmd_predict)
 
@@ -594,8 +598,7 @@ def _add_segment(commands: argparse._SubParsersAction) -> None:
                          help="96x96 RGB canvases to find it on (required)")
     segment.add_argument("--output", metavar="DIR", help="write each canvas's mask as DIR/<canvas>_mask.png "
                                                          "(default: none)")
-    segment.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                         help="best: the best validation score; last: the last saved (default: best)")
+    _add_checkpoint_option(segment)
     segment.set_defaults(func=cmd_segment)
 
 
@@ -622,8 +625,7 @@ def _add_detect(commands: argparse._SubParsersAction) -> None:
                         help="the score a box needs (default: the method's, 0.55 for template matching's NCC)")
     detect.add_argument("--scale", type=float, metavar="F", help="rescale the images by F before searching "
                                                                  "(default: from the examples' size)")
-    detect.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                        help="best: the best validation score; last: the last saved (default: best)")
+    _add_checkpoint_option(detect)
     detect.set_defaults(func=cmd_detect)
 
 
