@@ -54,8 +54,7 @@ class DetectionLearner(MetaLearner):
             raise ValueError(f"{type(self).__name__} adapts to the references its own way, not by a number of "
                              f"gradient steps; got steps={steps}")
         found = self.find(batch.references, batch.canvases)
-        return {None: self.metric.per_task(found, batch.targets),
-                **{companion.name: companion.per_task(found, batch.targets) for companion in self.metric.companions}}
+        return self.metric.scores(found, batch.targets)
 
 
 def check_detection_inputs(references: torch.Tensor, canvases: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,11 @@ class Metric:
     #: metrics evaluation reports beside this one, on the same outputs, each in a row of its own (its
     #: ``adapted_row``); a learner's ``score_tasks`` returns their scores under their names
     companions: tuple["Metric", ...] = ()
+
+    def scores(self, outputs: Any, targets: Any) -> dict[str | None, torch.Tensor]:
+        """Each task's score (under None) and each companion's (under its name), as ``score_tasks`` returns them."""
+        return {None: self.per_task(outputs, targets),
+                **{companion.name: companion.per_task(outputs, targets) for companion in self.companions}}
 
 
 @dataclass(frozen=True)

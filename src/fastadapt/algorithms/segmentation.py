@@ -98,8 +98,7 @@ class SegmentationLearner(MetaLearner):
             raise ValueError(f"{type(self).__name__} adapts to a reference its own way, not by a number of "
                              f"gradient steps; got steps={steps}")
         logits = self.segment(batch.references, batch.canvases)
-        return {None: self.metric.per_task(logits, batch.masks),
-                **{companion.name: companion.per_task(logits, batch.masks) for companion in self.metric.companions}}
+        return self.metric.scores(logits, batch.masks)
 
 
 def check_segmentation_inputs(references: torch.Tensor, canvases: torch.Tensor) -> None:
