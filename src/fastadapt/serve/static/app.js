@@ -193,6 +193,32 @@ function changed() {
   state.timer = setTimeout(classify, DEBOUNCE_MS);
 }
 
+// One mode's request (mode: its version and inFlight): the reply shown unless the input changed meanwhile,
+// an error's message said in red, the time taken said after [busy, done] words.
+async function ask(url, body, mode, version, show, say, [busy, done]) {
+  const controller = new AbortController();
+  mode.inFlight = controller;
+  say(busy);
+  const started = performance.now();
+  try {
+    const response = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                       body: JSON.stringify(body), signal: controller.signal});
+    const reply = await response.json();
+    if (version !== mode.version) return;
+    if (!response.ok) {
+      show(null, version);
+      say(reply.error || `error ${response.status}`, true);
+      return;
+    }
+    show(reply, version);
+    say(`${done} in ${Math.round(performance.now() - started)} ms (server: ${reply.milliseconds} ms)`);
+  } catch (error) {
+    if (error.name !== "AbortError" && version === mode.version) say(`the server did not answer: ${error.message}`, true);
+  } finally {
+    if (mode.inFlight === controller) mode.inFlight = null;
+  }
+}
+
 async function classify() {
   const version = state.version;
   const {body, problem} = request();
@@ -202,27 +228,7 @@ async function classify() {
     say(problem);
     return;
   }
-  const controller = new AbortController();
-  state.inFlight = controller;
-  say("classifying…");
-  const started = performance.now();
-  try {
-    const response = await fetch("/api/classify", {method: "POST", headers: {"Content-Type": "application/json"},
-                                                   body: JSON.stringify(body), signal: controller.signal});
-    const reply = await response.json();
-    if (version !== state.version) return;
-    if (!response.ok) {
-      show(null, version);
-      say(reply.error || `error ${response.status}`, true);
-      return;
-    }
-    show(reply, version);
-    say(`classified in ${Math.round(performance.now() - started)} ms (server: ${reply.milliseconds} ms)`);
-  } catch (error) {
-    if (error.name !== "AbortError" && version === state.version) say(`the server did not answer: ${error.message}`, true);
-  } finally {
-    if (state.inFlight === controller) state.inFlight = null;
-  }
+  await ask("/api/classify", body, state, version, show, say, ["classifying…", "classified"]);
 }
 
 function show(reply, version) {
@@ -362,27 +368,7 @@ async function find() {
                 characters: Number(document.getElementById("find-characters").value),
                 copies: Number(document.getElementById("find-copies").value),
                 scene: finding.scene ? {image: finding.scene} : null};
-  const controller = new AbortController();
-  finding.inFlight = controller;
-  sayFound("searching…");
-  const started = performance.now();
-  try {
-    const response = await fetch("/api/find", {method: "POST", headers: {"Content-Type": "application/json"},
-                                               body: JSON.stringify(body), signal: controller.signal});
-    const reply = await response.json();
-    if (version !== finding.version) return;
-    if (!response.ok) {
-      showFound(null, version);
-      sayFound(reply.error || `error ${response.status}`, true);
-      return;
-    }
-    showFound(reply, version);
-    sayFound(`searched in ${Math.round(performance.now() - started)} ms (server: ${reply.milliseconds} ms)`);
-  } catch (error) {
-    if (error.name !== "AbortError" && version === finding.version) sayFound(`the server did not answer: ${error.message}`, true);
-  } finally {
-    if (finding.inFlight === controller) finding.inFlight = null;
-  }
+  await ask("/api/find", body, finding, version, showFound, sayFound, ["searching…", "searched"]);
 }
 
 function iou(a, b) {
