@@ -7,6 +7,18 @@ class Killed(Exception):
     """Raised by a test's gradient hook: the run stops as if its process had been killed."""
 
 
+def kill_at(call: int):
+    """A gradient hook that raises ``Killed`` at its ``call``-th call (the iteration it stops in, from 1)."""
+    calls = {"n": 0}
+
+    def hook(_) -> None:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Killed
+
+    return hook
+
+
 def sinusoid_run(run_dir, **overrides) -> Config:
     """MAML on 5-shot sinusoids, 40 iterations of 4 tasks, logged every 5, validated and checkpointed every 10 on
     20 validation tasks, tested on 20; ``overrides`` change any of it."""

@@ -13,7 +13,7 @@ from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.threads import using_threads
 from fastadapt.training.trainer import Trainer, build_optimizer
-from run_helpers import Killed  # the tests directory is on sys.path under pytest
+from run_helpers import Killed, kill_at  # the tests directory is on sys.path under pytest
 
 SPACE = ["--cells", "2", "--nodes", "2", "--cell-channels", "4", "--stem-multiplier", "1",
          "--operations", "conv_3x3", "max_pool_3x3", "skip_connect", "zero"]
@@ -40,14 +40,8 @@ def test_a_killed_search_resumes_exactly(glyph_folder, tmp_path):  # noqa: F811
 
     cfg = _search_config(glyph_folder, tmp_path / "b")
     tasks = build_tasks(cfg)
-    calls = {"n": 0}
-
-    def kill_at_iteration_5(_):  # killed after the warm-up ended at 3, after the checkpoint at 4
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Killed
-
-    trainer = Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False, gradient_hook=kill_at_iteration_5)
+    # killed at iteration 5: after the warm-up ended at 3, after the checkpoint at 4
+    trainer = Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False, gradient_hook=kill_at(5))
     with pytest.raises(Killed), using_threads(1):
         trainer.fit()
     assert load_checkpoint(tmp_path / "b" / "last.pt")["iteration"] == 4

@@ -18,7 +18,7 @@ from fastadapt.training.checks import check_config
 from fastadapt.training.precision import autocast, has_native_bf16
 from fastadapt.training.trainer import Trainer
 from test_metric_methods import synthetic_tasks  # the tests directory is on sys.path under pytest
-from run_helpers import Killed  # the tests directory is on sys.path under pytest
+from run_helpers import Killed, kill_at  # the tests directory is on sys.path under pytest
 
 
 def _flat(grads):
@@ -127,14 +127,7 @@ def test_precision_is_kept_in_checkpoints_and_a_killed_bf16_run_resumes_exactly(
     from fastadapt.training.builders import build_tasks
 
     tasks = build_tasks(cfg)
-    calls = {"n": 0}
-
-    def kill_at_iteration_15(_):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise Killed
-
-    trainer = Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False, gradient_hook=kill_at_iteration_15)
+    trainer = Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False, gradient_hook=kill_at(15))
     with pytest.raises(Killed):
         trainer.fit()
     payload = load_checkpoint(tmp_path / "b" / "run" / "last.pt")

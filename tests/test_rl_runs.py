@@ -18,7 +18,7 @@ from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.evaluation import Estimate, mean_and_ci95
 from fastadapt.training.trainer import Trainer
-from run_helpers import Killed  # the tests directory is on sys.path under pytest
+from run_helpers import Killed, kill_at  # the tests directory is on sys.path under pytest
 
 TINY_NAV = ["--horizon", "8", "--trajectories", "3", "--meta-batch-size", "3", "--hidden-sizes", "8", "8",
             "--val-tasks", "3", "--test-tasks", "3", "--no-progress"]
@@ -205,15 +205,8 @@ def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, overrides)
     config = cfg("b").resolved()
     tasks = build_tasks(config)
     learner = build_learner(config, tasks)
-    calls = {"n": 0}
-
-    def kill_at_iteration_5(_):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Killed
-
     with pytest.raises(Killed):
-        Trainer(config, learner, tasks, progress=False, gradient_hook=kill_at_iteration_5).fit()
+        Trainer(config, learner, tasks, progress=False, gradient_hook=kill_at(5)).fit()
     assert load_checkpoint(tmp_path / "b" / "last.pt")["iteration"] == 4
     torch.manual_seed(12345)  # resuming must not depend on the global RNG at restart
     _, resumed = train(cfg("b"), resume=True, progress=False)

@@ -12,7 +12,7 @@ from fastadapt.runs.directory import train
 from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint, save_checkpoint
 from fastadapt.training.trainer import NonFiniteLossError, Trainer
-from run_helpers import Killed, sinusoid_run  # the tests directory is on sys.path under pytest
+from run_helpers import Killed, kill_at, sinusoid_run  # the tests directory is on sys.path under pytest
 
 
 def _final_params(learner):
@@ -26,14 +26,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm):
     cfg = sinusoid_run(tmp_path / "b" / "run", algorithm=algorithm)
     tasks = build_tasks(cfg)
     learner = build_learner(cfg, tasks)
-    calls = {"n": 0}
-
-    def kill_at_iteration_27(_):
-        calls["n"] += 1
-        if calls["n"] == 27:
-            raise Killed
-
-    trainer = Trainer(cfg, learner, tasks, progress=False, gradient_hook=kill_at_iteration_27)
+    trainer = Trainer(cfg, learner, tasks, progress=False, gradient_hook=kill_at(27))
     with pytest.raises(Killed):
         trainer.fit()
     assert load_checkpoint(tmp_path / "b" / "run" / "last.pt")["iteration"] == 20

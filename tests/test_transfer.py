@@ -17,7 +17,7 @@ from fastadapt.training.checkpoint import load_checkpoint
 from fastadapt.training.threads import using_threads
 from fastadapt.training.trainer import Trainer
 from episode_helpers import write_glyph_folder  # the tests directory is on sys.path under pytest
-from run_helpers import Killed  # the tests directory is on sys.path under pytest
+from run_helpers import Killed, kill_at  # the tests directory is on sys.path under pytest
 
 
 def _dataset(classes=6, per_class=4, side=16) -> ClassDataset:
@@ -152,13 +152,8 @@ def test_a_baseline_run_resumes_exactly_and_loads_without_its_data(glyphs, tmp_p
     tasks = build_tasks(cfg)
     assert isinstance(tasks, ClassMiniBatches) and tasks.output_size == 6  # 60% of the 10 classes train
 
-    def kill_at_5(_, calls=[0]):
-        calls[0] += 1
-        if calls[0] == 5:
-            raise Killed
-
     with pytest.raises(Killed), using_threads(1):
-        Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False, gradient_hook=kill_at_5).fit()
+        Trainer(cfg, build_learner(cfg, tasks), tasks, progress=False, gradient_hook=kill_at(5)).fit()
     _, resumed = train(cfg, resume=True, progress=False)
     for key, value in straight_pp.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
