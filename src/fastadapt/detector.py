@@ -48,6 +48,7 @@ from PIL import Image
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.registry import method_names, method_of
+from fastadapt.algorithms.segmentation_baselines import TemplateMatching
 from fastadapt.classifier import load_trained_run
 from fastadapt.config.schema import Config
 from fastadapt.datasets.cluttered_omniglot import CANVAS_SIZE, REFERENCE_SIZE
@@ -137,8 +138,6 @@ class FewShotDetector:
         """Template matching, which needs no run (nothing is trained): the method that carries over to
         photographs of printed symbols, where the trained detectors do not (docs/results.md); ``options`` are the
         constructor's."""
-        from fastadapt.algorithms.segmentation_baselines import TemplateMatching
-
         return cls(TemplateMatching(), Config().replace(tasks="cluttered-omniglot", algorithm="template-matching"),
                    **options)
 
