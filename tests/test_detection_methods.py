@@ -333,3 +333,75 @@ def test_an_anil_detector_run_trains_validates_and_evaluates(omniglot_dir, tmp_p
     assert set(json.loads(capsys.readouterr().out)["results"]) == {AP50.adapted_row, COCO_AP.adapted_row}
     _, learner = load_run(run, "best")
     assert isinstance(learner, PrototypeDetectorANIL) and learner.eval_inner_steps == 2
+
+
+# --- Meta-Baseline: the prototype detector started from a transfer-detector run's network ---
+
+def _detection_run(omniglot_dir, run, algorithm, *extra):
+    """A 2-iteration detection run of ``algorithm`` (width 4 unless ``extra`` says otherwise); the exit code."""
+    return main(["train", "--tasks", "cluttered-omniglot-detection", "--algorithm", algorithm, "--n-way", "2",
+                 "--k-shot", "1", "--num-query", "2", "--characters", "4", "--iterations", "2", "--meta-batch-size",
+                 "2", "--conv-channels", "4", "--finetune-steps", "2", "--inner-steps", "1", "--val-every", "1",
+                 "--val-tasks", "2", "--no-eval", "--no-progress", "--threads", "1", *extra,
+                 "--data-root", str(omniglot_dir), "--output-dir", str(run)])
+
+
+@pytest.fixture(scope="module")
+def transfer_run(omniglot_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("base") / "transfer"
+    assert _detection_run(omniglot_dir, run, "transfer-detector") == 0
+    return run
+
+
+@pytest.mark.parametrize("algorithm", ["prototype-detector", "prototype-detector-anil"])
+def test_a_detector_built_with_base_from_starts_from_that_runs_network_and_then_trains(
+        omniglot_dir, transfer_run, tmp_path, capsys, algorithm):
+    from fastadapt.config.schema import Config
+    from fastadapt.runs.directory import build_learner
+
+    _, transfer = load_run(transfer_run, "best")
+    settings = dict(tasks="cluttered-omniglot-detection", algorithm=algorithm, n_way=2, k_shot=1, num_query=2,
+                    characters=4, conv_channels=4, data_root=str(omniglot_dir))
+    cfg = Config(**settings, base_from=str(transfer_run))
+    tasks = build_tasks(cfg.resolved(), "train")
+    started = build_learner(cfg, tasks).network.state_dict()
+    fresh = build_learner(Config(**settings), tasks).network.state_dict()
+    assert started.keys() == transfer.network.state_dict().keys()
+    assert all(torch.equal(started[k], v) for k, v in transfer.network.state_dict().items())
+    assert not all(torch.equal(fresh[k], v) for k, v in transfer.network.state_dict().items())
+    # the command line: trained from there, saved and loaded again (the source run read once more to build it)
+    run = tmp_path / "meta-baseline"
+    assert _detection_run(omniglot_dir, run, algorithm, "--base-from", str(transfer_run)) == 0
+    saved, learner = load_run(run, "best")
+    assert saved.method.base_from == str(transfer_run) and type(learner).__name__.startswith("PrototypeDetector")
+    trained = learner.network.state_dict()
+    assert not all(torch.equal(trained[k], v) for k, v in transfer.network.state_dict().items())
+
+
+def test_a_wrong_base_from_run_is_one_line_and_exit_2(omniglot_dir, transfer_run, tmp_path, capsys):
+    template = tmp_path / "template"
+    assert main(["train", "--tasks", "cluttered-omniglot-detection", "--algorithm", "template-detector",
+                 "--n-way", "2", "--k-shot", "1", "--num-query", "2", "--characters", "4", "--iterations", "0",
+                 "--no-eval", "--data-root", str(omniglot_dir), "--output-dir", str(template)]) == 0
+    capsys.readouterr()
+    for source, extra, message in [(tmp_path / "missing", [], "does not exist"),
+                                   (template, [], "(TemplateDetector) is not a detector with"),
+                                   (transfer_run, ["--conv-channels", "8"], "4 channels wide, this run's 8")]:
+        assert _detection_run(omniglot_dir, tmp_path / "never", "prototype-detector", "--base-from", str(source),
+                              *extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("fastadapt: error: ") and message in err, err
+        assert not (tmp_path / "never" / "last.pt").exists()
+
+
+def test_provenance_follows_base_from_as_it_follows_init_from(tmp_path):
+    from fastadapt.config.provenance import evaluation_alphabets_seen
+    from fastadapt.config.schema import Config
+
+    Config(tasks="omniglot", dataset_split="vinyals").save(tmp_path / "config.yaml")
+    child = Config(tasks="omniglot", dataset_split="background", base_from=str(tmp_path))
+    assert "(base_from), and there this run's training classes (--dataset-split vinyals)" in \
+        evaluation_alphabets_seen(child)
+    assert evaluation_alphabets_seen(child.replace(base_from=None)) is None
+    assert "(base_from), whose config.yaml is not there" in \
+        evaluation_alphabets_seen(child.replace(base_from=str(tmp_path / "none")))

@@ -47,12 +47,14 @@ def one_of(*choices: str) -> Rule:
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", flat: str | None = None,
-            factory: Any = dataclasses.MISSING, resumable: bool | str = False, rule: Rule | None = None) -> Any:
+            factory: Any = dataclasses.MISSING, resumable: bool | str = False, rule: Rule | None = None,
+            weights_from: bool = False) -> Any:
     """A config field with its help line; ``flat`` is its command-line / flat name when not the field's own.
     ``resumable``: whether a resumed run may change it (it changes neither the weights the run trains nor its
     validation episodes); "evaluation" for those that say how a run is tested (a finished run is tested as the
-    latest config.yaml says). ``rule``: what its values must be (``check_options``)."""
-    metadata = {"help": help, "flat": flat, "resumable": resumable, "rule": rule}
+    latest config.yaml says). ``rule``: what its values must be (``check_options``). ``weights_from``: its value
+    is a run directory whose weights this run starts from, which ``config.provenance`` follows."""
+    metadata = {"help": help, "flat": flat, "resumable": resumable, "rule": rule, "weights_from": weights_from}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -63,7 +63,8 @@ class NeighbourOptions(Options):
     """k-NN's options."""
 
     neighbours: int = setting(1, "k of k-NN", rule=POSITIVE_INT)
-    encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images")
+    encoder_from: str | None = setting(None, "k-NN: a run directory whose trained encoder embeds the images",
+                                       weights_from=True)
 
 
 def _build(context) -> NearestNeighbours:

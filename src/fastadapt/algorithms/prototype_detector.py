@@ -11,6 +11,10 @@ classes of each episode are new, so what is learned is how to condition on refer
 over all the instances of each (canvas, class) pair (``siamese_unet.detection_loss``); with ``--mask-loss``
 (``method.mask_loss``) also the mask of the class's instances (cross-entropy + soft Dice, the one-shot
 network's loss), which costs the decoder's two finest levels. Nothing is adapted at test time.
+
+With ``--base-from RUN`` (``BaseFromOptions``) the network starts from another detector run's network, e.g. a
+transfer-detector run's, trained on the base classes without references: Meta-Baseline (Chen et al. 2021), a
+classifier pre-trained on the base classes then meta-trained episodically, here for detection.
 """
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ class MaskLossOptions(Options):
 
     mask_loss: bool = setting(False, "prototype-detector: train the mask of each class's instances too "
                                      "(cross-entropy + soft Dice), beside the boxes")
+
+
+@dataclass(frozen=True)
+class BaseFromOptions(Options):
+    """Where the detector's network starts (Meta-Baseline)."""
+
+    base_from: str | None = setting(None, "prototype-detector(-anil): a detector run directory (a transfer-detector "
+                                          "run, say) whose best network this run starts from (Meta-Baseline)",
+                                    weights_from=True)
 
 
 class PrototypeDetector(DetectionLearner):
@@ -101,8 +114,28 @@ class PrototypeDetector(DetectionLearner):
         return loss, metrics if self.metrics_as_tensors else {k: v.item() for k, v in metrics.items()}
 
 
+def start_from_base(learner: PrototypeDetector, context: Any) -> PrototypeDetector:
+    """``learner`` with the best network of the run ``base_from`` names, when it names one (Meta-Baseline: both
+    detectors hold the same ``SiameseUNetNetwork``, the transfer detector reading it without a reference); a
+    ValueError when that run has no such network of the same width."""
+    source = context.cfg.method.base_from
+    if source is None:
+        return learner
+    trained = context.trained_learner(source)
+    network = getattr(trained, "network", None)
+    if not isinstance(network, SiameseUNetNetwork):
+        raise ValueError(f"--base-from {source}: that run ({type(trained).__name__}) is not a detector with the "
+                         "Siamese U-Net's network to start from")
+    if network.width != learner.network.width:
+        raise ValueError(f"--base-from {source}: its network is {network.width} channels wide, this run's "
+                         f"{learner.network.width} (--conv-channels)")
+    learner.network.load_state_dict(network.state_dict())
+    return learner
+
+
 def _build(context: Any) -> PrototypeDetector:
-    return PrototypeDetector(context.cfg.model.conv_channels, context.cfg.method.mask_loss)
+    return start_from_base(PrototypeDetector(context.cfg.model.conv_channels, context.cfg.method.mask_loss), context)
 
 
-SPECS = (MethodSpec("prototype-detector", PrototypeDetector, _build, (MaskLossOptions,), detection=True),)
+SPECS = (MethodSpec("prototype-detector", PrototypeDetector, _build, (MaskLossOptions, BaseFromOptions),
+                    detection=True),)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fastadapt.algorithms.maml import GRADIENT_OPTIONS
-from fastadapt.algorithms.prototype_detector import PrototypeDetector
+from fastadapt.algorithms.prototype_detector import BaseFromOptions, PrototypeDetector, start_from_base
 from fastadapt.algorithms.segmentation import mask_box
 from fastadapt.algorithms.siamese_unet import Reference, detection_loss
 from fastadapt.algorithms.siamese_unet_anil import AdaptsToReferences, support_canvases
@@ -71,8 +71,9 @@ class PrototypeDetectorANIL(AdaptsToReferences, PrototypeDetector):
 
 def _build(context: Any) -> PrototypeDetectorANIL:
     cfg = context.cfg
-    return PrototypeDetectorANIL(cfg.model.conv_channels, cfg.method.inner_lr, cfg.method.inner_steps,
-                                 cfg.method.eval_inner_steps, cfg.method.first_order)
+    return start_from_base(PrototypeDetectorANIL(cfg.model.conv_channels, cfg.method.inner_lr, cfg.method.inner_steps,
+                                                 cfg.method.eval_inner_steps, cfg.method.first_order), context)
 
 
-SPECS = (MethodSpec("prototype-detector-anil", PrototypeDetectorANIL, _build, GRADIENT_OPTIONS, detection=True),)
+SPECS = (MethodSpec("prototype-detector-anil", PrototypeDetectorANIL, _build, (*GRADIENT_OPTIONS, BaseFromOptions),
+                    detection=True),)

@@ -173,7 +173,8 @@ class TrainingSettings:
     lr_decay_every: int = setting(0, "multiply the outer learning rate by lr_decay every this many iterations "
                                      "(0: never)", rule=NON_NEGATIVE)
     lr_decay: float = setting(0.5, "factor of each learning-rate decay")
-    init_from: str | None = setting(None, "a run directory: start from its best weights, with a fresh optimizer")
+    init_from: str | None = setting(None, "a run directory: start from its best weights, with a fresh optimizer",
+                                    weights_from=True)
     seed: int = setting(0, "seed of every random stream of the run")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", resumable=True)
     output_dir: str = setting("runs/latest", "the run directory", resumable=True)
@@ -263,6 +264,8 @@ class Setting:
     default: Any
     #: True or "evaluation": a resumed run may change it (see ``setting``)
     resumable: bool | str = False
+    #: its value is a run directory whose weights the run starts from (see ``setting``)
+    weights_from: bool = False
 
 
 def settings() -> Iterator[Setting]:
@@ -272,7 +275,8 @@ def settings() -> Iterator[Setting]:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             yield Setting(section, f.name, f.metadata.get("flat") or f.name, f.metadata.get("help", ""),
-                          hints[f.name], default, f.metadata.get("resumable", False))
+                          hints[f.name], default, f.metadata.get("resumable", False),
+                          f.metadata.get("weights_from", False))
 
 
 FLAT: dict[str, Setting] = {}
