@@ -25,7 +25,7 @@ import torch
 from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
 from fastadapt.benchmarks.preset_runs import preset_run
 from fastadapt.config.presets import load_preset
-from fastadapt.runs.directory import evaluate_learner, load_run, look_at_test_set
+from fastadapt.runs.directory import evaluate_learner, load_run, look_at_test_set, looks_at_test_set
 from fastadapt.training.evaluation import Estimate, format_table
 
 #: (arms k, pulls n) -> the RL^2 rows: (label, preset)
@@ -63,10 +63,11 @@ def baseline(name: str, arms: int, pulls: int, output_dir: Path, test_set: int |
     return preset_run(cfg, SCRIPT)
 
 
-def tested(run_dir: str | Path) -> Estimate:
-    """The run's total reward per trial on its test bandits, the look counted in RUN_DIR/test_looks.json."""
+def tested(run_dir: str | Path) -> tuple[Estimate, int]:
+    """The run's total reward per trial on its test bandits, and how many times that test set of the run has now
+    been evaluated (counted in RUN_DIR/test_looks.json, this look included)."""
     cfg, learner = load_run(run_dir)
-    return look_at_test_set(run_dir, cfg, learner)[ROW]
+    return look_at_test_set(run_dir, cfg, learner)[ROW], looks_at_test_set(run_dir, cfg.evaluation.test_set)
 
 
 def main() -> None:
@@ -87,20 +88,23 @@ def main() -> None:
     for text in args.settings:
         arms, pulls = (int(v) for v in text.split("x"))
         column: dict[str, dict[str, Estimate | str]] = {}
+        looks: dict[str, int] = {}
         rows = [(label, preset) for label, preset in SETTINGS[arms, pulls] if args.rl2 is None or preset in args.rl2]
         for label, preset in rows:
-            column[label] = tested(rl2_run(preset, output_dir, **settings))
+            column[label], looks[label] = tested(rl2_run(preset, output_dir, **settings))
         scores = {}
         for c in UCB_GRID:
             cfg, learner = load_run(baseline("ucb1", arms, pulls, output_dir, args.test_set, ucb_exploration=c))
             scores[c] = evaluate_learner(cfg, learner, split="val")[ROW].mean
         chosen = max(scores, key=scores.get)
         ucb1 = f"UCB1 (c = {chosen}, chosen on validation)"
-        column[ucb1] = tested(baseline("ucb1", arms, pulls, output_dir, args.test_set, ucb_exploration=chosen))
+        column[ucb1], looks[ucb1] = tested(
+            baseline("ucb1", arms, pulls, output_dir, args.test_set, ucb_exploration=chosen))
         for name, label in (("thompson", "Thompson sampling"), ("random-arms", "random")):
-            column[label] = tested(baseline(name, arms, pulls, output_dir, args.test_set))
+            column[label], looks[label] = tested(baseline(name, arms, pulls, output_dir, args.test_set))
         if arms * pulls <= BAYES_OPTIMAL_LIMIT:
-            column["Bayes-optimal (exact DP, the ceiling)"] = tested(
+            bayes = "Bayes-optimal (exact DP, the ceiling)"
+            column[bayes], looks[bayes] = tested(
                 baseline("bayes-optimal", arms, pulls, output_dir, args.test_set))
         for name, value in PAPER.get((arms, pulls), {}).items():
             column[f"{name} (paper)"] = f"{value:.1f}"
@@ -113,7 +117,7 @@ def main() -> None:
             ours, target = column[label], TARGETS[arms, pulls]
             print(f"{label}: {ours.mean:.2f} ± {ours.ci95:.2f} (target >= {target}: {ours.at_least(target)})")
         record[text] = {row: (v.to_dict() if isinstance(v, Estimate) else v) for row, v in column.items()}
-        record[text].update(ucb1_validation=scores, test_set=args.test_set or 1, seed=args.seed)
+        record[text].update(ucb1_validation=scores, test_set=args.test_set or 1, test_looks=looks, seed=args.seed)
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {output_dir / 'results.json'}")
 

@@ -164,7 +164,8 @@ def test_a_benchmark_refuses_a_run_made_with_other_settings_than_its_preset(tmp_
 def test_the_bandit_benchmark_tests_a_fresh_draw_once(tmp_path):
     """benchmarks/rl_bandits.py --test-set 2: every baseline is tested on the second draw of test bandits (other
     figures than the first draw's), the look counted once on that set in each run directory, and results.json
-    says which set; --rl2 of another setting's preset leaves no RL^2 row to train."""
+    says which set and how many looks each row's run has had; --rl2 of another setting's preset leaves no RL^2
+    row to train."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_bandits.py"
     results = {}
     for test_set in (1, 2):
@@ -179,6 +180,7 @@ def test_the_bandit_benchmark_tests_a_fresh_draw_once(tmp_path):
         tested = [run for run in out.iterdir() if (run / "test_looks.json").exists()]
         assert len(tested) == 4  # UCB1 at the chosen c, Thompson, random, Bayes-optimal
         assert all(json.loads((run / "test_looks.json").read_text()) == {str(test_set): 1} for run in tested)
+        assert set(results[test_set]["test_looks"].values()) == {1} and len(results[test_set]["test_looks"]) == 4
     for row in ("Thompson sampling", "random", "Bayes-optimal (exact DP, the ceiling)"):
         assert results[1][row]["mean"] != results[2][row]["mean"], row
     assert results[1]["ucb1_validation"] == results[2]["ucb1_validation"]  # validation does not depend on it
