@@ -266,6 +266,13 @@ def test_ctrl_c_stops_fastadapt_serve_quietly(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
     server = subprocess.Popen([sys.executable, "-m", "fastadapt", "serve", "--no-train", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    # the "open http://..." line comes after the busy-port check, which listens on the port for a moment: a
+    # connection made then would send Ctrl-C before the server runs
+    for line in iter(server.stdout.readline, ""):
+        if "open http://" in line:
+            break
+    else:
+        raise AssertionError(f"the server stopped before serving: {server.communicate()[1]}")
     deadline = time.monotonic() + 120
     while True:
         assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
