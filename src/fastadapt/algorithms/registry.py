@@ -32,6 +32,7 @@ MODULES = (
     "siamese_unet",
     "siamese_unet_anil",
     "segmentation_baselines",
+    "instance_protonet",
     "detection_baselines",
     "prototype_detector",
     "transfer_detector",
