@@ -14,7 +14,10 @@ from fastadapt.algorithms.instance_protonet import (CHOSEN_LOGIT, CROP, Instance
                                                     stretched_crops)
 from fastadapt.algorithms.segmentation import mask_box
 from fastadapt.cli import main
-from fastadapt.tasks.cluttered_omniglot import SegmentationBatch
+from fastadapt.runs.directory import load_run
+from fastadapt.runs.inspection import segmentation_examples
+from fastadapt.tasks.cluttered_omniglot import SegmentationBatch, mask_iou
+from fastadapt.training.builders import build_tasks
 from fastadapt.training.checkpoint import load_checkpoint
 
 
@@ -144,6 +147,15 @@ def test_instance_protonet_trains_resumes_and_is_scored_at_every_level_on_valida
     assert main(["eval", str(straight), "--split", "val", "--test-tasks", "6", "--json", "-"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
     assert all(row["num_tasks"] == 6 for row in rows.values()) and len(rows) == 2
+    # fastadapt plot: the first validation canvases with the masks as scored
+    assert main(["plot", str(straight), "--split", "val"]) == 0
+    cfg, learner = load_run(straight, "best")
+    examples = segmentation_examples(cfg, learner, split="val", count=6)
+    canvases = build_tasks(cfg, "val").fixed_tasks(6, "val")
+    with torch.no_grad():
+        scored = mask_iou(torch.sigmoid(learner.segment(canvases.references, canvases.canvases)), canvases.masks)
+    assert [example["iou"] for example in examples] == pytest.approx(scored.tolist())
+    assert (straight / "canvases.png").stat().st_size > 0 and "canvases.png" in capsys.readouterr().out
     # the levels benchmark: the run's weights at every level, beside template matching, on validation canvases
     template = tmp_path / "template"
     assert main(["train", "--tasks", "cluttered-omniglot", "--algorithm", "template-matching", "--iterations", "0",

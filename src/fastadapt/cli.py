@@ -378,9 +378,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from fastadapt.algorithms.registry import method_of
     from fastadapt.config.families import family_of
     from fastadapt.plots import (plot_cells, plot_frame_strip, plot_learning_curves, plot_navigation_trajectories,
-                                 plot_task_architectures)
+                                 plot_segmentations, plot_task_architectures)
     from fastadapt.runs.directory import curves_subtitle, load_metrics, load_run, write_architecture
-    from fastadapt.runs.inspection import SPLIT_NAMES, locomotion_frames, navigation_paths, task_architectures
+    from fastadapt.runs.inspection import (SPLIT_NAMES, locomotion_frames, navigation_paths, segmentation_examples,
+                                           task_architectures)
     from fastadapt.training.networks import load_architecture
 
     run_dir = Path(args.run_dir)
@@ -411,6 +412,13 @@ def cmd_plot(args: argparse.Namespace) -> None:
         figure = plot_frame_strip(rows, run_dir / "frames.png", title=f"{cfg.method.name} on {cfg.task.family}, "
                                   f"{SPLIT_NAMES[args.split]} tasks: the first sampled trajectory before and after "
                                   "one policy-gradient step")
+        print(f"wrote {figure}")
+    if "canvases" in plots:
+        cfg, learner = load_run(run_dir, "best")
+        figure = plot_segmentations(segmentation_examples(cfg, learner, split=args.split), run_dir / "canvases.png",
+                                    title=f"{cfg.method.name}, {cfg.task.characters} characters, the first "
+                                          f"{SPLIT_NAMES[args.split]} canvases: predicted mask white, true mask "
+                                          "red, box yellow")
         print(f"wrote {figure}")
     if method.searches_architecture:
         cfg, learner = write_architecture(run_dir)
@@ -660,8 +668,8 @@ def _add_plot(commands: argparse._SubParsersAction) -> None:
     plot.add_argument("--tasks", type=int, default=100,
                       help="metanas / tnas: validation tasks whose adapted architectures are drawn (default: 100)")
     plot.add_argument("--split", choices=("test", "val"), default="test",
-                      help="RL: the fixed tasks whose trajectories or frames are drawn: test (default) or val, for a "
-                           "run still being judged on validation")
+                      help="RL and segmentation: the fixed tasks whose trajectories, frames or canvases are drawn: "
+                           "test (default) or val, for a run still being judged on validation")
     plot.set_defaults(func=cmd_plot)
 
 

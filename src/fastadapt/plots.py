@@ -5,9 +5,11 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 #: Panel titles of the logged metrics; the trainer logs training metrics under their plain names.
@@ -155,6 +157,31 @@ def plot_frame_strip(rows: list[dict], path: Path, title: str = "") -> Path:
                        va="center", fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _finish(fig, path, dpi=100)
+
+
+def plot_segmentations(examples: list[dict], path: Path, title: str = "") -> Path:
+    """Each example (``segmentation_examples``) as a column: the reference above, the canvas below with the
+    predicted mask in white, the true mask outlined in red and the predicted box in yellow, titled with its IoU."""
+    fig, axes = plt.subplots(2, len(examples), figsize=(1.8 * len(examples), 2.9), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 2.2]})
+    for column, example in enumerate(examples):
+        reference, canvas = axes[0, column], axes[1, column]
+        reference.imshow(example["reference"])
+        reference.set_title("reference", fontsize=7)
+        canvas.imshow(example["canvas"])
+        overlay = np.zeros((*example["predicted"].shape, 4))
+        overlay[example["predicted"]] = (1.0, 1.0, 1.0, 0.6)
+        canvas.imshow(overlay)
+        if example["mask"].any():
+            canvas.contour(example["mask"], levels=[0.5], colors="red", linewidths=0.8)
+        left, top, width, height = example["box"]
+        canvas.add_patch(Rectangle((left - 0.5, top - 0.5), width, height, fill=False, edgecolor="yellow",
+                                   linewidth=0.8))
+        canvas.set_title(f"mask IoU {example['iou']:.2f}", fontsize=7)
+        reference.axis("off")
+        canvas.axis("off")
+    fig.suptitle(title, fontsize=8)
+    return _finish(fig, path, dpi=110)
 
 
 def plot_cells(genotype, path: Path, title: str = "") -> Path:

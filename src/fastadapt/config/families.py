@@ -58,7 +58,8 @@ class FamilySpec:
     meta_batch: int = 4
     #: steps per episode (pulls per trial for bandits) when the config leaves it unset; None: no horizon
     horizon: int | None = None
-    #: the extra figures ``fastadapt plot`` draws for a run of a feed-forward policy: "trajectories", "frames"
+    #: the extra figures ``fastadapt plot`` draws: "trajectories", "frames" (a feed-forward policy's runs),
+    #: "canvases" (a segmenter's masks)
     plots: tuple[str, ...] = field(default=())
     #: image files hold dark ink on a light background, inverted when read (Omniglot's PNGs)
     inverted_files: bool = False
@@ -331,7 +332,7 @@ FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
                horizon=10),
     FamilySpec("cluttered-omniglot", "segmentation", _cluttered_omniglot, _cluttered_title,
                lambda cfg: f"{cfg.task.characters} characters", meta_batch=32, data_root_may_move=True,
-               check=_check_cluttered_omniglot),
+               check=_check_cluttered_omniglot, plots=("canvases",)),
     FamilySpec("cluttered-omniglot-detection", "detection", _detection, _detection_title,
                lambda cfg: f"{cfg.task.n_way}-way {cfg.task.k_shot}-shot, {cfg.task.characters} characters",
                meta_batch=8, data_root_may_move=True),

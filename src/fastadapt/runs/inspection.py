@@ -1,5 +1,5 @@
 """What a trained run does, for figures and reports: a 2D-navigation policy's trajectories, a MuJoCo policy's
-frames, the architecture each task adapts a searched network to, and a genotype's size.
+frames, a segmenter's masks on canvases, the architecture each task adapts a searched network to, and a genotype's size.
 
 Kept apart from ``runs`` (which trains, loads and evaluates runs): these read a trained learner and build
 what ``fastadapt plot`` draws.
@@ -13,12 +13,15 @@ import torch
 
 from fastadapt.algorithms.architecture import ArchitectureLearning
 from fastadapt.algorithms.base import RLMetaLearner
+from fastadapt.algorithms.metrics import MASK_LOGIT_THRESHOLD, at_least_fp32
+from fastadapt.algorithms.segmentation import SegmentationLearner
 from fastadapt.config.families import family_of
 from fastadapt.config.schema import Config
 from fastadapt.environments.noise import derive_seeds
 from fastadapt.models.darts import DiscreteNetwork, Genotype, count_flops, count_parameters
 from fastadapt.rl.rollout import ENV_STREAM
 from fastadapt.runs.directory import fixed_batches
+from fastadapt.tasks.cluttered_omniglot import mask_iou
 from fastadapt.tasks.mdp import LOCOMOTION_FAMILIES, LocomotionTasks
 from fastadapt.training.builders import build_tasks, fixed_seed
 from fastadapt.training.evaluation import step_label
@@ -113,3 +116,20 @@ def locomotion_frames(cfg: Config, learner: RLMetaLearner, steps: tuple[int, ...
     finally:
         env.close()
     return rows
+
+
+@torch.no_grad()
+def segmentation_examples(cfg: Config, learner: SegmentationLearner, split: str = "test", count: int = 6
+                          ) -> list[dict]:
+    """The first ``count`` fixed canvases of ``split`` (those the evaluation scores first) as numpy arrays: the
+    canvas and reference (H, W, 3), the true mask, the predicted one (foreground probability above 0.3, as
+    scored), the predicted box (left, top, width, height) and the canvas's mask IoU."""
+    batch = build_tasks(cfg, split).fixed_tasks(count, split, seed=fixed_seed(cfg, split))
+    logits = at_least_fp32(learner.segment(batch.references, batch.canvases))
+    boxes = learner.detect(batch.references, batch.canvases).boxes
+    ious = mask_iou(torch.sigmoid(logits), batch.masks)
+    return [{"canvas": canvas.permute(1, 2, 0).numpy(), "reference": reference.permute(1, 2, 0).numpy(),
+             "mask": mask.numpy(), "predicted": (logit > MASK_LOGIT_THRESHOLD).numpy(), "box": box.tolist(),
+             "iou": iou.item()}
+            for canvas, reference, mask, logit, box, iou in zip(batch.canvases, batch.references, batch.masks,
+                                                                logits, boxes, ious)]
