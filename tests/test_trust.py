@@ -215,7 +215,9 @@ def test_every_shipped_preset_builds_and_takes_a_step(name, fake_omniglot, tmp_p
             assert math.isfinite(metrics["return"])
             assert any(not torch.equal(b, p) for b, p in zip(before, learner.parameters()))
     elif any(p.requires_grad for p in learner.parameters()):
-        loss, metrics = learner.meta_loss(tasks.sample(1, torch.Generator().manual_seed(0)))
+        # two tasks: on one, a confident right answer may round its loss to 0 (instance-protonet's first canvas:
+        # the target nearer than the others by 35 nats at initialisation)
+        loss, metrics = learner.meta_loss(tasks.sample(2, torch.Generator().manual_seed(0)))
         loss.backward()
         assert math.isfinite(loss.item()) and metrics["loss"] > 0
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.parameters())
