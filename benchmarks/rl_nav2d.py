@@ -10,7 +10,8 @@ policy-gradient steps.
    trains nothing); a finished run is reused and an interrupted one resumed, so the script can be restarted;
 2. chooses the test-time step size of the pretrained and random-init baselines on as many *validation* goals
    (first step alpha from a grid, later steps alpha / 2 as for MAML), by the mean return after one step;
-   MAML keeps the paper's alpha = 0.1, then 0.05;
+   MAML keeps the paper's alpha = 0.1, then 0.05; with --choose-later-steps, every adapting method's second
+   and third step size is then chosen from the same grid by the mean return after two validation steps;
 3. evaluates every method on the test goals, prints the table beside the paper's MAML row, checks the
    issue's targets (and prints the per-goal difference between MAML and the pretrained policy after one
    step, a paired comparison on the same goals) and writes results.json.
@@ -60,6 +61,16 @@ def choose_step_size(run_dir: str) -> tuple[float, dict[float, float]]:
     return max(scores, key=scores.get), scores
 
 
+def choose_later_step_size(cfg: Config, learner, first: float) -> tuple[float, dict[float, float]]:
+    """The size of the second and later steps, after a first step of ``first``, with the best mean 2-step return
+    on the validation goals (``--choose-later-steps``: the paper's alpha / 2 is one of the sizes tried)."""
+    scores = {}
+    for alpha in STEP_SIZES:
+        learner.eval_inner_lrs = [first, alpha]
+        scores[alpha] = evaluate_learner(cfg, learner, steps=[2], split="val")["2 steps"].mean
+    return max(scores, key=scores.get), scores
+
+
 def test_returns(cfg: Config, learner) -> dict[str, torch.Tensor]:
     """Every test goal's mean return after each of the run's evaluation steps ("0 steps", "1 step", ...)."""
     batches = fixed_batches(build_tasks(cfg, "test"), cfg.evaluation.test_tasks, "test", seed=fixed_seed(cfg, "test"))
@@ -73,6 +84,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="every run's training seed (default: the presets'); the validation "
                                                   "and test goals do not depend on it")
     parser.add_argument("--test-set", type=int, help="which draw of the test goals (default: the presets', 1)")
+    parser.add_argument("--choose-later-steps", action="store_true",
+                        help="choose every adapting method's second and third step size on the validation goals "
+                             "by the 2-step return (default: half the first step, the paper's schedule)")
     args = parser.parse_args()
     settings = {name: value for name, value in (("seed", args.seed), ("test_set", args.test_set))
                 if value is not None}
@@ -90,10 +104,17 @@ def main() -> None:
         if name in ("pretrained", "random init"):
             alpha, scores = choose_step_size(run_dir)
             learner.eval_inner_lrs = [alpha, alpha / 2]
-            record_evaluation_settings(run_dir, eval_inner_lrs=learner.eval_inner_lrs)  # fastadapt eval uses it too
             record["step_sizes"][name] = {"chosen": alpha, "validation 1-step return": scores}
             print(f"{name}: step size {alpha} chosen on validation goals "
                   f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
+        if args.choose_later_steps and name != "oracle":
+            later, scores = choose_later_step_size(cfg, learner, learner.eval_inner_lrs[0])
+            learner.eval_inner_lrs = [learner.eval_inner_lrs[0], later]
+            record["step_sizes"].setdefault(name, {}).update(later=later, **{"validation 2-step return": scores})
+            print(f"{name}: later step size {later} chosen on validation goals "
+                  f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
+        if name != "oracle" and learner.eval_inner_lrs != cfg.method.eval_inner_lrs:
+            record_evaluation_settings(run_dir, eval_inner_lrs=learner.eval_inner_lrs)  # fastadapt eval uses it too
         record.setdefault("test_looks", {})[name] = count_test_look(run_dir, cfg.evaluation.test_set)
         record["test_set"], record.setdefault("seeds", {})[name] = cfg.evaluation.test_set, cfg.training.seed
         per_goal[name] = test_returns(cfg, learner)

@@ -142,6 +142,25 @@ def test_the_nav2d_benchmark_tests_each_goal_as_fastadapt_eval_does(tmp_path):
         assert mean_and_ci95(returns) == expected[row]
 
 
+def test_the_nav2d_benchmark_chooses_the_later_step_size_by_the_2_step_validation_return(tmp_path, monkeypatch):
+    """--choose-later-steps: the second step's size is the grid's best by the mean 2-step return on validation
+    goals, with the first step kept; the sizes tried must change that return (the later step is really taken)."""
+    spec = importlib.util.spec_from_file_location(
+        "rl_nav2d", Path(__file__).resolve().parents[1] / "benchmarks" / "rl_nav2d.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    monkeypatch.setattr(benchmark, "STEP_SIZES", [0.01, 1.0])
+    cfg = load_preset("rl-nav2d-maml").replace(horizon=6, trajectories=3, meta_batch_size=2, hidden_sizes=[8],
+                                               iterations=1, val_tasks=3, test_tasks=5, eval_steps=[0, 1, 2],
+                                               output_dir=str(tmp_path / "maml"))
+    cfg, learner = load_run(trained_run(cfg), "best")
+    later, scores = benchmark.choose_later_step_size(cfg, learner, 0.1)
+    assert list(scores) == [0.01, 1.0] and scores[0.01] != scores[1.0]
+    assert later == max(scores, key=scores.get)
+    learner.eval_inner_lrs = [0.1, later]
+    assert evaluate_learner(cfg, learner, steps=[2], split="val")["2 steps"].mean == scores[later]
+
+
 @pytest.mark.parametrize("script, preset, change, arguments", [
     ("rl_bandits", "rl-bandit-rl2-k5-n10", dict(recurrent_size=64), ["--settings", "5x10"]),
     ("rl_nav2d", "rl-nav2d-maml", dict(gae_lambda=1.0), []),
