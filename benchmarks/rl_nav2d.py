@@ -51,24 +51,25 @@ def finished_run(preset: str, output_dir: Path, **settings) -> tuple[str, float]
     return str(run_dir), last.get("seconds", 0.0)
 
 
-def choose_step_size(run_dir: str) -> tuple[float, dict[float, float]]:
-    """The first-step size (later steps: half of it) with the best mean 1-step return on the validation goals."""
-    cfg, learner = load_run(run_dir, "best")
+def best_on_validation(cfg: Config, learner, schedule, steps: int) -> tuple[float, dict[float, float]]:
+    """The grid's step size alpha whose test-time schedule ``schedule(alpha)`` (the size of each step) gives the
+    best mean return after ``steps`` steps on the validation goals; the mean return of every size tried."""
     scores = {}
     for alpha in STEP_SIZES:
-        learner.eval_inner_lrs = [alpha, alpha / 2]
-        scores[alpha] = evaluate_learner(cfg, learner, steps=[1], split="val")["1 step"].mean
+        learner.eval_inner_lrs = schedule(alpha)
+        scores[alpha] = evaluate_learner(cfg, learner, steps=[steps], split="val")[step_label(steps)].mean
     return max(scores, key=scores.get), scores
+
+
+def choose_step_size(cfg: Config, learner) -> tuple[float, dict[float, float]]:
+    """The first-step size (later steps: half of it) with the best mean 1-step return on the validation goals."""
+    return best_on_validation(cfg, learner, lambda alpha: [alpha, alpha / 2], 1)
 
 
 def choose_later_step_size(cfg: Config, learner, first: float) -> tuple[float, dict[float, float]]:
     """The size of the second and later steps, after a first step of ``first``, with the best mean 2-step return
     on the validation goals (``--choose-later-steps``: the paper's alpha / 2 is one of the sizes tried)."""
-    scores = {}
-    for alpha in STEP_SIZES:
-        learner.eval_inner_lrs = [first, alpha]
-        scores[alpha] = evaluate_learner(cfg, learner, steps=[2], split="val")["2 steps"].mean
-    return max(scores, key=scores.get), scores
+    return best_on_validation(cfg, learner, lambda alpha: [first, alpha], 2)
 
 
 def test_returns(cfg: Config, learner) -> dict[str, torch.Tensor]:
@@ -102,7 +103,7 @@ def main() -> None:
         record["train_seconds"][name] = round(seconds, 1)
         cfg, learner = load_run(run_dir, "best")
         if name in ("pretrained", "random init"):
-            alpha, scores = choose_step_size(run_dir)
+            alpha, scores = choose_step_size(cfg, learner)
             learner.eval_inner_lrs = [alpha, alpha / 2]
             record["step_sizes"][name] = {"chosen": alpha, "validation 1-step return": scores}
             print(f"{name}: step size {alpha} chosen on validation goals "
