@@ -4,6 +4,8 @@ policy-gradient steps, beside the paper's MAML row.
 
     python benchmarks/rl_locomotion.py --output-dir runs/bench-cheetah            # the CPU-budget presets
     python benchmarks/rl_locomotion.py --output-dir runs/bench-cheetah --no-train # evaluate the runs as they are
+    python benchmarks/rl_locomotion.py --output-dir runs/cheetah-seed1 --seed 1 --test-set 2  # another training
+                                                                                    # seed, a fresh draw of test tasks
 
 1. trains the runs of the presets rl-halfcheetah-fwd-bwd-maml-cpu and rl-halfcheetah-fwd-bwd-pretrained-cpu
    (rl-halfcheetah-fwd-bwd-random trains nothing); a finished run is reused and an interrupted one resumed,
@@ -44,17 +46,11 @@ STEP_SIZES = [0.05, 0.1, 0.2, 0.5]
 STEPS = [0, 1, 2, 3]
 
 
-def run_dir_of(preset: str, output_dir: Path, train_missing: bool, workers: int | None) -> tuple[str, dict]:
-    """The preset's run in ``output_dir``, trained or resumed to its iterations unless ``train_missing`` is off."""
-    cfg = load_preset(preset).replace(output_dir=str(output_dir / preset))
-    if workers is not None:
-        cfg = cfg.replace(rollout_workers=workers)
-    try:
-        run_dir = preset_run(cfg, "rl_locomotion", train_missing)
-    except FileNotFoundError as error:
-        if train_missing:
-            raise
-        raise FileNotFoundError(f"{error} (drop --no-train)") from None
+def run_dir_of(preset: str, output_dir: Path, train_missing: bool, **settings) -> tuple[str, dict]:
+    """The preset's run in ``output_dir`` with ``settings`` (seed, test_set, rollout_workers), trained or resumed
+    to its iterations unless ``train_missing`` is off."""
+    cfg = load_preset(preset).replace(output_dir=str(output_dir / preset), **settings)
+    run_dir = preset_run(cfg, "rl_locomotion", train_missing)
     last = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
     best = load_checkpoint(run_dir / BEST)
     return str(run_dir), {"iterations_trained": (last or best)["iteration"], "best_iteration": best["iteration"],
@@ -83,7 +79,9 @@ def evaluate_method(name: str, output_dir: Path, args: argparse.Namespace) -> di
     return after 0-3 steps; kept in OUTPUT_DIR/eval-<preset>.json and reused while its best checkpoint, the run's
     settings and the code are the same (``results_key``); else measured again, the test look counted."""
     preset = PRESETS[name]
-    run_dir, facts = run_dir_of(preset, output_dir, not args.no_train, args.rollout_workers)
+    settings = {name: value for name, value in (("seed", args.seed), ("test_set", args.test_set),
+                                                ("rollout_workers", args.rollout_workers)) if value is not None}
+    run_dir, facts = run_dir_of(preset, output_dir, not args.no_train, **settings)
     cache = output_dir / f"eval-{preset}.json"
     key = results_key(Config.load(Path(run_dir) / "config.yaml"))
     if cache.exists():
@@ -105,7 +103,7 @@ def evaluate_method(name: str, output_dir: Path, args: argparse.Namespace) -> di
         evaluation["step_size"] = {"chosen": alpha, "validation 1-step return": scores}
         print(f"{name}: step size {alpha} chosen on {cfg.training.val_tasks} validation tasks "
               f"({', '.join(f'{a}: {s:.2f}' for a, s in scores.items())})", flush=True)
-    evaluation["test_set"] = cfg.evaluation.test_set
+    evaluation["test_set"], evaluation["seed"] = cfg.evaluation.test_set, cfg.training.seed
     evaluation["test_looks"] = count_test_look(run_dir, cfg.evaluation.test_set)
     results, directions = returns_by_task(cfg, learner, "test", cfg.evaluation.test_tasks, STEPS)
     evaluation["results"] = {step_label(s): mean_and_ci95(values).to_dict() for s, values in results.items()}
@@ -125,6 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/bench-cheetah")
     parser.add_argument("--no-train", action="store_true", help="evaluate the runs' best checkpoints as they are")
+    parser.add_argument("--seed", type=int, help="every run's training seed (default: the presets'); the validation "
+                                                  "and test tasks do not depend on it")
+    parser.add_argument("--test-set", type=int, help="which draw of the test tasks (default: the presets', 1)")
     parser.add_argument("--rollout-workers", type=int, help="rollout worker processes (default: one per core)")
     parser.add_argument("--methods", nargs="+", choices=list(PRESETS), default=list(PRESETS),
                         help="evaluate only these (the table needs all three; each method's evaluation is kept in "
@@ -135,9 +136,11 @@ def main() -> None:
     torch.set_num_threads(1)
 
     columns: dict[str, dict[str, Estimate]] = {}
-    record: dict = {"runs": {}, "step_sizes": {}, "results": {}, "by_direction": {}}
+    record: dict = {"runs": {}, "step_sizes": {}, "results": {}, "by_direction": {}, "seeds": {}, "test_looks": {}}
     for name in args.methods:
         evaluation = evaluate_method(name, output_dir, args)
+        record["test_set"], record["seeds"][name] = evaluation["test_set"], evaluation["seed"]
+        record["test_looks"][name] = evaluation["test_looks"]
         record["runs"][name], record["results"][name] = evaluation["run"], evaluation["results"]
         record["by_direction"][name] = evaluation["by_direction"]
         if "step_size" in evaluation:

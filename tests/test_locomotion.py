@@ -349,3 +349,22 @@ def test_the_locomotion_benchmark_refuses_a_run_made_with_other_settings_than_it
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("rl_locomotion: error: ") and "balanced_directions=False" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_locomotion_benchmark_finds_the_run_of_the_seed_and_test_set_asked_and_names_a_missing_one(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_locomotion.py"
+    run_dir = tmp_path / "rl-halfcheetah-fwd-bwd-maml-cpu"
+    run_dir.mkdir()
+    other = load_preset("rl-halfcheetah-fwd-bwd-maml-cpu").replace(seed=1, test_set=2, output_dir=str(run_dir))
+    other.resolved().save(run_dir / "config.yaml")  # as `fastadapt train ... --seed 1 --test-set 2` leaves it
+
+    def benchmark(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path), "--no-train", "--methods",
+                               "MAML", *options], capture_output=True, text=True, timeout=300)
+
+    default = benchmark()
+    assert default.returncode == 2 and default.stderr.startswith("rl_locomotion: error: ")
+    assert "seed" in default.stderr and "Traceback" not in default.stderr  # the presets' seed 0: not this run
+    asked = benchmark("--seed", "1", "--test-set", "2")
+    assert asked.returncode == 2 and asked.stderr.startswith("rl_locomotion: error: "), asked.stderr
+    assert "holds no best.pt" in asked.stderr and "Traceback" not in asked.stderr  # found, but never trained

@@ -33,10 +33,10 @@ def results_key(cfg: Config) -> dict:
 
 def preset_run(cfg: Config, script: str, train_missing: bool = True) -> Path:
     """``trained_run`` for the benchmark ``script``: a directory that holds a run of other settings (made by an
-    older version of the preset) or one trained longer than the preset asks is a one-line error with exit
-    status 2, not a traceback."""
+    older version of the preset), one trained longer than the preset asks, or no run when ``train_missing`` is off
+    is a one-line error with exit status 2, not a traceback."""
     try:
         return trained_run(cfg, train_missing)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"{script}: error: {error}", file=sys.stderr)
         sys.exit(2)
