@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fastadapt.algorithms.bandit_baselines import BAYES_OPTIMAL_LIMIT
-from fastadapt.benchmarks.preset_runs import preset_run
+from fastadapt.benchmarks.preset_runs import given_settings, preset_run
 from fastadapt.config.presets import load_preset
 from fastadapt.runs.directory import evaluate_learner, load_run, look_at_test_set, looks_at_test_set
 from fastadapt.training.evaluation import Estimate, format_table
@@ -79,8 +79,7 @@ def main() -> None:
                                                   "validation and test bandits do not depend on it")
     parser.add_argument("--test-set", type=int, help="which draw of the test bandits (default: the presets', 1)")
     args = parser.parse_args()
-    settings = {name: value for name, value in (("seed", args.seed), ("test_set", args.test_set))
-                if value is not None}
+    settings = given_settings(seed=args.seed, test_set=args.test_set)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from fastadapt.benchmarks.preset_runs import preset_run, results_key
+from fastadapt.benchmarks.preset_runs import given_settings, preset_run, results_key
 from fastadapt.config.presets import load_preset
 from fastadapt.config.schema import Config
 from fastadapt.plots import plot_adaptation_curves
@@ -79,8 +79,7 @@ def evaluate_method(name: str, output_dir: Path, args: argparse.Namespace) -> di
     return after 0-3 steps; kept in OUTPUT_DIR/eval-<preset>.json and reused while its best checkpoint, the run's
     settings and the code are the same (``results_key``); else measured again, the test look counted."""
     preset = PRESETS[name]
-    settings = {name: value for name, value in (("seed", args.seed), ("test_set", args.test_set),
-                                                ("rollout_workers", args.rollout_workers)) if value is not None}
+    settings = given_settings(seed=args.seed, test_set=args.test_set, rollout_workers=args.rollout_workers)
     run_dir, facts = run_dir_of(preset, output_dir, not args.no_train, **settings)
     cache = output_dir / f"eval-{preset}.json"
     key = results_key(Config.load(Path(run_dir) / "config.yaml"))

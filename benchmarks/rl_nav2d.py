@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fastadapt.benchmarks.preset_runs import preset_run
+from fastadapt.benchmarks.preset_runs import given_settings, preset_run
 from fastadapt.config.presets import load_preset
 from fastadapt.config.schema import Config
 from fastadapt.runs.directory import (count_test_look, evaluate_learner, fixed_batches, load_run,
@@ -89,8 +89,7 @@ def main() -> None:
                         help="choose every adapting method's second and third step size on the validation goals "
                              "by the 2-step return (default: half the first step, the paper's schedule)")
     args = parser.parse_args()
-    settings = {name: value for name, value in (("seed", args.seed), ("test_set", args.test_set))
-                if value is not None}
+    settings = given_settings(seed=args.seed, test_set=args.test_set)
     output_dir = Path(args.output_dir)
     torch.set_num_threads(1)
 

@@ -31,6 +31,12 @@ def results_key(cfg: Config) -> dict:
     return {"settings": settings, "code": code_version()}
 
 
+def given_settings(**values: object) -> dict:
+    """The settings a benchmark's command line gave (``--seed``, ``--test-set``, ...): those left out (None) keep
+    the preset's value."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def preset_run(cfg: Config, script: str, train_missing: bool = True) -> Path:
     """``trained_run`` for the benchmark ``script``: a directory that holds a run of other settings (made by an
     older version of the preset), one trained longer than the preset asks, or no run when ``train_missing`` is off
